@@ -1,0 +1,26 @@
+# Two commands from a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint clean
+
+$(VENV)/.stamp-%: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$*]'
+	touch $@
+
+demo: $(VENV)/.stamp-examples
+	$(PY) examples/demo.py
+
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.stamp-test
+	$(PY) -m pip install -q ruff
+	$(VENV)/bin/ruff check fp8mm tests examples tools
+	$(VENV)/bin/ruff format --check fp8mm tests examples tools
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,48 @@
+"""fp8mm: bitsandbytes' research 8-bit matmuls (simulated FP8 and SwitchBack int8) for JAX.
+
+The quantization primitives (`fp8mm.functional`) reproduce bitsandbytes 0.49.2
+bit for bit; see the README for the layers built on them.
+"""
+
+from fp8mm.codebooks import create_dynamic_map, create_fp8_map, e4m3_code, e5m2_code
+from fp8mm.dispatch import default_implementation, use_implementation
+from fp8mm.functional import (
+    dequantize,
+    dequantize_blockwise,
+    fake_quant_blockwise,
+    fake_quant_global,
+    int8_double_quant,
+    int8_linear_matmul,
+    int8_linear_matmul_dequant,
+    int8_mm_dequant,
+    int8_vectorwise_quant,
+    outlier_indices,
+    quantize,
+    quantize_blockwise,
+)
+from fp8mm.state import MatmulLtState, QuantState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MatmulLtState",
+    "QuantState",
+    "create_dynamic_map",
+    "create_fp8_map",
+    "default_implementation",
+    "dequantize",
+    "dequantize_blockwise",
+    "e4m3_code",
+    "e5m2_code",
+    "fake_quant_blockwise",
+    "fake_quant_global",
+    "int8_double_quant",
+    "int8_linear_matmul",
+    "int8_linear_matmul_dequant",
+    "int8_mm_dequant",
+    "int8_vectorwise_quant",
+    "outlier_indices",
+    "quantize",
+    "quantize_blockwise",
+    "use_implementation",
+]

@@ -1,0 +1,116 @@
+"""One place that decides which implementation runs each primitive.
+
+`implementation` is None, "xla" or "pallas":
+
+* "xla" runs the pure-jnp reference (`fp8mm.reference`) anywhere;
+* "pallas" runs the Pallas kernel, compiled on a GPU and in Pallas interpret
+  mode elsewhere (that is how CPU CI tests the kernels); when the kernel cannot
+  serve the case it raises `NotImplementedError` saying why;
+* None uses the process-wide default: `use_implementation(...)` (a context
+  manager) or the `FP8MM_IMPLEMENTATION` environment variable; when neither is
+  set, Pallas on a GPU where the kernel serves the case and XLA otherwise.
+
+The kernels are listed in `fp8mm.pallas.KERNELS` (name -> `Kernel`), imported
+lazily on the first call that may use them; moving a kernel from one Pallas
+backend to another never touches its callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import jax
+
+from fp8mm import reference
+
+__all__ = ["Impl", "call", "default_implementation", "resolve", "use_implementation"]
+
+Impl = Literal["xla", "pallas"] | None
+_VALID = (None, "xla", "pallas")
+_ENV = "FP8MM_IMPLEMENTATION"
+_default: contextvars.ContextVar[Impl] = contextvars.ContextVar("fp8mm_impl", default=None)
+
+
+PRIMITIVES = (
+    "quantize_blockwise",
+    "dequantize_blockwise",
+    "fake_quant_blockwise",
+    "quantize",
+    "dequantize",
+    "fake_quant_global",
+    "int8_vectorwise_quant",
+    "int8_double_quant",
+    "int8_linear_matmul",
+    "int8_mm_dequant",
+    "int8_linear_matmul_dequant",
+)
+
+
+def _check_impl(impl, where: str) -> Impl:
+    if impl not in _VALID:
+        raise ValueError(f"{where} must be None, 'xla' or 'pallas', got {impl!r}")
+    return impl
+
+
+def default_implementation() -> Impl:
+    """The process-wide default: the innermost `use_implementation`, else $FP8MM_IMPLEMENTATION."""
+    impl = _default.get()
+    if impl is not None:
+        return impl
+    env = os.environ.get(_ENV, "").strip().lower() or None
+    if env in ("auto", "none"):
+        env = None
+    return _check_impl(env, f"${_ENV}")
+
+
+@contextlib.contextmanager
+def use_implementation(implementation: Impl) -> Iterator[None]:
+    """Sets the default implementation for calls made (or traced) inside the block.
+
+    Example:
+      with fp8mm.use_implementation("xla"):
+          loss = train_step(params, batch)   # traced here: every primitive uses XLA
+    """
+    token = _default.set(_check_impl(implementation, "implementation"))
+    try:
+        yield
+    finally:
+        _default.reset(token)
+
+
+def on_gpu() -> bool:
+    return jax.default_backend() in ("gpu", "cuda", "rocm")
+
+
+def _kernel(name: str):
+    # Imported lazily to keep `import fp8mm` light.
+    from fp8mm.pallas import KERNELS
+
+    return KERNELS.get(name)
+
+
+def resolve(name: str, implementation: Impl, *args) -> str:
+    """The implementation ("xla" or "pallas") that `call` would run for these arguments."""
+    impl = _check_impl(implementation, "implementation") or default_implementation()
+    if impl == "xla":
+        return "xla"
+    kernel = _kernel(name)
+    why = "no Pallas kernel exists for it" if kernel is None else kernel.unsupported(*args)
+    if impl == "pallas":
+        if why is not None:
+            raise NotImplementedError(f"{name}: implementation='pallas' cannot serve this call: {why}")
+        return "pallas"
+    return "pallas" if (why is None and on_gpu()) else "xla"
+
+
+def call(name: str, implementation: Impl, *args):
+    """Runs primitive `name` with the implementation chosen for these arguments."""
+    if name not in PRIMITIVES:
+        raise KeyError(f"unknown primitive {name!r}")
+    if resolve(name, implementation, *args) == "pallas":
+        return _kernel(name).fn(*args, interpret=not on_gpu())
+    return getattr(reference, name)(*args)

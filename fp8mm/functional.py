@@ -1,0 +1,282 @@
+"""Public quantization primitives (the `bitsandbytes.functional` counterparts).
+
+Each function validates its arguments (clear `TypeError`/`ValueError` naming
+the offending value) and then runs an implementation chosen by
+`fp8mm.dispatch`: `implementation=None` takes the process-wide default (Pallas
+kernels on a GPU where they serve the case, the XLA reference otherwise),
+`"xla"` the pure-jnp reference and `"pallas"` the kernels (interpret mode on CPU).
+
+Outlier columns are returned as a boolean mask over the input's last axis, a
+static-shape form that works under `jax.jit`; `outlier_indices` turns it into
+the index array bitsandbytes returns, outside of jit.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fp8mm import _checks, dispatch
+from fp8mm.state import QuantState
+
+__all__ = [
+    "dequantize",
+    "dequantize_blockwise",
+    "fake_quant_blockwise",
+    "fake_quant_global",
+    "int8_double_quant",
+    "int8_linear_matmul",
+    "int8_linear_matmul_dequant",
+    "int8_mm_dequant",
+    "int8_vectorwise_quant",
+    "outlier_indices",
+    "quantize",
+    "quantize_blockwise",
+]
+
+Impl = dispatch.Impl
+
+
+def _as_code(code) -> jax.Array:
+    code = jnp.asarray(code) if isinstance(code, (np.ndarray, list, tuple)) else code
+    _checks.check_code(code)
+    return code
+
+
+def _check_state(q, state: QuantState, *, blockwise: bool) -> None:
+    if not isinstance(state, QuantState):
+        raise TypeError(f"state must be a QuantState, got {type(state).__name__}")
+    _checks.check_dtype("q", q, jnp.uint8)
+    if tuple(q.shape) != state.shape:
+        raise ValueError(f"q has shape {tuple(q.shape)} but state.shape is {state.shape}")
+    if blockwise and state.blocksize is None:
+        raise ValueError("state comes from global quantize(); use dequantize()")
+    if not blockwise and state.blocksize is not None:
+        raise ValueError(
+            f"state comes from quantize_blockwise(blocksize={state.blocksize}); "
+            "use dequantize_blockwise()"
+        )
+
+
+def quantize_blockwise(
+    A: jax.Array, code, blocksize: int = 4096, *, implementation: Impl = None
+) -> tuple[jax.Array, QuantState]:
+    """Blockwise codebook quantization, bit-exact with bitsandbytes.
+
+    A is flattened row-major into blocks of `blocksize` (the last may be
+    partial); each block is scaled by the float32 reciprocal of its absmax and
+    every element mapped to the nearest entry of `code`.
+
+    Args:
+      A: float32/float16/bfloat16 array of any shape.
+      code: float32 codebook of shape [256] (e.g. `create_fp8_map()`).
+      blocksize: power of two in [32, 4096].
+      implementation: None, "xla" or "pallas" (see `fp8mm.dispatch`).
+
+    Returns:
+      (q, state): uint8 codes of A's shape and a `QuantState` with float32
+      absmax of shape [ceil(A.size / blocksize)].
+    """
+    _checks.check_float("A", A)
+    code = _as_code(code)
+    blocksize = _checks.check_blocksize(blocksize)
+    return dispatch.call("quantize_blockwise", implementation, A, code, blocksize)
+
+
+def dequantize_blockwise(q: jax.Array, state: QuantState, *, implementation: Impl = None) -> jax.Array:
+    """code[q] * absmax[block], returned in the quantized tensor's dtype and shape."""
+    _check_state(q, state, blockwise=True)
+    return dispatch.call("dequantize_blockwise", implementation, q, state)
+
+
+def fake_quant_blockwise(
+    A: jax.Array, code, blocksize: int = 4096, *, implementation: Impl = None
+) -> jax.Array:
+    """`dequantize_blockwise(*quantize_blockwise(A, code, blocksize))` in one pass, A's dtype."""
+    _checks.check_float("A", A)
+    code = _as_code(code)
+    blocksize = _checks.check_blocksize(blocksize)
+    return dispatch.call("fake_quant_blockwise", implementation, A, code, blocksize)
+
+
+def quantize(A: jax.Array, code, *, implementation: Impl = None) -> tuple[jax.Array, QuantState]:
+    """Global (whole-tensor absmax) codebook quantization, computed in float32.
+
+    Args:
+      A: float array of any shape (converted to float32, as bitsandbytes' callers do).
+      code: float32 codebook of shape [256].
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      (q, state): uint8 codes of A's shape and a `QuantState` with a scalar absmax.
+    """
+    _checks.check_float("A", A)
+    code = _as_code(code)
+    return dispatch.call("quantize", implementation, A, code)
+
+
+def dequantize(q: jax.Array, state: QuantState, *, implementation: Impl = None) -> jax.Array:
+    """float32 code[q] * absmax for a globally quantized tensor."""
+    _check_state(q, state, blockwise=False)
+    return dispatch.call("dequantize", implementation, q, state)
+
+
+def fake_quant_global(A: jax.Array, code, *, implementation: Impl = None) -> jax.Array:
+    """`dequantize(*quantize(A, code))` cast back to A's dtype."""
+    _checks.check_float("A", A)
+    code = _as_code(code)
+    return dispatch.call("fake_quant_global", implementation, A, code)
+
+
+def _check_int8_input(A) -> None:
+    _checks.check_float("A", A)
+    _checks.check_min_ndim("A", A, 1)
+
+
+def int8_vectorwise_quant(
+    A: jax.Array, threshold: float = 0.0, *, implementation: Impl = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Row-wise int8 quantization of A (cast to float16), bit-exact with bitsandbytes.
+
+    Args:
+      A: float array [..., k].
+      threshold: >= 0; when > 0, entries with |x| >= threshold are outliers,
+        left out of the row absmax, and their columns are zeroed in CA.
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      CA: int8 [..., k]; row_stats: float32 [...] (row absmax);
+      outlier_cols: bool [k] column mask (all False when threshold == 0).
+    """
+    _check_int8_input(A)
+    threshold = _checks.check_threshold(threshold)
+    return dispatch.call("int8_vectorwise_quant", implementation, A, threshold)
+
+
+def int8_double_quant(
+    A: jax.Array, threshold: float = 0.0, *, implementation: Impl = None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Row-wise and column-wise int8 quantization of A (cast to float16).
+
+    Args:
+      A: float array [..., k].
+      threshold: >= 0 outlier threshold (see `int8_vectorwise_quant`).
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      CA: int8 [..., k] row-wise; CAt: int8 [..., k] column-wise (same shape as
+      A, not transposed); row_stats: float32 [...]; col_stats: float32 [k];
+      outlier_cols: bool [k].
+    """
+    _check_int8_input(A)
+    threshold = _checks.check_threshold(threshold)
+    return dispatch.call("int8_double_quant", implementation, A, threshold)
+
+
+def _check_matmul_operands(A, B) -> None:
+    _checks.check_dtype("A", A, jnp.int8)
+    _checks.check_dtype("B", B, jnp.int8)
+    _checks.check_min_ndim("A", A, 1)
+    _checks.check_ndim("B", B, 2)
+    if A.shape[-1] != B.shape[1]:
+        raise ValueError(
+            f"inner dimensions differ: A is {tuple(A.shape)} and B is {tuple(B.shape)}; "
+            "int8_linear_matmul computes A @ B.T with B in [n, k] layout"
+        )
+
+
+def int8_linear_matmul(A: jax.Array, B: jax.Array, *, implementation: Impl = None) -> jax.Array:
+    """Exact A @ Bᵀ of int8 operands in int32.
+
+    Args:
+      A: int8 [..., k].
+      B: int8 [n, k] (Linear layout; both operands K-major).
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      int32 [..., n].
+    """
+    _check_matmul_operands(A, B)
+    return dispatch.call("int8_linear_matmul", implementation, A, B)
+
+
+def _check_dequant_args(rows_shape, n, row_stats, col_stats, bias) -> None:
+    _checks.check_dtype("row_stats", row_stats, jnp.float32)
+    _checks.check_dtype("col_stats", col_stats, jnp.float32)
+    if tuple(row_stats.shape) != tuple(rows_shape):
+        raise ValueError(
+            f"row_stats must have shape {tuple(rows_shape)} (one per row), got {tuple(row_stats.shape)}"
+        )
+    if tuple(col_stats.shape) != (n,):
+        raise ValueError(f"col_stats must have shape ({n},), got {tuple(col_stats.shape)}")
+    if bias is not None:
+        _checks.check_float("bias", bias)
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+
+
+def int8_mm_dequant(
+    acc: jax.Array,
+    row_stats: jax.Array,
+    col_stats: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    implementation: Impl = None,
+) -> jax.Array:
+    """acc * row_stats * col_stats / 127² (+ bias) as float16, as bitsandbytes' CUDA kernel.
+
+    Args:
+      acc: int32 [..., n].
+      row_stats: float32 [...].
+      col_stats: float32 [n].
+      bias: optional float [n]; fused when float16, else added to the float16 result.
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      float16 [..., n].
+    """
+    _checks.check_dtype("acc", acc, jnp.int32)
+    _checks.check_min_ndim("acc", acc, 1)
+    _check_dequant_args(acc.shape[:-1], acc.shape[-1], row_stats, col_stats, bias)
+    return dispatch.call("int8_mm_dequant", implementation, acc, row_stats, col_stats, bias)
+
+
+def int8_linear_matmul_dequant(
+    A: jax.Array,
+    B: jax.Array,
+    row_stats: jax.Array,
+    col_stats: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    implementation: Impl = None,
+) -> jax.Array:
+    """`int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias)` fused.
+
+    Args:
+      A: int8 [..., k]; B: int8 [n, k]; row_stats: float32 [...];
+      col_stats: float32 [n]; bias: optional float [n].
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      float16 [..., n].
+    """
+    _check_matmul_operands(A, B)
+    _check_dequant_args(A.shape[:-1], B.shape[0], row_stats, col_stats, bias)
+    return dispatch.call(
+        "int8_linear_matmul_dequant", implementation, A, B, row_stats, col_stats, bias
+    )
+
+
+def outlier_indices(outlier_cols: jax.Array) -> np.ndarray:
+    """Indices of the True entries of an outlier column mask (eager only).
+
+    This is the int64 index form bitsandbytes returns; it has a data-dependent
+    shape, so it cannot be used inside `jax.jit`: keep the mask there.
+    """
+    if isinstance(outlier_cols, jax.core.Tracer):
+        raise TypeError(
+            "outlier_indices needs a concrete mask; inside jax.jit use the boolean mask itself"
+        )
+    return np.flatnonzero(np.asarray(outlier_cols)).astype(np.int64)
+

@@ -1,0 +1,322 @@
+"""Pure-jnp reference of every fp8mm primitive: the test oracle and the XLA path.
+
+Each function reproduces the arithmetic of bitsandbytes 0.49.2 on CUDA step by
+step (see DESIGN §2), so its results agree bit for bit with the golden outputs:
+
+* codebook quantization finds codes with the same 7-step binary search and
+  midpoint comparisons as bitsandbytes' `dQuantize`; blockwise quantization
+  multiplies by the float32 reciprocal of the block absmax, global
+  quantization divides by the absmax;
+* int8 row quantization scales by 127/absmax and rounds half to even, column
+  quantization rounds `(A*127 in float16) / col_absmax` as PyTorch does;
+* the int8 dequant computes ((acc*row)*col)*1/127² (+ bias) in float32 and
+  rounds once to float16.
+
+Arguments are validated by the public wrappers in `fp8mm.functional`; these
+functions assume well-formed input.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fp8mm.state import QuantState
+
+__all__ = [
+    "dequantize",
+    "dequantize_blockwise",
+    "fake_quant_blockwise",
+    "fake_quant_global",
+    "int8_double_quant",
+    "int8_linear_matmul",
+    "int8_linear_matmul_dequant",
+    "int8_mm_dequant",
+    "int8_vectorwise_quant",
+    "nearest_code",
+    "quantize",
+    "quantize_blockwise",
+]
+
+# 1/127**2 as the CUDA kernel spells it (MM_DEQUANT_CONST).
+MM_DEQUANT_CONST = np.float32(6.200012400024800e-05)
+
+
+# ----------------------------------------------------------------------------
+# Codebook quantization
+# ----------------------------------------------------------------------------
+
+
+def nearest_code(x: jax.Array, code: jax.Array) -> jax.Array:
+    """Index of the code nearest to each element, as bitsandbytes' `dQuantize`.
+
+    A 7-step binary search from pivot 127, then a comparison with the midpoint
+    (computed in float32) towards the bracketing neighbour. NaN walks down to
+    index 0, as on CUDA where every ordered comparison with NaN is false.
+
+    Args:
+      x: float32 array of normalised values (nominally in [-1, 1]).
+      code: float32 [256] sorted codebook.
+
+    Returns:
+      uint8 array with x's shape.
+    """
+    x = x.astype(jnp.float32)
+    code = code.astype(jnp.float32)
+    pivot = jnp.full(x.shape, 127, jnp.int32)
+    lower_p = jnp.zeros(x.shape, jnp.int32)
+    upper_p = jnp.full(x.shape, 255, jnp.int32)
+    lower = jnp.full(x.shape, -1.0, jnp.float32)
+    upper = jnp.full(x.shape, 1.0, jnp.float32)
+    val = jnp.broadcast_to(code[127], x.shape)
+    for step in (64, 32, 16, 8, 4, 2, 1):
+        gt = x > val
+        lower_p = jnp.where(gt, pivot, lower_p)
+        lower = jnp.where(gt, val, lower)
+        upper_p = jnp.where(gt, upper_p, pivot)
+        upper = jnp.where(gt, upper, val)
+        pivot = jnp.where(gt, pivot + step, pivot - step)
+        val = code[pivot]
+    upper = jnp.where(upper_p == 255, code[255], upper)
+    lower = jnp.where(lower_p == 0, code[0], lower)
+    gt = x > val
+    up = jnp.where(x > (upper + val) * np.float32(0.5), upper_p, pivot)
+    down = jnp.where(x < (lower + val) * np.float32(0.5), lower_p, pivot)
+    return jnp.where(gt, up, down).astype(jnp.uint8)
+
+
+def _abs_ignoring_nan(x: jax.Array) -> jax.Array:
+    # CUDA's fmaxf drops NaN operands, so NaN never becomes an absmax.
+    return jnp.where(jnp.isnan(x), 0.0, jnp.abs(x))
+
+
+def _blocks(A: jax.Array, blocksize: int) -> jax.Array:
+    """A flattened row-major into float32 rows of `blocksize`, zero-padded."""
+    flat = A.reshape(-1).astype(jnp.float32)
+    n = flat.shape[0]
+    nblocks = -(-n // blocksize)
+    return jnp.pad(flat, (0, nblocks * blocksize - n)).reshape(nblocks, blocksize)
+
+
+def quantize_blockwise(
+    A: jax.Array, code: jax.Array, blocksize: int = 4096
+) -> tuple[jax.Array, QuantState]:
+    """Blockwise codebook quantization (bitsandbytes `quantize_blockwise`).
+
+    Args:
+      A: float32/float16/bfloat16 array of any shape.
+      code: float32 [256] codebook.
+      blocksize: elements per block of the row-major flattened A.
+
+    Returns:
+      (q, state): uint8 codes with A's shape; state.absmax is float32
+      [ceil(A.size / blocksize)].
+    """
+    blocks = _blocks(A, blocksize)
+    absmax = jnp.max(_abs_ignoring_nan(blocks), axis=1, initial=0.0)
+    # CUDA multiplies by the float32 reciprocal (0 -> inf, and 0*inf = NaN -> code 0).
+    q = nearest_code(blocks * (np.float32(1.0) / absmax)[:, None], code)
+    q = q.reshape(-1)[: A.size].reshape(A.shape)
+    return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
+
+
+def dequantize_blockwise(q: jax.Array, state: QuantState) -> jax.Array:
+    """Inverse of `quantize_blockwise`: code[q] * absmax[block], in state.dtype.
+
+    Args:
+      q: uint8 codes, shape state.shape.
+      state: the QuantState returned with q.
+
+    Returns:
+      Array of shape state.shape and dtype state.dtype.
+    """
+    bs = state.blocksize
+    n = q.size
+    nblocks = -(-n // bs)
+    flat = jnp.pad(q.reshape(-1), (0, nblocks * bs - n)).reshape(nblocks, bs)
+    vals = state.code[flat.astype(jnp.int32)] * state.absmax[:, None]
+    return vals.reshape(-1)[:n].reshape(q.shape).astype(state.dtype)
+
+
+def fake_quant_blockwise(A: jax.Array, code: jax.Array, blocksize: int) -> jax.Array:
+    """`dequantize_blockwise(*quantize_blockwise(A, code, blocksize))` in A's dtype."""
+    blocks = _blocks(A, blocksize)
+    absmax = jnp.max(_abs_ignoring_nan(blocks), axis=1, initial=0.0)
+    q = nearest_code(blocks * (np.float32(1.0) / absmax)[:, None], code)
+    vals = code[q.astype(jnp.int32)] * absmax[:, None]
+    return vals.reshape(-1)[: A.size].reshape(A.shape).astype(A.dtype)
+
+
+def quantize(A: jax.Array, code: jax.Array) -> tuple[jax.Array, QuantState]:
+    """Global codebook quantization (bitsandbytes `quantize`), in float32.
+
+    bitsandbytes' kernel reads float32 only; its callers pass `A.float()`, so
+    A of any float dtype is converted to float32 first.
+
+    Args:
+      A: float array of any shape.
+      code: float32 [256] codebook.
+
+    Returns:
+      (q, state): uint8 codes with A's shape; state.absmax is a float32 scalar
+      and state.dtype float32.
+    """
+    a = A.astype(jnp.float32)
+    absmax = jnp.max(_abs_ignoring_nan(a), initial=0.0)
+    # Global quantization divides (torch `A / absmax`); blockwise multiplies.
+    q = nearest_code(a / absmax, code)
+    return q, QuantState(absmax, code, None, jnp.float32, A.shape)
+
+
+def dequantize(q: jax.Array, state: QuantState) -> jax.Array:
+    """Inverse of `quantize`: float32 code[q] * absmax."""
+    return state.code[q.astype(jnp.int32)] * state.absmax
+
+
+def fake_quant_global(A: jax.Array, code: jax.Array) -> jax.Array:
+    """`dequantize(*quantize(A, code))` cast back to A's dtype."""
+    q, state = quantize(A, code)
+    return dequantize(q, state).astype(A.dtype)
+
+
+# ----------------------------------------------------------------------------
+# int8 (LLM.int8 / SwitchBack) primitives
+# ----------------------------------------------------------------------------
+
+
+def _to_int8(x: jax.Array) -> jax.Array:
+    # CUDA float->int conversion: NaN gives 0 and out-of-range values saturate.
+    x = jnp.where(jnp.isnan(x), 0.0, jnp.clip(x, -128.0, 127.0))
+    return x.astype(jnp.int8)
+
+
+def _rows(A: jax.Array) -> jax.Array:
+    return A.astype(jnp.float16).reshape(-1, A.shape[-1]) if A.ndim else A
+
+
+def _outliers(a16: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array]:
+    """(element mask |x| >= threshold, column mask) of the [rows, cols] float16 input."""
+    if threshold > 0.0:
+        elem = jnp.abs(a16) >= np.float16(threshold)
+    else:
+        elem = jnp.zeros(a16.shape, bool)
+    return elem, jnp.any(elem, axis=0)
+
+
+def int8_vectorwise_quant(
+    A: jax.Array, threshold: float = 0.0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Row-wise int8 quantization of A cast to float16 (bitsandbytes `int8_vectorwise_quant`).
+
+    Args:
+      A: float array [..., k].
+      threshold: when > 0, entries with |x| >= threshold are outliers: they are
+        left out of the row absmax, and their whole columns are zeroed in CA.
+
+    Returns:
+      CA: int8 [..., k], round-half-even(x * 127/row_absmax).
+      row_stats: float32 [...], the row absmax.
+      outlier_cols: bool [k], True for columns holding an outlier (all False
+        when threshold == 0). `fp8mm.outlier_indices` turns it into indices.
+    """
+    a16 = _rows(A)
+    elem, cols = _outliers(a16, threshold)
+    absval = jnp.abs(a16)
+    # The kernel reduces in float16 starting from -FLT_MIN (which is -0 in float16).
+    row_stats = jnp.max(jnp.where(elem, 0.0, absval), axis=1, initial=0.0).astype(jnp.float32)
+    # __fdividef(127, absmax) is a reciprocal-multiply on the GPU.
+    scale = np.float32(127.0) * (np.float32(1.0) / row_stats)
+    ca = _to_int8(jnp.round(a16.astype(jnp.float32) * scale[:, None]))
+    ca = jnp.where(elem | cols[None, :], jnp.int8(0), ca)
+    return ca.reshape(A.shape), row_stats.reshape(A.shape[:-1]), cols
+
+
+def int8_double_quant(
+    A: jax.Array, threshold: float = 0.0
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Row-wise and column-wise int8 quantization (bitsandbytes `int8_double_quant`).
+
+    Args:
+      A: float array [..., k] (cast to float16).
+      threshold: outlier threshold, as in `int8_vectorwise_quant`; outliers are
+        also left out of the column absmax and zeroed in CAt.
+
+    Returns:
+      CA: int8 [..., k], row-wise quantized.
+      CAt: int8 [..., k] (same shape as A, not transposed), column-wise quantized.
+      row_stats: float32 [...].
+      col_stats: float32 [k].
+      outlier_cols: bool [k].
+    """
+    ca, row_stats, cols = int8_vectorwise_quant(A, threshold)
+    a16 = _rows(A)
+    elem, _ = _outliers(a16, threshold)
+    masked = jnp.where(elem, jnp.float16(0), a16)
+    col_stats = jnp.max(jnp.abs(masked), axis=0, initial=0.0).astype(jnp.float32)
+    # torch: round(A.mul(127.0) / col_stats) with the product rounded to float16 first.
+    scaled = (masked.astype(jnp.float32) * np.float32(127.0)).astype(jnp.float16)
+    cat = _to_int8(jnp.round(scaled.astype(jnp.float32) / col_stats[None, :]))
+    return ca, cat.reshape(A.shape), row_stats, col_stats, cols
+
+
+def int8_linear_matmul(A: jax.Array, B: jax.Array) -> jax.Array:
+    """Exact int8 product A @ Bᵀ accumulated in int32.
+
+    Args:
+      A: int8 [..., k].
+      B: int8 [n, k] (Linear layout: both operands K-major).
+
+    Returns:
+      int32 [..., n].
+    """
+    return jax.lax.dot_general(
+        A, B, (((A.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.int32
+    )
+
+
+def int8_mm_dequant(
+    acc: jax.Array,
+    row_stats: jax.Array,
+    col_stats: jax.Array,
+    bias: jax.Array | None = None,
+) -> jax.Array:
+    """Dequantize an int32 product: acc * row * col / 127² (+ bias), float16 out.
+
+    A float16 bias is fused (one rounding, as CUDA's fmaf); any other bias dtype
+    is added to the float16 result afterwards, as bitsandbytes does.
+
+    Args:
+      acc: int32 [..., n].
+      row_stats: float32 [...] (one per row of acc).
+      col_stats: float32 [n].
+      bias: optional [n].
+
+    Returns:
+      float16 [..., n].
+    """
+    t = acc.astype(jnp.float32) * row_stats[..., None].astype(jnp.float32)
+    t = t * col_stats.astype(jnp.float32)
+    fused = bias is not None and np.dtype(bias.dtype) == np.dtype(jnp.float16)
+    if fused:
+        out = (t * MM_DEQUANT_CONST + bias.astype(jnp.float32)).astype(jnp.float16)
+    else:
+        out = (t * MM_DEQUANT_CONST).astype(jnp.float16)
+    if bias is not None and not fused:
+        out = (out.astype(jnp.float32) + bias.astype(jnp.float32)).astype(jnp.float16)
+    return out
+
+
+def int8_linear_matmul_dequant(
+    A: jax.Array,
+    B: jax.Array,
+    row_stats: jax.Array,
+    col_stats: jax.Array,
+    bias: jax.Array | None = None,
+) -> jax.Array:
+    """`int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias)`.
+
+    The fused form the Pallas kernel implements in one pass (the int32 product
+    never reaches memory); here it is the two reference steps.
+    """
+    return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias)
