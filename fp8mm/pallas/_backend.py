@@ -1,0 +1,46 @@
+"""The one place that knows which Pallas GPU backend the kernels compile for.
+
+Kernels call `pallas_call` from here instead of `pl.pallas_call`, so moving
+them from Triton to Mosaic GPU (the Triton backend is deprecated from JAX 0.11
+but still works) changes this file, not the kernels' callers. In interpret mode
+(CPU, CI) no compiler parameters are passed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
+
+BACKEND = "triton"
+
+
+def compiler_params(*, num_warps: int, num_stages: int) -> Any:
+    return pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def pallas_call(
+    kernel: Callable,
+    *,
+    name: str,
+    interpret: bool,
+    num_warps: int = 4,
+    num_stages: int = 1,
+    **kwargs,
+) -> Callable:
+    """`pl.pallas_call` with the backend's compiler parameters (none when interpreting)."""
+    params = None if interpret else compiler_params(num_warps=num_warps, num_stages=num_stages)
+    call = pl.pallas_call(
+        kernel, name=name, interpret=interpret, compiler_params=params, **kwargs
+    )
+
+    def run(*args):
+        with warnings.catch_warnings():
+            # JAX >= 0.11 warns that the Triton backend is deprecated on every lowering.
+            warnings.filterwarnings("ignore", message=".*[Tt]riton.*deprecat.*")
+            return call(*args)
+
+    return run
