@@ -1,0 +1,398 @@
+"""The Pallas int8 kernels (fp8mm.pallas.int8) against the pure-jnp reference.
+
+Codes, statistics and int32 products must match bit for bit; the float16
+dequant epilogue within one float16 ulp (a GPU may contract it into an FMA).
+On CPU the kernels run in Pallas interpret mode with small shapes; on a GPU
+they are compiled and the large shapes run too.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fp8mm import reference
+from fp8mm.pallas import int8 as k8
+
+INTERPRET = jax.default_backend() != "gpu"
+gpu_only = pytest.mark.skipif(INTERPRET, reason="large shapes run only on a GPU")
+
+
+def _floats(shape, seed=0, dtype=jnp.float16, zero_row=True, zero_col=True):
+    """Heavy-tailed values with an all-zero row and column where the shape allows."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(3, size=shape).astype(np.float32) * 2.0
+    x2 = x.reshape(-1, shape[-1]) if len(shape) else x
+    if zero_row and x2.shape[0] > 2:
+        x2[1] = 0.0
+    if zero_col and x2.shape[1] > 2:
+        x2[:, 2] = 0.0
+    return jnp.asarray(x2.reshape(shape), dtype)
+
+
+def _int8(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.integers(-128, 128, size=shape), jnp.int8)
+
+
+def _stats(n, seed=0):
+    rng = np.random.default_rng(seed)
+    s = np.abs(rng.standard_normal(n)).astype(np.float32) * 3.0
+    if n > 3:
+        s[3] = 0.0
+    return jnp.asarray(s)
+
+
+def assert_equal(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (
+        f"{got.shape} {got.dtype} vs {want.shape} {want.dtype}"
+    )
+    bad = got != want
+    if got.dtype.kind == "f":
+        bad &= ~(np.isnan(got) & np.isnan(want))
+    assert not bad.any(), f"{bad.sum()} of {bad.size} differ, first at {np.argwhere(bad)[:5]}"
+
+
+def _ulp(x: np.ndarray, dtype) -> np.ndarray:
+    fi = jnp.finfo(dtype)
+    mag = np.maximum(np.abs(x), float(fi.smallest_normal))
+    return np.exp2(np.floor(np.log2(mag)) - fi.nmant)
+
+
+def assert_within_ulp(got, want, ulp_dtype=jnp.float16):
+    """Within one ulp of `ulp_dtype` (the float16 result, or its bfloat16 cast)."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    g = np.asarray(got.astype(jnp.float32))
+    w = np.asarray(want.astype(jnp.float32))
+    finite = np.isfinite(w)
+    assert np.array_equal(g[~finite], w[~finite], equal_nan=True)
+    err = np.abs(g[finite] - w[finite])
+    assert np.all(err <= _ulp(w[finite], ulp_dtype)), f"max error {err.max()}"
+
+
+# ----------------------------------------------------------------------------
+# Row-wise and double quantization
+# ----------------------------------------------------------------------------
+
+QUANT_SHAPES = [(33, 70), (3, 5, 40), (1, 1), (40, 300)]
+THRESHOLDS = [0.0, 2.5, 1e-4]  # 1e-4: every column holds an outlier
+
+
+@pytest.mark.parametrize("shape", QUANT_SHAPES)
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_vectorwise_quant(shape, threshold):
+    A = _floats(shape, seed=len(shape) + shape[-1], zero_col=threshold != 1e-4)
+    got = k8.int8_vectorwise_quant(A, threshold, interpret=INTERPRET)
+    want = reference.int8_vectorwise_quant(A, threshold)
+    for g, w in zip(got, want, strict=True):
+        assert_equal(g, w)
+    if threshold == 1e-4:
+        assert bool(jnp.all(got[2])) and not bool(jnp.any(got[0]))
+
+
+@pytest.mark.parametrize("shape", QUANT_SHAPES)
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_double_quant(shape, threshold):
+    A = _floats(shape, seed=shape[0])
+    got = k8.int8_double_quant(A, threshold, interpret=INTERPRET)
+    want = reference.int8_double_quant(A, threshold)
+    for g, w in zip(got, want, strict=True):
+        assert_equal(g, w)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_quant_input_dtypes(dtype):
+    A = _floats((17, 33), seed=5, dtype=dtype)
+    for g, w in zip(
+        k8.int8_double_quant(A, 3.0, interpret=INTERPRET),
+        reference.int8_double_quant(A, 3.0),
+        strict=True,
+    ):
+        assert_equal(g, w)
+
+
+def test_double_quant_rounding_ties():
+    # Column max 128 and row max 127 put many quotients exactly on n + 1/2,
+    # where only a correctly rounded division gives the reference's codes.
+    n = np.arange(-127, 127)
+    col = np.float16(64 * (2 * n + 1) / 127).astype(np.float32)
+    rows = (np.arange(-64, 64) + 0.5).astype(np.float32)
+    A = np.zeros((n.size, 4), np.float32)
+    A[:, 0] = col
+    A[0, 0] = 128.0
+    A[: rows.size, 1] = rows
+    A[:, 2] = 127.0
+    A[: rows.size, 3] = rows / 4
+    A = jnp.asarray(A, jnp.float16)
+    s = (np.asarray(A[:, 0], np.float32) * 127).astype(np.float16).astype(np.float32) / 128
+    assert np.sum(s % 1 == 0.5) > 50  # the case really holds ties
+    for threshold in (0.0, 100.0):
+        got = k8.int8_double_quant(A, threshold, interpret=INTERPRET)
+        want = reference.int8_double_quant(A, threshold)
+        for g, w in zip(got, want, strict=True):
+            assert_equal(g, w)
+
+
+def test_quant_special_values():
+    # bitsandbytes' semantics: NaN never becomes a row absmax (CUDA fmaxf), but
+    # makes its column's absmax NaN (torch amax); NaN codes are 0. The row part
+    # is spelled out with NaN -> 0 so as not to lean on how XLA's reduce_max
+    # treats NaN (it differs between backends and reduction axes).
+    A = np.asarray(_floats((9, 12), seed=3), np.float32)
+    A[0, 0] = np.nan
+    A[2, 3] = np.inf
+    A[4, 5] = -np.inf
+    A[6, 7] = 65504.0
+    A = jnp.asarray(A, jnp.float16)
+    A0 = jnp.where(jnp.isnan(A), jnp.float16(0), A)
+    for threshold in (0.0, 3.0):
+        ca, cat, row, col, cols = k8.int8_double_quant(A, threshold, interpret=INTERPRET)
+        want_ca, want_row, want_cols = reference.int8_vectorwise_quant(A0, threshold)
+        _, want_cat, _, want_col, _ = reference.int8_double_quant(A, threshold)
+        assert bool(jnp.isnan(col[0]))
+        for g, w in [
+            (ca, want_ca),
+            (row, want_row),
+            (cols, want_cols),
+            (cat, want_cat),
+            (col, want_col),
+        ]:
+            assert_equal(g, w)
+        got = k8.int8_vectorwise_quant(A, threshold, interpret=INTERPRET)
+        for g, w in zip(got, (want_ca, want_row, want_cols), strict=True):
+            assert_equal(g, w)
+    got = k8.int8_vectorwise_quant_t(A.T, interpret=INTERPRET)
+    for g, w in zip(got, k8.int8_vectorwise_quant_t_reference(A0.T), strict=True):
+        assert_equal(g, w)
+
+
+def test_quant_all_zero():
+    A = jnp.zeros((5, 7), jnp.float16)
+    for g, w in zip(
+        k8.int8_double_quant(A, 1.0, interpret=INTERPRET),
+        reference.int8_double_quant(A, 1.0),
+        strict=True,
+    ):
+        assert_equal(g, w)
+
+
+# ----------------------------------------------------------------------------
+# Fused quantize + transpose of a weight
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((70, 17), jnp.float16), ((5, 300), jnp.bfloat16), ((1, 1), jnp.float32)]
+)
+def test_vectorwise_quant_t(shape, dtype):
+    W = _floats(shape, seed=7, dtype=dtype)
+    cb, scb = k8.int8_vectorwise_quant_t(W, interpret=INTERPRET)
+    want_cb, want_scb = k8.int8_vectorwise_quant_t_reference(W)
+    assert cb.shape == (shape[1], shape[0])
+    assert_equal(cb, want_cb)
+    assert_equal(scb, want_scb)
+
+
+# ----------------------------------------------------------------------------
+# int8 matmul, fused and standalone dequant
+# ----------------------------------------------------------------------------
+
+MATMUL_SHAPES = [((33, 70), 17), ((3, 5, 70), 17), ((1, 1), 1), ((130, 300), 200)]
+
+
+@pytest.mark.parametrize(("a_shape", "n"), MATMUL_SHAPES)
+def test_linear_matmul(a_shape, n):
+    A, B = _int8(a_shape, 1), _int8((n, a_shape[-1]), 2)
+    assert_equal(
+        k8.int8_linear_matmul(A, B, interpret=INTERPRET), reference.int8_linear_matmul(A, B)
+    )
+
+
+def test_linear_matmul_extremes():
+    # Every product -128 * -128 or 127 * -128: the largest int32 sums.
+    A = jnp.full((20, 300), -128, jnp.int8)
+    B = jnp.concatenate([jnp.full((3, 300), -128, jnp.int8), jnp.full((3, 300), 127, jnp.int8)])
+    assert_equal(
+        k8.int8_linear_matmul(A, B, interpret=INTERPRET), reference.int8_linear_matmul(A, B)
+    )
+
+
+BIASES = [None, jnp.float16, jnp.float32, jnp.bfloat16]
+OUT_DTYPES = [jnp.float16, jnp.bfloat16, jnp.float32]
+
+
+def _bias(n, dtype, seed=4):
+    if dtype is None:
+        return None
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(n) * 4, dtype)
+
+
+@pytest.mark.parametrize("bias_dtype", BIASES)
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+def test_linear_matmul_dequant(bias_dtype, out_dtype):
+    a_shape, n = (2, 17, 70), 33
+    A, B = _int8(a_shape, 1), _int8((n, 70), 2)
+    row, col = _stats(34, 5)[:34].reshape(2, 17), _stats(n, 6)
+    bias = _bias(n, bias_dtype)
+    got = k8.int8_linear_matmul_dequant(
+        A, B, row, col, bias, out_dtype=out_dtype, interpret=INTERPRET
+    )
+    want = reference.int8_linear_matmul_dequant(A, B, row, col, bias).astype(out_dtype)
+    ulp_dtype = jnp.bfloat16 if out_dtype == jnp.bfloat16 else jnp.float16
+    assert_within_ulp(got, want, ulp_dtype)
+
+
+@pytest.mark.parametrize("bias_dtype", BIASES)
+@pytest.mark.parametrize("out_dtype", [jnp.float16, jnp.bfloat16])
+def test_mm_dequant(bias_dtype, out_dtype):
+    acc = jnp.asarray(np.random.default_rng(3).integers(-(2**20), 2**20, (3, 7, 45)), jnp.int32)
+    row, col = _stats(21, 1).reshape(3, 7), _stats(45, 2)
+    bias = _bias(45, bias_dtype)
+    got = k8.int8_mm_dequant(acc, row, col, bias, out_dtype=out_dtype, interpret=INTERPRET)
+    want = reference.int8_mm_dequant(acc, row, col, bias).astype(out_dtype)
+    assert_within_ulp(got, want, jnp.bfloat16 if out_dtype == jnp.bfloat16 else jnp.float16)
+
+
+def test_mm_dequant_overflow_to_inf():
+    # Results past float16's range become inf in both.
+    acc = jnp.full((4, 4), 2**30, jnp.int32)
+    row = jnp.full((4,), 100.0, jnp.float32)
+    col = jnp.full((4,), 100.0, jnp.float32)
+    got = k8.int8_mm_dequant(acc, row, col, interpret=INTERPRET)
+    assert_equal(got, reference.int8_mm_dequant(acc, row, col))
+
+
+# ----------------------------------------------------------------------------
+# Zero-size inputs, validation, dispatch table
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0), (2, 0, 3)])
+def test_zero_size_quant(shape):
+    A = jnp.zeros(shape, jnp.float16)
+    for fn in ("int8_vectorwise_quant", "int8_double_quant"):
+        got = getattr(k8, fn)(A, 1.0, interpret=INTERPRET)
+        want = getattr(reference, fn)(A, 1.0)
+        for g, w in zip(got, want, strict=True):
+            assert_equal(g, w)
+    if len(shape) == 2:
+        for g, w in zip(
+            k8.int8_vectorwise_quant_t(A, interpret=INTERPRET),
+            k8.int8_vectorwise_quant_t_reference(A),
+            strict=True,
+        ):
+            assert_equal(g, w)
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(0, 3, 4), (3, 0, 4), (3, 4, 0)])
+def test_zero_size_matmul(m, n, k):
+    A, B = jnp.zeros((m, k), jnp.int8), jnp.zeros((n, k), jnp.int8)
+    assert_equal(
+        k8.int8_linear_matmul(A, B, interpret=INTERPRET), reference.int8_linear_matmul(A, B)
+    )
+    row, col, bias = jnp.ones((m,)), jnp.ones((n,)), jnp.ones((n,), jnp.float16)
+    assert_equal(
+        k8.int8_linear_matmul_dequant(A, B, row, col, bias, interpret=INTERPRET),
+        reference.int8_linear_matmul_dequant(A, B, row, col, bias),
+    )
+    acc = jnp.zeros((m, n), jnp.int32)
+    assert_equal(
+        k8.int8_mm_dequant(acc, row, col, bias, out_dtype=jnp.float32, interpret=INTERPRET),
+        reference.int8_mm_dequant(acc, row, col, bias).astype(jnp.float32),
+    )
+
+
+def test_validation():
+    A = jnp.ones((4, 8), jnp.float16)
+    with pytest.raises(TypeError, match="A"):
+        k8.int8_vectorwise_quant(jnp.ones((4, 8), jnp.int8))
+    with pytest.raises(ValueError, match="threshold"):
+        k8.int8_double_quant(A, -1.0)
+    with pytest.raises(TypeError, match="threshold"):
+        k8.int8_vectorwise_quant(A, jnp.float32(1.0) + jnp.zeros(()))
+    with pytest.raises(ValueError, match="W"):
+        k8.int8_vectorwise_quant_t(jnp.ones((2, 3, 4), jnp.float16))
+    a8, b8 = jnp.ones((4, 8), jnp.int8), jnp.ones((3, 8), jnp.int8)
+    with pytest.raises(TypeError, match="B"):
+        k8.int8_linear_matmul(a8, b8.astype(jnp.int32))
+    with pytest.raises(ValueError, match="k"):
+        k8.int8_linear_matmul(a8, jnp.ones((3, 9), jnp.int8))
+    with pytest.raises(ValueError, match="row_stats"):
+        k8.int8_linear_matmul_dequant(a8, b8, jnp.ones((5,)), jnp.ones((3,)))
+    with pytest.raises(ValueError, match="bias"):
+        k8.int8_mm_dequant(jnp.ones((4, 3), jnp.int32), jnp.ones(4), jnp.ones(3), jnp.ones(4))
+    with pytest.raises(ValueError, match="out_dtype"):
+        k8.int8_mm_dequant(
+            jnp.ones((4, 3), jnp.int32), jnp.ones(4), jnp.ones(3), out_dtype=jnp.int8
+        )
+
+
+def test_kernels_table():
+    names = {
+        "int8_vectorwise_quant",
+        "int8_double_quant",
+        "int8_linear_matmul",
+        "int8_mm_dequant",
+        "int8_linear_matmul_dequant",
+    }
+    assert set(k8.KERNELS) == names
+    a8, b8 = jnp.ones((4, 8), jnp.int8), jnp.ones((3, 8), jnp.int8)
+    assert k8.KERNELS["int8_linear_matmul"].unsupported(a8, b8) is None
+    assert "k" in k8.KERNELS["int8_linear_matmul"].unsupported(a8, jnp.ones((3, 9), jnp.int8))
+    assert k8.KERNELS["int8_vectorwise_quant"].unsupported(jnp.ones((2, 2)), 0.0) is None
+    assert k8.KERNELS["int8_double_quant"].unsupported(a8, 0.0) is not None
+    row, col = jnp.ones((4,)), jnp.ones((3,))
+    assert k8.KERNELS["int8_linear_matmul_dequant"].unsupported(a8, b8, row, col) is None
+    assert k8.KERNELS["int8_mm_dequant"].unsupported(jnp.ones((4, 3)), row, col) is not None
+
+
+def test_jit_no_retrace():
+    A = _floats((9, 20), seed=2)
+    f = jax.jit(lambda a: k8.int8_double_quant(a, 2.0, interpret=INTERPRET))
+    for g, w in zip(f(A), reference.int8_double_quant(A, 2.0), strict=True):
+        assert_equal(g, w)
+
+
+# ----------------------------------------------------------------------------
+# Large shapes (GPU only)
+# ----------------------------------------------------------------------------
+
+
+@gpu_only
+@pytest.mark.parametrize(("m", "n", "k"), [(4096, 4096, 4096), (1000, 3000, 2000)])
+def test_large_matmul(m, n, k):
+    A, B = _int8((m, k), 1), _int8((n, k), 2)
+    assert_equal(k8.int8_linear_matmul(A, B), reference.int8_linear_matmul(A, B))
+    row, col, bias = _stats(m, 3), _stats(n, 4) / 64, _bias(n, jnp.float16)
+    assert_within_ulp(
+        k8.int8_linear_matmul_dequant(A, B, row, col, bias),
+        reference.int8_linear_matmul_dequant(A, B, row, col, bias),
+    )
+    acc = reference.int8_linear_matmul(A, B)
+    assert_within_ulp(
+        k8.int8_mm_dequant(acc, row, col, bias), reference.int8_mm_dequant(acc, row, col, bias)
+    )
+
+
+@gpu_only
+@pytest.mark.parametrize("shape", [(4096, 4096), (1000, 3000)])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_large_quant(shape, threshold):
+    A = _floats(shape, seed=9)
+    for g, w in zip(
+        k8.int8_double_quant(A, threshold), reference.int8_double_quant(A, threshold), strict=True
+    ):
+        assert_equal(g, w)
+    for g, w in zip(
+        k8.int8_vectorwise_quant(A, threshold),
+        reference.int8_vectorwise_quant(A, threshold),
+        strict=True,
+    ):
+        assert_equal(g, w)
+    for g, w in zip(
+        k8.int8_vectorwise_quant_t(A), k8.int8_vectorwise_quant_t_reference(A), strict=True
+    ):
+        assert_equal(g, w)
