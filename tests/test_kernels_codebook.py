@@ -1,0 +1,328 @@
+"""The codebook Pallas kernels against `fp8mm.reference`, bit for bit.
+
+On CPU the kernels run in Pallas interpret mode (sizes kept small for CI); on a
+GPU the same tests run compiled, plus a few large shapes. Every comparison is
+on the bits (codes, absmax, dequantized values; -0.0 differs from 0.0), with
+NaN matching NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fp8mm import codebooks, reference
+from fp8mm.pallas import codebook as cb
+from fp8mm.state import QuantState
+
+ON_GPU = jax.default_backend() == "gpu"
+INTERPRET = not ON_GPU
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="large shapes run compiled on a GPU only")
+
+E4M3 = codebooks.e4m3_code()
+E5M2 = codebooks.e5m2_code()
+DYNAMIC = codebooks.create_dynamic_map()
+
+
+def _random_code(seed: int, duplicates: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    code = rng.uniform(-1.0, 1.0, 256)
+    if duplicates:
+        code = np.round(code * 20) / 20  # ~40 distinct values, most repeated
+    code[-1] = 1.0
+    return np.sort(code).astype(np.float32)
+
+
+CODES = {
+    "e4m3": E4M3,
+    "e5m2": E5M2,
+    "dynamic": DYNAMIC,
+    "random": _random_code(1),
+    "duplicates": _random_code(2, duplicates=True),
+}
+
+
+def assert_bits_equal(actual, expected, what: str = "") -> None:
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
+    if actual.dtype.kind == "f" or actual.dtype == jnp.bfloat16:
+        uint = np.dtype(f"u{actual.dtype.itemsize}")
+        a32, e32 = actual.astype(np.float32), expected.astype(np.float32)
+        ok = (actual.view(uint) == expected.view(uint)) | (np.isnan(a32) & np.isnan(e32))
+    else:
+        ok = actual == expected
+    bad = np.flatnonzero(~ok)
+    assert bad.size == 0, (
+        f"{what}: {bad.size} of {ok.size} differ, first at flat index {bad[:5]}: "
+        f"got {actual.reshape(-1)[bad[:5]]}, want {expected.reshape(-1)[bad[:5]]}"
+    )
+
+
+def heavy_tailed(shape, dtype, seed=0) -> jax.Array:
+    """Student-t (df 1.5) values over several scales: a few huge ones per block."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(1.5, size=shape) * 10.0 ** rng.integers(-3, 3, size=shape)
+    return jnp.asarray(x.astype(np.float32), dtype)
+
+
+def with_specials(A: jax.Array, blocksize: int) -> jax.Array:
+    """Zeroes the first block, and puts inf/NaN/-0/tiny values into later elements."""
+    flat = np.array(A.reshape(-1).astype(jnp.float32))
+    n = flat.size
+    flat[: min(blocksize, n)] = 0.0
+    specials = [np.nan, np.inf, -np.inf, -0.0, 1e-30, -3e-20, np.nan]
+    for k, v in enumerate(specials):
+        i = blocksize + 3 + k * (blocksize + 1)
+        if i < n:
+            flat[i] = v
+    return jnp.asarray(flat, A.dtype).reshape(A.shape)
+
+
+def check_blockwise(A, code, blocksize) -> None:
+    code = jnp.asarray(code)
+    q, state = cb.quantize_blockwise(A, code, blocksize, interpret=INTERPRET)
+    q_ref, state_ref = reference.quantize_blockwise(A, code, blocksize)
+    assert_bits_equal(q, q_ref, "codes")
+    assert_bits_equal(state.absmax, state_ref.absmax, "absmax")
+    assert (state.blocksize, state.dtype, state.shape) == (
+        state_ref.blocksize,
+        state_ref.dtype,
+        state_ref.shape,
+    )
+    deq = cb.dequantize_blockwise(q_ref, state_ref, interpret=INTERPRET)
+    assert_bits_equal(deq, reference.dequantize_blockwise(q_ref, state_ref), "dequantized")
+    fake = cb.fake_quant_blockwise(A, code, blocksize, interpret=INTERPRET)
+    assert_bits_equal(fake, reference.fake_quant_blockwise(A, code, blocksize), "fake quant")
+
+
+def check_global(A, code) -> None:
+    code = jnp.asarray(code)
+    q, state = cb.quantize(A, code, interpret=INTERPRET)
+    q_ref, state_ref = reference.quantize(A, code)
+    assert_bits_equal(q, q_ref, "codes")
+    assert_bits_equal(state.absmax, state_ref.absmax, "absmax")
+    assert (state.blocksize, state.dtype, state.shape) == (None, np.float32, A.shape)
+    deq = cb.dequantize(q_ref, state_ref, interpret=INTERPRET)
+    assert_bits_equal(deq, reference.dequantize(q_ref, state_ref), "dequantized")
+    fake = cb.fake_quant_global(A, code, interpret=INTERPRET)
+    assert_bits_equal(fake, reference.fake_quant_global(A, code), "fake quant")
+
+
+# Every blocksize once, each dtype, odd sizes, partial last blocks, 1-D to 3-D.
+BLOCKWISE_CASES = [
+    (jnp.float32, (37, 101), 32),
+    (jnp.bfloat16, (3, 5, 67), 64),
+    (jnp.float16, (1000,), 128),
+    (jnp.float32, (2, 300), 256),
+    (jnp.bfloat16, (515,), 512),
+    (jnp.float16, (4, 513), 1024),
+    (jnp.float32, (2049,), 2048),
+    (jnp.bfloat16, (3, 4097), 4096),
+]
+
+
+@pytest.mark.parametrize(("dtype", "shape", "blocksize"), BLOCKWISE_CASES)
+def test_blockwise_matches_reference(dtype, shape, blocksize):
+    A = with_specials(heavy_tailed(shape, dtype, seed=blocksize), blocksize)
+    check_blockwise(A, E4M3, blocksize)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_blockwise_all_zero_nan_inf_blocks(dtype):
+    blocksize = 64
+    flat = np.array(heavy_tailed((7 * blocksize + 5,), jnp.float32, seed=3))
+    flat[:blocksize] = 0.0  # all-zero block: absmax 0, codes 0, dequantized -0.0
+    flat[blocksize : 2 * blocksize] = np.nan  # all-NaN block: absmax 0
+    flat[2 * blocksize + 7] = np.inf  # absmax inf: finite -> 0, inf -> NaN
+    flat[3 * blocksize + 1] = -np.inf
+    flat[4 * blocksize : 5 * blocksize] *= 1e-36  # tiny block, normal after scaling
+    flat[5 * blocksize + 2] = np.nan
+    flat[6 * blocksize : 7 * blocksize] = -0.0
+    A = jnp.asarray(flat, dtype)
+    check_blockwise(A, E5M2, blocksize)
+
+
+def test_blockwise_subnormal_inputs():
+    rng = np.random.default_rng(4)
+    A = jnp.asarray((rng.standard_normal(300) * 1e-39).astype(np.float32))
+    check_blockwise(A, E4M3, 128)
+
+
+def _probe_values(code: np.ndarray, size: int = 4096) -> np.ndarray:
+    """Codes, float32 midpoints of neighbours and the floats just beside them, in [-1, 1]."""
+    c = code.astype(np.float32)
+    mids = ((c[1:] + c[:-1]) * np.float32(0.5)).astype(np.float32)
+    pts = np.concatenate([c, mids])
+    pts = np.concatenate(
+        [pts, np.nextafter(pts, np.float32(np.inf)), np.nextafter(pts, np.float32(-np.inf))]
+    )
+    rng = np.random.default_rng(5)
+    extra = np.array([1.0, -1.0, 0.0, -0.0, np.nan, 1e-30, -1e-30], np.float32)
+    pts = np.concatenate([extra, pts[np.abs(pts) <= 1]]).astype(np.float32)
+    rest = rng.uniform(-1, 1, size - pts.size).astype(np.float32)
+    return np.concatenate([pts, rest])[:size]
+
+
+@pytest.mark.parametrize("name", list(CODES))
+def test_nearest_code_exact_on_midpoints(name):
+    """Global and blockwise quantization with absmax exactly 1 probe nearest_code itself."""
+    code = CODES[name]
+    A = jnp.asarray(_probe_values(code))
+    q, _ = cb.quantize(A, jnp.asarray(code), interpret=INTERPRET)
+    assert_bits_equal(q, reference.quantize(A, jnp.asarray(code))[0], f"{name} global codes")
+    # One block of 4096 holding 1.0: the reciprocal is 1 and the scaling exact.
+    q, _ = cb.quantize_blockwise(A, jnp.asarray(code), 4096, interpret=INTERPRET)
+    q_ref, _ = reference.quantize_blockwise(A, jnp.asarray(code), 4096)
+    assert_bits_equal(q, q_ref, f"{name} blockwise codes")
+
+
+def test_bucket_table_paths():
+    """The fp8 grids and the dynamic map take the fast path; random codes exercise the search."""
+    lo, _ = cb._bucket_bounds()
+    normal = np.abs(lo) >= np.finfo(np.float32).tiny  # CPU XLA flushes subnormal compares
+    for name in ("e4m3", "e5m2", "dynamic"):
+        table = np.asarray(cb._bucket_table(jnp.asarray(CODES[name])))
+        assert not np.any((table >= 512) & normal), name
+    assert np.any(np.asarray(cb._bucket_table(jnp.asarray(CODES["random"]))) >= 512)
+
+
+GLOBAL_CASES = [
+    (jnp.float32, (37, 101)),
+    (jnp.bfloat16, (3, 5, 67)),
+    (jnp.float16, (1000,)),
+]
+
+
+@pytest.mark.parametrize(("dtype", "shape"), GLOBAL_CASES)
+def test_global_matches_reference(dtype, shape):
+    A = heavy_tailed(shape, dtype, seed=7)
+    flat = np.array(A.reshape(-1).astype(jnp.float32))
+    flat[[3, 50, 51]] = [np.nan, -0.0, 0.0]
+    check_global(jnp.asarray(flat, dtype).reshape(shape), E4M3)
+
+
+def test_global_all_zero_and_inf():
+    shape = (37, 101)
+    check_global(jnp.zeros(shape, jnp.float32), E4M3)  # 0/0 = NaN -> code 0
+    A = np.array(heavy_tailed(shape, jnp.float32, seed=8))
+    A[1, 2] = -np.inf  # absmax inf: finite / inf = 0, inf / inf = NaN
+    check_global(jnp.asarray(A), E5M2)
+
+
+def test_under_jit_with_traced_code():
+    A = heavy_tailed((37, 101), jnp.float32, seed=9)
+
+    @jax.jit
+    def f(A, code):
+        q, state = cb.quantize_blockwise(A, code, 32, interpret=INTERPRET)
+        return q, state.absmax, cb.fake_quant_blockwise(A, code, 32, interpret=INTERPRET)
+
+    q, absmax, fake = f(A, jnp.asarray(DYNAMIC))
+    q_ref, state_ref = reference.quantize_blockwise(A, jnp.asarray(DYNAMIC), 32)
+    assert_bits_equal(q, q_ref, "codes")
+    assert_bits_equal(absmax, state_ref.absmax, "absmax")
+    assert_bits_equal(fake, reference.fake_quant_blockwise(A, jnp.asarray(DYNAMIC), 32), "fake")
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0, 5)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_zero_size(shape, dtype):
+    A = jnp.zeros(shape, dtype)
+    code = jnp.asarray(E4M3)
+    q, state = cb.quantize_blockwise(A, code, 64, interpret=INTERPRET)
+    q_ref, state_ref = reference.quantize_blockwise(A, code, 64)
+    assert_bits_equal(q, q_ref)
+    assert_bits_equal(state.absmax, state_ref.absmax)
+    assert_bits_equal(
+        cb.dequantize_blockwise(q, state, interpret=INTERPRET),
+        reference.dequantize_blockwise(q_ref, state_ref),
+    )
+    assert_bits_equal(
+        cb.fake_quant_blockwise(A, code, 64, interpret=INTERPRET),
+        reference.fake_quant_blockwise(A, code, 64),
+    )
+    q, state = cb.quantize(A, code, interpret=INTERPRET)
+    q_ref, state_ref = reference.quantize(A, code)
+    assert_bits_equal(q, q_ref)
+    assert_bits_equal(state.absmax, state_ref.absmax)
+    assert_bits_equal(
+        cb.dequantize(q, state, interpret=INTERPRET), reference.dequantize(q_ref, state_ref)
+    )
+    assert_bits_equal(
+        cb.fake_quant_global(A, code, interpret=INTERPRET), reference.fake_quant_global(A, code)
+    )
+
+
+def test_argument_validation():
+    A = jnp.ones((4, 8), jnp.float32)
+    code = jnp.asarray(E4M3)
+    with pytest.raises(TypeError, match="int32"):
+        cb.quantize_blockwise(jnp.ones((4, 8), jnp.int32), code, 64)
+    with pytest.raises(ValueError, match="48"):
+        cb.fake_quant_blockwise(A, code, 48)
+    with pytest.raises(TypeError, match="blocksize"):
+        cb.quantize_blockwise(A, code, 64.0)
+    with pytest.raises(ValueError, match="code"):
+        cb.quantize(A, code[:128])
+    with pytest.raises(TypeError, match="code"):
+        cb.fake_quant_global(A, code.astype(jnp.float16))
+    q = jnp.zeros((4, 8), jnp.uint8)
+    blockwise = QuantState(jnp.ones((1,)), code, 64, jnp.float32, (4, 8))
+    with pytest.raises(ValueError, match="shape"):
+        cb.dequantize_blockwise(jnp.zeros((4, 9), jnp.uint8), blockwise)
+    with pytest.raises(TypeError, match="uint8"):
+        cb.dequantize_blockwise(q.astype(jnp.int8), blockwise)
+    with pytest.raises(ValueError, match="blocksize"):
+        cb.dequantize(q, blockwise)
+    with pytest.raises(TypeError, match="QuantState"):
+        cb.dequantize(q, (jnp.ones(()), code))
+
+
+def test_kernel_registry():
+    names = {
+        "quantize_blockwise",
+        "dequantize_blockwise",
+        "fake_quant_blockwise",
+        "quantize",
+        "dequantize",
+        "fake_quant_global",
+    }
+    assert set(cb.KERNELS) == names
+    A = jnp.ones((4, 8), jnp.float32)
+    assert cb.KERNELS["fake_quant_blockwise"].unsupported(A, jnp.asarray(E4M3), 64) is None
+
+
+def test_tile_heuristic():
+    for blocksize in (None, *(2**i for i in range(5, 13))):
+        cfg = cb.choose_tiles(blocksize)
+        assert cfg.cols == (blocksize or cfg.cols)
+        assert cfg.size >= 2048 and cfg.size & (cfg.size - 1) == 0
+        assert 4 <= cfg.num_warps <= 16
+
+
+# ----------------------------------------------------------------------------
+# GPU only: realistic sizes, compiled
+# ----------------------------------------------------------------------------
+
+
+@gpu_only
+@pytest.mark.parametrize(("dtype", "blocksize"), [(jnp.bfloat16, 4096), (jnp.bfloat16, 64)])
+def test_large_blockwise_gpu(dtype, blocksize):
+    A = heavy_tailed((4096, 4096), dtype, seed=11)
+    check_blockwise(A, E4M3, blocksize)
+
+
+@gpu_only
+def test_large_float32_odd_gpu():
+    A = with_specials(heavy_tailed((1023, 4099), jnp.float32, seed=12), 256)
+    check_blockwise(A, E5M2, 256)
+    check_blockwise(A, CODES["random"], 1024)
+
+
+@gpu_only
+def test_large_global_gpu():
+    check_global(heavy_tailed((4096, 4096), jnp.bfloat16, seed=13), E4M3)
+    check_global(heavy_tailed((1000, 999), jnp.float32, seed=14), E5M2)
