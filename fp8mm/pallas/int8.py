@@ -203,6 +203,11 @@ def _range_mask(start, size: int, limit: int, needed: bool):
     return start + jnp.arange(size) < limit
 
 
+def _load(ref, mask, other):
+    # Triton rejects `other` on an unmasked load.
+    return plgpu.load(ref, mask=mask, other=None if mask is None else other)
+
+
 def _and_masks(rows, cols):
     if rows is None and cols is None:
         return None
@@ -245,7 +250,7 @@ def _stats_kernel(a_ref, *out_refs, m, k, cfg, threshold, rows, cols, col_nan, f
         start = kk * bk
         col_ok = _range_mask(start, bk, k, k % bk != 0)
         mask = _and_masks(row_ok, col_ok)
-        x = plgpu.load(a_ref.at[pl.ds(i * bm, bm), pl.ds(start, bk)], mask=mask, other=0.0)
+        x = _load(a_ref.at[pl.ds(i * bm, bm), pl.ds(start, bk)], mask, 0.0)
         a = jnp.abs(x.astype(_F32))
         nan = a != a
         if threshold > 0.0:
@@ -286,20 +291,20 @@ def _quant_kernel(*refs, m, k, cfg, threshold, double):
     mask = _and_masks(row_ok, col_ok)
     rs, cs = pl.ds(i * bm, bm), pl.ds(j * bk, bk)
 
-    x = plgpu.load(a_ref.at[rs, cs], mask=mask, other=0.0).astype(_F32)
-    scale = plgpu.load(scale_ref.at[rs], mask=row_ok, other=0.0)
+    x = _load(a_ref.at[rs, cs], mask, 0.0).astype(_F32)
+    scale = _load(scale_ref.at[rs], row_ok, 0.0)
     ca = _to_int8(x * scale[:, None])
     if threshold > 0.0:
         outlier = jnp.abs(x) >= float(np.float16(threshold))
-        col_hit = plgpu.load(flag_ref.at[cs], mask=col_ok, other=0) != 0
+        col_hit = _load(flag_ref.at[cs], col_ok, 0) != 0
         ca = jnp.where(outlier | col_hit[None, :], jnp.int8(0), ca)
         x = jnp.where(outlier, 0.0, x)
     plgpu.store(ca_ref.at[rs, cs], ca, mask=mask)
     if not double:
         return
 
-    c = plgpu.load(cstat_ref.at[cs], mask=col_ok, other=1.0)[None, :]
-    rc = plgpu.load(crcp_ref.at[cs], mask=col_ok, other=1.0)[None, :]
+    c = _load(cstat_ref.at[cs], col_ok, 1.0)[None, :]
+    rc = _load(crcp_ref.at[cs], col_ok, 1.0)[None, :]
     # torch rounds x*127 to float16 before dividing; the float32 product is exact.
     s = (x * 127.0).astype(jnp.float16).astype(_F32)
     q = s * rc
@@ -321,8 +326,8 @@ def _quant_t_kernel(w_ref, scale_ref, cb_ref, *, k, n, cfg):
     n_ok = _range_mask(i * bn, bn, n, n % bn != 0)
     k_ok = _range_mask(j * bk, bk, k, k % bk != 0)
     ns, ks = pl.ds(i * bn, bn), pl.ds(j * bk, bk)
-    w = plgpu.load(w_ref.at[ks, ns], mask=_and_masks(k_ok, n_ok), other=0.0).astype(_F32)
-    scale = plgpu.load(scale_ref.at[ns], mask=n_ok, other=0.0)
+    w = _load(w_ref.at[ks, ns], _and_masks(k_ok, n_ok), 0.0).astype(_F32)
+    scale = _load(scale_ref.at[ns], n_ok, 0.0)
     codes = _to_int8(w * scale[None, :])
     plgpu.store(cb_ref.at[ns, ks], codes.T, mask=_and_masks(n_ok, k_ok))
 
@@ -356,8 +361,8 @@ def _matmul_kernel(*refs, m, n, k, cfg, dequant, bias_mode, out_dtype):
         # Rows past m/n only feed outputs that are never stored; only the k
         # tail must read as zero.
         a_mask, b_mask = _and_masks(row_ok, k_ok), _and_masks(col_ok, k_ok)
-        a = plgpu.load(a_ref.at[rs, ks], mask=a_mask, other=0 if a_mask is not None else None)
-        b = plgpu.load(b_ref.at[cs, ks], mask=b_mask, other=0 if b_mask is not None else None)
+        a = _load(a_ref.at[rs, ks], a_mask, 0)
+        b = _load(b_ref.at[cs, ks], b_mask, 0)
         return acc + jax.lax.dot_general(
             a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32
         )
@@ -365,9 +370,9 @@ def _matmul_kernel(*refs, m, n, k, cfg, dequant, bias_mode, out_dtype):
     acc = jax.lax.fori_loop(0, pl.cdiv(k, bk), body, jnp.zeros((bm, bn), jnp.int32))
     out_mask = _and_masks(row_ok, col_ok)
     if dequant:
-        row = plgpu.load(row_ref.at[rs], mask=row_ok, other=0.0)
-        col = plgpu.load(col_ref.at[cs], mask=col_ok, other=0.0)
-        bias = None if bias_ref is None else plgpu.load(bias_ref.at[cs], mask=col_ok, other=0.0)
+        row = _load(row_ref.at[rs], row_ok, 0.0)
+        col = _load(col_ref.at[cs], col_ok, 0.0)
+        bias = None if bias_ref is None else _load(bias_ref.at[cs], col_ok, 0.0)
         out = _dequant_math(acc, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype)
     else:
         out = acc
@@ -384,10 +389,10 @@ def _dequant_kernel(*refs, m, n, cfg, bias_mode, out_dtype):
     col_ok = _range_mask(j * bn, bn, n, n % bn != 0)
     mask = _and_masks(row_ok, col_ok)
     rs, cs = pl.ds(i * bm, bm), pl.ds(j * bn, bn)
-    acc = plgpu.load(acc_ref.at[rs, cs], mask=mask, other=0)
-    row = plgpu.load(row_ref.at[rs], mask=row_ok, other=0.0)
-    col = plgpu.load(col_ref.at[cs], mask=col_ok, other=0.0)
-    bias = None if bias_ref is None else plgpu.load(bias_ref.at[cs], mask=col_ok, other=0.0)
+    acc = _load(acc_ref.at[rs, cs], mask, 0)
+    row = _load(row_ref.at[rs], row_ok, 0.0)
+    col = _load(col_ref.at[cs], col_ok, 0.0)
+    bias = None if bias_ref is None else _load(bias_ref.at[cs], col_ok, 0.0)
     out = _dequant_math(acc, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype)
     plgpu.store(o_ref.at[rs, cs], out, mask=mask)
 
