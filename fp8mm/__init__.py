@@ -20,11 +20,23 @@ from fp8mm.functional import (
     quantize,
     quantize_blockwise,
 )
+from fp8mm.ops import (
+    get_block_sizes,
+    matmul_fp8_global,
+    matmul_fp8_mixed,
+    prepare_int8_weight,
+    switchback_bnb,
+)
 from fp8mm.state import MatmulLtState, QuantState
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "switchback_bnb",
+    "prepare_int8_weight",
+    "matmul_fp8_mixed",
+    "matmul_fp8_global",
+    "get_block_sizes",
     "MatmulLtState",
     "QuantState",
     "create_dynamic_map",

@@ -13,10 +13,13 @@ step (see DESIGN §2), so its results agree bit for bit with the golden outputs:
   rounds once to float16.
 
 Arguments are validated by the public wrappers in `fp8mm.functional`; these
-functions assume well-formed input.
+functions assume well-formed input. Each is jitted (configuration arguments
+static), so eager calls compile one fused program per shape.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +51,7 @@ MM_DEQUANT_CONST = np.float32(6.200012400024800e-05)
 # ----------------------------------------------------------------------------
 
 
+@jax.jit
 def nearest_code(x: jax.Array, code: jax.Array) -> jax.Array:
     """Index of the code nearest to each element, as bitsandbytes' `dQuantize`.
 
@@ -99,6 +103,7 @@ def _blocks(A: jax.Array, blocksize: int) -> jax.Array:
     return jnp.pad(flat, (0, nblocks * blocksize - n)).reshape(nblocks, blocksize)
 
 
+@functools.partial(jax.jit, static_argnames=("blocksize",))
 def quantize_blockwise(
     A: jax.Array, code: jax.Array, blocksize: int = 4096
 ) -> tuple[jax.Array, QuantState]:
@@ -121,6 +126,7 @@ def quantize_blockwise(
     return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
 
 
+@jax.jit
 def dequantize_blockwise(q: jax.Array, state: QuantState) -> jax.Array:
     """Inverse of `quantize_blockwise`: code[q] * absmax[block], in state.dtype.
 
@@ -139,6 +145,7 @@ def dequantize_blockwise(q: jax.Array, state: QuantState) -> jax.Array:
     return vals.reshape(-1)[:n].reshape(q.shape).astype(state.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("blocksize",))
 def fake_quant_blockwise(A: jax.Array, code: jax.Array, blocksize: int) -> jax.Array:
     """`dequantize_blockwise(*quantize_blockwise(A, code, blocksize))` in A's dtype."""
     blocks = _blocks(A, blocksize)
@@ -148,6 +155,7 @@ def fake_quant_blockwise(A: jax.Array, code: jax.Array, blocksize: int) -> jax.A
     return vals.reshape(-1)[: A.size].reshape(A.shape).astype(A.dtype)
 
 
+@jax.jit
 def quantize(A: jax.Array, code: jax.Array) -> tuple[jax.Array, QuantState]:
     """Global codebook quantization (bitsandbytes `quantize`), in float32.
 
@@ -169,11 +177,13 @@ def quantize(A: jax.Array, code: jax.Array) -> tuple[jax.Array, QuantState]:
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
 
 
+@jax.jit
 def dequantize(q: jax.Array, state: QuantState) -> jax.Array:
     """Inverse of `quantize`: float32 code[q] * absmax."""
     return state.code[q.astype(jnp.int32)] * state.absmax
 
 
+@jax.jit
 def fake_quant_global(A: jax.Array, code: jax.Array) -> jax.Array:
     """`dequantize(*quantize(A, code))` cast back to A's dtype."""
     q, state = quantize(A, code)
@@ -192,7 +202,8 @@ def _to_int8(x: jax.Array) -> jax.Array:
 
 
 def _rows(A: jax.Array) -> jax.Array:
-    return A.astype(jnp.float16).reshape(-1, A.shape[-1]) if A.ndim else A
+    """A cast to float16 as [rows, cols] (explicit row count: cols may be 0)."""
+    return A.astype(jnp.float16).reshape(int(np.prod(A.shape[:-1])), A.shape[-1])
 
 
 def _outliers(a16: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array]:
@@ -204,6 +215,7 @@ def _outliers(a16: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array]:
     return elem, jnp.any(elem, axis=0)
 
 
+@functools.partial(jax.jit, static_argnames=("threshold",))
 def int8_vectorwise_quant(
     A: jax.Array, threshold: float = 0.0
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -222,8 +234,8 @@ def int8_vectorwise_quant(
     """
     a16 = _rows(A)
     elem, cols = _outliers(a16, threshold)
-    absval = jnp.abs(a16)
-    # The kernel reduces in float16 starting from -FLT_MIN (which is -0 in float16).
+    # The kernel reduces with fmaxf in float16, which drops NaN, from -FLT_MIN (-0 in float16).
+    absval = _abs_ignoring_nan(a16)
     row_stats = jnp.max(jnp.where(elem, 0.0, absval), axis=1, initial=0.0).astype(jnp.float32)
     # __fdividef(127, absmax) is a reciprocal-multiply on the GPU.
     scale = np.float32(127.0) * (np.float32(1.0) / row_stats)
@@ -232,6 +244,7 @@ def int8_vectorwise_quant(
     return ca.reshape(A.shape), row_stats.reshape(A.shape[:-1]), cols
 
 
+@functools.partial(jax.jit, static_argnames=("threshold",))
 def int8_double_quant(
     A: jax.Array, threshold: float = 0.0
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -253,6 +266,7 @@ def int8_double_quant(
     a16 = _rows(A)
     elem, _ = _outliers(a16, threshold)
     masked = jnp.where(elem, jnp.float16(0), a16)
+    # torch.amax propagates NaN (unlike the row kernel's fmaxf).
     col_stats = jnp.max(jnp.abs(masked), axis=0, initial=0.0).astype(jnp.float32)
     # torch: round(A.mul(127.0) / col_stats) with the product rounded to float16 first.
     scaled = (masked.astype(jnp.float32) * np.float32(127.0)).astype(jnp.float16)
@@ -260,6 +274,7 @@ def int8_double_quant(
     return ca, cat.reshape(A.shape), row_stats, col_stats, cols
 
 
+@jax.jit
 def int8_linear_matmul(A: jax.Array, B: jax.Array) -> jax.Array:
     """Exact int8 product A @ Bᵀ accumulated in int32.
 
@@ -275,6 +290,7 @@ def int8_linear_matmul(A: jax.Array, B: jax.Array) -> jax.Array:
     )
 
 
+@jax.jit
 def int8_mm_dequant(
     acc: jax.Array,
     row_stats: jax.Array,
@@ -307,6 +323,7 @@ def int8_mm_dequant(
     return out
 
 
+@jax.jit
 def int8_linear_matmul_dequant(
     A: jax.Array,
     B: jax.Array,

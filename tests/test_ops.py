@@ -1,0 +1,401 @@
+"""The custom-VJP matmuls: parity with bitsandbytes, hand-written gradients, transformations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fp8mm
+from fp8mm import reference as ref
+from tests import golden
+
+FW = jnp.asarray(fp8mm.e4m3_code())
+BW = jnp.asarray(fp8mm.e5m2_code())
+TOL = {jnp.float16: 1.5e-2, jnp.bfloat16: 1.5e-2, jnp.float32: 1e-4}
+FP8_OPS = {"fp8_mixed": fp8mm.matmul_fp8_mixed, "fp8_global": fp8mm.matmul_fp8_global}
+
+
+def rel_err(got, want):
+    got = np.asarray(jnp.asarray(got).astype(jnp.float32), np.float64)
+    want = np.asarray(want, np.float64)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))  # inf where bnb overflows
+    fin = np.isfinite(want)
+    return np.linalg.norm(got[fin] - want[fin]) / max(np.linalg.norm(want[fin]), 1e-30)
+
+
+def rand(shape, dtype=jnp.float32, seed=0, scale=1.0):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
+    return jnp.asarray(x).astype(dtype)
+
+
+# ------------------------------------------------------------------------ golden parity
+
+
+def _fp8_case(case):
+    bsz, bsz2, dt = (int(v) for v in golden.get(case, "meta"))
+    dtype = golden.DTYPES[dt]
+    A, B, g = (jnp.asarray(golden.get(case, n)).astype(dtype) for n in ("A", "B", "g"))
+    return A, B, g, bsz, bsz2, dtype
+
+
+def _check_gradB(gB, case, tol):
+    if golden.has(case, "gradB"):
+        assert rel_err(gB, golden.get(case, "gradB")) <= tol
+    else:  # the file keeps every 7th entry of the largest gradB (tools/make_test_golden.py)
+        flat = jnp.asarray(gB).reshape(-1)[::7]
+        assert rel_err(flat, golden.get(case, "gradB@every7")) <= tol
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("case", golden.cases("fp8_mixed") + golden.cases("fp8_global"))
+def test_fp8_golden(case, jit):
+    A, B, g, bsz, bsz2, dtype = _fp8_case(case)
+    op = FP8_OPS[case.split("/")[0]]
+    # The golden file was made with get_block_sizes; check that ours agrees.
+    assert fp8mm.get_block_sizes(A, B) == (bsz, bsz2)
+    f = lambda a, b: op(a, b, FW, BW, bsz, bsz2)
+    if jit:
+        f = jax.jit(f)
+    out, vjp = jax.vjp(f, A, B)
+    gA, gB = vjp(g)
+    assert out.dtype == dtype and gA.dtype == dtype and gB.dtype == dtype
+    tol = TOL[dtype]
+    assert rel_err(out, golden.get(case, "out")) <= tol
+    assert rel_err(gA, golden.get(case, "gradA")) <= tol
+    _check_gradB(gB, case, tol)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("case", golden.cases("switchback"))
+def test_switchback_golden(case, jit):
+    A, B, g = (jnp.asarray(golden.get(case, n)).astype(jnp.float16) for n in ("A", "B", "g"))
+    thr = float(golden.get(case, "thr"))
+    bias = jnp.asarray(golden.get(case, "bias")).astype(jnp.float16) if golden.has(case, "bias") else None
+    f = lambda a, b, bi: fp8mm.switchback_bnb(a, b, threshold=thr, bias=bi)
+    if jit:
+        f = jax.jit(f)
+    out, vjp = jax.vjp(f, A, B, bias)
+    gA, gB, gBias = vjp(g)
+    tol = TOL[jnp.float16]
+    assert rel_err(out, golden.get(case, "out")) <= tol
+    assert rel_err(gA, golden.get(case, "gradA")) <= tol
+    assert rel_err(gB, golden.get(case, "gradB")) <= tol
+    if bias is not None:
+        assert gBias.dtype == jnp.float16
+        assert rel_err(gBias, golden.get(case, "gradBias")) <= tol
+    if thr == 0:
+        # without outliers the forward is the bit-exact int8 pipeline
+        np.testing.assert_array_equal(np.asarray(out, np.float32), golden.get(case, "out"))
+
+
+# ----------------------------------------------------------- hand-written formulas (§2)
+
+
+def _fq_block(x, code, bs):
+    return ref.fake_quant_blockwise(x, code, bs)
+
+
+def _fq_global(x, code):
+    return ref.fake_quant_global(x, code)
+
+
+def _mm(a, b, dtype):
+    return jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST).astype(dtype)
+
+
+SHAPES = [((8, 40), (40, 24)), ((2, 5, 70), (70, 33)), ((3, 130), (130, 9))]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("sa, sb", SHAPES)
+def test_fp8_mixed_formulas(sa, sb, dtype):
+    A, B, g = rand(sa, dtype, 1, 3.0), rand(sb, dtype, 2, 0.1), rand((*sa[:-1], sb[1]), dtype, 3)
+    bsz, bsz2 = fp8mm.get_block_sizes(A, B)
+    out, vjp = jax.vjp(lambda a, b: fp8mm.matmul_fp8_mixed(a, b, FW, BW), A, B)
+    gA, gB = vjp(g)
+    qB = _fq_global(B, FW)
+    A2, g2 = A.reshape(-1, sa[-1]), g.reshape(-1, sb[1])
+    want_out = _mm(_fq_block(A, FW, bsz).reshape(-1, sa[-1]), qB, dtype).reshape(out.shape)
+    want_gA = _mm(_fq_block(g, BW, bsz2).reshape(-1, sb[1]), qB.T, dtype).reshape(sa)
+    want_gB = _mm(A2.T, g2, dtype)  # unquantized and summed over the batch
+    tol = TOL[dtype] / 10
+    assert rel_err(out, want_out) <= tol
+    assert rel_err(gA, want_gA) <= tol
+    assert rel_err(gB, want_gB) <= tol
+    assert gA.shape == A.shape and gB.shape == B.shape
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("sa, sb", SHAPES)
+def test_fp8_global_formulas(sa, sb, dtype):
+    A, B, g = rand(sa, dtype, 4, 3.0), rand(sb, dtype, 5, 0.1), rand((*sa[:-1], sb[1]), dtype, 6)
+    out, vjp = jax.vjp(lambda a, b: fp8mm.matmul_fp8_global(a, b, FW, BW), A, B)
+    gA, gB = vjp(g)
+    qA, qB, qg = _fq_global(A, FW), _fq_global(B, FW), _fq_global(g, BW)
+    A2, g2 = qA.reshape(-1, sa[-1]), qg.reshape(-1, sb[1])
+    tol = TOL[dtype] / 10
+    assert rel_err(out, _mm(A2, qB, dtype).reshape(out.shape)) <= tol
+    assert rel_err(gA, _mm(g2, qB.T, dtype).reshape(sa)) <= tol
+    # Q(Aᵀ) = Q(A)ᵀ for global quantization
+    np.testing.assert_array_equal(np.asarray(_fq_global(A2.T, FW)), np.asarray(A2.T))
+    assert rel_err(gB, _mm(A2.T, g2, dtype)) <= tol
+
+
+def _switchback_formulas(A, B, bias, thr):
+    """DESIGN §2 written out with the reference primitives (A 2-D)."""
+    dtype = A.dtype
+    CA, SCA, cols = ref.int8_vectorwise_quant(A, thr)
+    CB, SCB, _ = ref.int8_vectorwise_quant(B, 0.0)
+    out = ref.int8_mm_dequant(ref.int8_linear_matmul(CA, CB), SCA, SCB).astype(jnp.float32)
+    if bias is not None:
+        out = out + bias.astype(jnp.float32)
+    out = out.astype(dtype)
+    if thr > 0:
+        m = cols[None, :]
+        extra = _mm(jnp.where(m, A, 0), jnp.where(m, B, 0).T, dtype)
+        out = (out.astype(jnp.float32) + extra.astype(jnp.float32)).astype(dtype)
+    W = (CB.astype(jnp.float32) * (SCB / 127.0)[:, None]).astype(dtype)
+    return out, W
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("thr", [0.0, 2.5])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("sa", [(12, 40), (2, 3, 40)])
+def test_switchback_formulas(sa, with_bias, thr, dtype):
+    A = rand(sa, dtype, 7)
+    B = rand((24, 40), dtype, 8, 0.2)
+    g = rand((*sa[:-1], 24), dtype, 9)
+    bias = rand((24,), dtype, 10) if with_bias else None
+    out, vjp = jax.vjp(lambda a, b, bi: fp8mm.switchback_bnb(a, b, threshold=thr, bias=bi), A, B, bias)
+    gA, gB, gBias = vjp(g)
+    A2, g2 = A.reshape(-1, 40), g.reshape(-1, 24)
+    want_out, W = _switchback_formulas(A2, B, bias if bias is None or bias.dtype != jnp.float16 else bias, thr)
+    tol = 2e-3 if dtype != jnp.bfloat16 else 1e-2
+    gtol = 1e-3 if dtype != jnp.bfloat16 else 5e-3  # one rounding to the output dtype
+    assert out.dtype == dtype and gA.dtype == dtype and gB.dtype == dtype
+    assert rel_err(out.reshape(-1, 24), want_out) <= tol
+    assert rel_err(gA.reshape(-1, 40), _mm(g2, W, dtype)) <= gtol
+    assert rel_err(gB, _mm(g2.T, A2, dtype)) <= gtol  # 16-bit, not quantized
+    if with_bias:
+        assert gBias.shape == (24,) and gBias.dtype == dtype
+        assert rel_err(gBias, g2.astype(jnp.float32).sum(0)) <= gtol
+    if thr > 0:
+        # the test data has outliers, so the 16-bit decomposition was exercised
+        assert np.asarray(fp8mm.int8_vectorwise_quant(A2, thr)[2]).any()
+
+
+# --------------------------------------------------------------- dtypes and edge cases
+
+
+@pytest.mark.parametrize("op", ["fp8_mixed", "fp8_global", "switchback"])
+def test_float32_params_get_float32_grads(op):
+    A = rand((6, 32), jnp.float16, 11)
+    W = rand((32, 16), jnp.float32, 12, 0.1)  # float32 master weight
+    b = rand((16,), jnp.float32, 13)
+
+    def loss(a, w, bias):
+        if op == "switchback":
+            y = fp8mm.switchback_bnb(a, w.T.astype(a.dtype), bias=bias)
+        else:
+            y = FP8_OPS[op](a, w.astype(a.dtype), FW, BW) + bias.astype(a.dtype)
+        return jnp.sum(y.astype(jnp.float32) ** 2)
+
+    gA, gW, gb = jax.grad(loss, argnums=(0, 1, 2))(A, W, b)
+    assert gA.dtype == jnp.float16 and gW.dtype == jnp.float32 and gb.dtype == jnp.float32
+    assert np.isfinite(np.asarray(gW)).all()
+
+
+def test_weight_dtype_differs_from_activation():
+    A = rand((4, 32), jnp.bfloat16)
+    B = rand((32, 8), jnp.float32, 1)
+    for op in FP8_OPS.values():
+        out, vjp = jax.vjp(lambda a, b: op(a, b, FW, BW), A, B)
+        gA, gB = vjp(jnp.ones_like(out))
+        assert out.dtype == jnp.bfloat16 and gA.dtype == jnp.bfloat16 and gB.dtype == jnp.float32
+    out, vjp = jax.vjp(lambda a, b: fp8mm.switchback_bnb(a, b), A, B.T)
+    gA, gB = vjp(jnp.ones_like(out))
+    assert out.dtype == jnp.bfloat16 and gB.dtype == jnp.float32 and gB.shape == (8, 32)
+
+
+def test_codes_get_zero_cotangents():
+    A, B = rand((4, 32)), rand((32, 8), seed=1)
+    for op in FP8_OPS.values():
+        gfw, gbw = jax.grad(lambda fw, bw: jnp.sum(op(A, B, fw, bw)), argnums=(0, 1))(FW, BW)
+        assert gfw.shape == (256,) and not np.asarray(gfw).any() and not np.asarray(gbw).any()
+
+
+@pytest.mark.parametrize("op", ["fp8_mixed", "fp8_global", "switchback"])
+def test_zero_size(op):
+    A = jnp.zeros((0, 32), jnp.float16)
+    if op == "switchback":
+        B = rand((8, 32), jnp.float16)
+        bias = rand((8,), jnp.float16)
+        f = lambda a, b, bi: fp8mm.switchback_bnb(a, b, bias=bi, threshold=1.0)
+        out, vjp = jax.vjp(f, A, B, bias)
+        gA, gB, gb = vjp(jnp.zeros_like(out))
+        assert not np.asarray(gb).any()
+    else:
+        B = rand((32, 8), jnp.float16)
+        out, vjp = jax.vjp(lambda a, b: FP8_OPS[op](a, b, FW, BW), A, B)
+        gA, gB = vjp(jnp.zeros_like(out))
+    assert out.shape == (0, 8) and gA.shape == (0, 32) and gB.shape == B.shape
+    assert not np.asarray(gB).any()
+
+
+@pytest.mark.parametrize("op", ["fp8_mixed", "fp8_global", "switchback"])
+def test_dead_units_give_zeros_not_nan(op):
+    A = rand((6, 64), jnp.float16).at[2].set(0)  # a dead row (all-zero after ReLU)
+    if op == "switchback":
+        B = rand((8, 64), jnp.float16).at[3].set(0)  # a dead output unit
+        f = lambda a, b: fp8mm.switchback_bnb(a, b)
+    else:
+        B = rand((64, 8), jnp.float16).at[:, 3].set(0)
+        f = lambda a, b: FP8_OPS[op](a, b, FW, BW)
+    out, vjp = jax.vjp(f, A, B)
+    grads = vjp(jnp.ones_like(out))
+    for x in (out, *grads):
+        assert np.isfinite(np.asarray(x, np.float32)).all()
+    assert not np.asarray(out[2]).any() and not np.asarray(out[:, 3]).any()
+    # all-zero inputs everywhere
+    out0 = f(jnp.zeros_like(A), jnp.zeros_like(B))
+    assert not np.asarray(out0).any()
+
+
+def test_get_block_sizes():
+    assert fp8mm.get_block_sizes((8, 64), (64, 48)) == (64, 64)
+    assert fp8mm.get_block_sizes((8, 65), (65, 4097)) == (128, 4096)
+    assert fp8mm.get_block_sizes((8, 4096), (100, 4096)) == (4096, 128)  # [out, in] weight
+    assert fp8mm.get_block_sizes((8, 9000), (9000, 2)) == (4096, 64)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: fp8mm.matmul_fp8_mixed(rand((4, 8)), rand((9, 3)), FW, BW), ValueError, r"\(9, 3\)"),
+        (lambda: fp8mm.matmul_fp8_mixed(rand((8,)), rand((8, 3)), FW, BW), ValueError, "dimension"),
+        (lambda: fp8mm.matmul_fp8_global(jnp.ones((4, 8), jnp.int32), rand((8, 3)), FW, BW),
+         TypeError, "int32"),
+        (lambda: fp8mm.matmul_fp8_mixed(rand((4, 8)), rand((8, 3)), FW[:100], BW), ValueError,
+         "256"),
+        (lambda: fp8mm.matmul_fp8_mixed(rand((4, 8)), rand((8, 3)), FW, BW, 48), ValueError, "48"),
+        (lambda: fp8mm.switchback_bnb(rand((4, 8)), rand((8, 3))), ValueError, r"\(8, 3\)"),
+        (lambda: fp8mm.switchback_bnb(rand((4, 8)), rand((3, 8)), threshold=-2.0), ValueError,
+         "-2.0"),
+        (lambda: fp8mm.switchback_bnb(rand((4, 8)), rand((3, 8)), bias=rand((4,))), ValueError,
+         "bias"),
+        (lambda: fp8mm.switchback_bnb(jnp.ones((4, 8), jnp.int8), rand((3, 8))), TypeError, "int8"),
+        (lambda: fp8mm.switchback_bnb(rand((4, 8)), None), ValueError, "B is required"),
+        (lambda: fp8mm.switchback_bnb(rand((4, 8)), rand((3, 8)), state="x"), TypeError, "str"),
+    ],
+)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ------------------------------------------------------------------------- SwitchBack state
+
+
+def test_int8_inference_state():
+    A = rand((5, 48), jnp.float16, 20)
+    B = rand((16, 48), jnp.float16, 21, 0.2)
+    state = fp8mm.prepare_int8_weight(B)
+    assert state.CB.dtype == jnp.int8 and state.SCB.shape == (16,) and not state.has_fp16_weights
+    out_train = fp8mm.switchback_bnb(A, B)
+    out_inf = fp8mm.switchback_bnb(A, None, state=state)
+    np.testing.assert_array_equal(np.asarray(out_inf), np.asarray(out_train))
+    # state is a pytree: it goes through jit as an argument
+    out_jit = jax.jit(lambda a, s: fp8mm.switchback_bnb(a, None, state=s))(A, state)
+    np.testing.assert_array_equal(np.asarray(out_jit), np.asarray(out_train))
+    # gradA flows; there is no weight to train
+    gA = jax.grad(lambda a: jnp.sum(fp8mm.switchback_bnb(a, None, state=state).astype(jnp.float32)))(A)
+    assert gA.shape == A.shape and np.isfinite(np.asarray(gA)).all()
+    with pytest.raises(ValueError, match="CB"):
+        fp8mm.MatmulLtState(has_fp16_weights=False)
+
+
+def test_int8_inference_with_outliers_matches_bnb_formula():
+    A = rand((6, 32), jnp.float16, 22).at[1, 4].set(9.0)
+    B = rand((10, 32), jnp.float16, 23, 0.2)
+    state = fp8mm.prepare_int8_weight(B, threshold=5.0)
+    out = fp8mm.switchback_bnb(A, None, state=state)
+    CA, SCA, cols = ref.int8_vectorwise_quant(A, 5.0)
+    base = ref.int8_mm_dequant(ref.int8_linear_matmul(CA, state.CB), SCA, state.SCB)
+    Wd = (state.CB.astype(jnp.float32) * state.SCB[:, None] / 127.0).astype(jnp.float16)
+    extra = _mm(jnp.where(cols[None], A, 0), jnp.where(cols[None], Wd, 0).T, jnp.float16)
+    want = (base.astype(jnp.float32) + extra.astype(jnp.float32)).astype(jnp.float16)
+    assert rel_err(out, want) <= 1e-3
+
+
+def test_outliers_under_jit_and_capacity_fallback():
+    A = rand((16, 64), jnp.float16, 24)
+    A = A.at[:, :20].multiply(20.0)  # 20 outlier columns
+    B = rand((12, 64), jnp.float16, 25, 0.2)
+    eager = fp8mm.switchback_bnb(A, B, threshold=6.0)
+    f = jax.jit(lambda a, b, cap: fp8mm.switchback_bnb(
+        a, b, threshold=6.0, outlier_capacity=cap, return_outliers=True), static_argnums=2)
+    for cap in (64, 32, 4):  # 4 < 20 outliers: the exact masked product takes over
+        out, cols = f(A, B, cap)
+        assert int(np.asarray(cols).sum()) >= 15
+        assert rel_err(out, eager) <= 1e-3
+    with pytest.raises(ValueError, match="outlier_capacity"):
+        fp8mm.switchback_bnb(A, B, threshold=6.0, outlier_capacity=0)
+
+
+def test_state_threshold_is_used():
+    A = rand((8, 32), jnp.float16, 26).at[0, 3].set(50.0)
+    B = rand((4, 32), jnp.float16, 27)
+    a = fp8mm.switchback_bnb(A, B, state=fp8mm.MatmulLtState(threshold=6.0), return_outliers=True)
+    b = fp8mm.switchback_bnb(A, B, threshold=6.0, return_outliers=True)
+    np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+    assert bool(a[1][3])
+
+
+# ------------------------------------------------------------------------- transformations
+
+
+def _ops():
+    B1 = rand((32, 16), jnp.float16, 30, 0.1)
+    B2 = rand((16, 32), jnp.float16, 31, 0.1)
+    return {
+        "fp8_mixed": (lambda a, b: fp8mm.matmul_fp8_mixed(a, b, FW, BW), B1),
+        "fp8_global": (lambda a, b: fp8mm.matmul_fp8_global(a, b, FW, BW), B1),
+        "switchback": (lambda a, b: fp8mm.switchback_bnb(a, b, threshold=3.0), B2),
+    }
+
+
+@pytest.mark.parametrize("name", ["fp8_mixed", "fp8_global", "switchback"])
+def test_transformations(name):
+    f, B = _ops()[name]
+    A = rand((3, 8, 32), jnp.float16, 32)
+
+    def loss(a, b):
+        return jnp.sum(f(a, b).astype(jnp.float32) ** 2)
+
+    val, (gA, gB) = jax.value_and_grad(loss, argnums=(0, 1))(A, B)
+    gA2, gB2 = jax.grad(loss, argnums=(0, 1))(A, B)
+    np.testing.assert_array_equal(np.asarray(gA), np.asarray(gA2))
+    # remat gives the same gradients
+    gA3, gB3 = jax.grad(jax.checkpoint(loss), argnums=(0, 1))(A, B)
+    np.testing.assert_array_equal(np.asarray(gA3), np.asarray(gA))
+    np.testing.assert_array_equal(np.asarray(gB3), np.asarray(gB))
+    # vmap over a batch of A equals the per-example results
+    outs = jax.vmap(lambda a: f(a, B))(A)
+    for i in range(A.shape[0]):
+        np.testing.assert_array_equal(np.asarray(outs[i]), np.asarray(f(A[i], B)))
+    gv = jax.vmap(jax.grad(loss), in_axes=(0, None))(A, B)
+    np.testing.assert_array_equal(np.asarray(gv[1]), np.asarray(jax.grad(loss)(A[1], B)))
+    # jit without retracing
+    traces = []
+
+    @jax.jit
+    def step(a, b):
+        traces.append(1)
+        return jax.value_and_grad(loss, argnums=1)(a, b)
+
+    for s in range(3):
+        v, _ = step(rand((3, 8, 32), jnp.float16, 40 + s), B)
+    assert len(traces) == 1
+    assert np.isfinite(float(v)) and np.isfinite(float(val))

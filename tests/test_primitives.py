@@ -1,0 +1,284 @@
+"""Edge cases, argument validation and transformations of the primitives."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fp8mm
+from fp8mm import reference as ref
+
+CODE = jnp.asarray(fp8mm.e4m3_code())
+FLOATS = [jnp.float32, jnp.float16, jnp.bfloat16]
+
+
+def rand(shape, dtype=jnp.float32, seed=0, scale=1.0):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
+    return jnp.asarray(x).astype(dtype)
+
+
+# --------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_blockwise_all_zero_blocks(dtype):
+    A = jnp.zeros((3, 64), dtype).at[1].set(rand((64,), dtype))
+    q, st = fp8mm.quantize_blockwise(A, CODE, 64)
+    np.testing.assert_array_equal(np.asarray(st.absmax)[[0, 2]], 0.0)
+    # bitsandbytes: 0 * (1/0) = NaN walks the search down to code 0; it dequantizes to -0.
+    assert np.all(np.asarray(q)[[0, 2]] == 0)
+    deq = fp8mm.dequantize_blockwise(q, st)
+    assert not np.isnan(np.asarray(deq, np.float32)).any()
+    np.testing.assert_array_equal(np.asarray(deq, np.float32)[[0, 2]], 0.0)
+    fq = fp8mm.fake_quant_blockwise(A, CODE, 64)
+    np.testing.assert_array_equal(np.asarray(fq, np.float32), np.asarray(deq, np.float32))
+
+
+def test_global_all_zero():
+    q, st = fp8mm.quantize(jnp.zeros((5, 7)), CODE)
+    out = np.asarray(fp8mm.dequantize(q, st))
+    assert float(st.absmax) == 0.0 and not np.isnan(out).any() and np.all(out == 0)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda A: fp8mm.quantize_blockwise(A, CODE, 64),
+        lambda A: fp8mm.quantize(A, CODE),
+        lambda A: (fp8mm.fake_quant_blockwise(A, CODE, 64), fp8mm.fake_quant_global(A, CODE)),
+    ],
+)
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (3, 0, 4)])
+def test_codebook_zero_size(fn, shape):
+    out = fn(jnp.zeros(shape, jnp.float16))
+    for leaf in jax.tree_util.tree_leaves(out):
+        # every output is empty except the 256-entry code and a global scalar absmax
+        assert leaf.size == 0 or leaf.shape in ((256,), ()), leaf.shape
+    q, st = fp8mm.quantize_blockwise(jnp.zeros(shape), CODE, 64)
+    assert q.shape == shape and st.absmax.shape == (0,)
+    assert fp8mm.dequantize_blockwise(q, st).shape == shape
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (4, 0), (2, 0, 8)])
+def test_int8_zero_size(shape):
+    A = jnp.zeros(shape, jnp.float16)
+    CA, CAt, rs, cs, cols = fp8mm.int8_double_quant(A, 1.0)
+    assert CA.shape == shape and CAt.shape == shape and rs.shape == shape[:-1]
+    assert cs.shape == (shape[-1],) and cols.shape == (shape[-1],)
+    B = jnp.zeros((5, shape[-1]), jnp.int8)
+    acc = fp8mm.int8_linear_matmul(CA, B)
+    assert acc.shape == (*shape[:-1], 5) and acc.dtype == jnp.int32
+    out = fp8mm.int8_mm_dequant(acc, rs, jnp.ones((5,)))
+    assert out.shape == acc.shape and out.dtype == jnp.float16
+
+
+def test_int8_all_zero_rows_and_columns():
+    A = rand((6, 10), jnp.float16).at[2].set(0).at[:, 3].set(0)
+    CA, CAt, rs, cs, _ = fp8mm.int8_double_quant(A)
+    assert rs[2] == 0 and cs[3] == 0
+    assert np.all(np.asarray(CA)[2] == 0) and np.all(np.asarray(CAt)[:, 3] == 0)
+    out = fp8mm.int8_mm_dequant(fp8mm.int8_linear_matmul(CA, CA), rs, rs)
+    assert not np.isnan(np.asarray(out, np.float32)).any()
+
+
+def test_int8_threshold_outliers():
+    A = rand((8, 12), jnp.float16, scale=0.5).at[3, 5].set(10.0).at[6, 9].set(-7.0)
+    CA, CAt, rs, cs, cols = fp8mm.int8_double_quant(A, threshold=6.0)
+    np.testing.assert_array_equal(fp8mm.outlier_indices(cols), [5, 9])
+    assert np.all(np.asarray(CA)[:, [5, 9]] == 0)
+    # outliers are left out of both statistics
+    assert float(rs[3]) == float(jnp.max(jnp.abs(A[3].at[5].set(0))))
+    assert float(cs[5]) == float(jnp.max(jnp.abs(A[:, 5].at[3].set(0))))
+    assert CAt[3, 5] == 0 and CAt[6, 9] == 0
+    # threshold 0 reports no outliers
+    assert not np.asarray(fp8mm.int8_vectorwise_quant(A)[2]).any()
+
+
+def test_int8_codes_round_half_even():
+    A = jnp.asarray([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5]], jnp.float16)
+    CA, rs, _ = fp8mm.int8_vectorwise_quant(A)
+    np.testing.assert_array_equal(np.asarray(CA)[0], [127, 0, 2, 2, 0, -2])
+
+
+def test_int8_inf_and_nan_inputs():
+    A = jnp.asarray([[1.0, jnp.inf, 2.0], [jnp.nan, 1.0, -3.0]], jnp.float32)
+    CA, CAt, rs, cs, _ = fp8mm.int8_double_quant(A)
+    # row 0 absmax is inf: 127/inf = 0, so finite entries give 0 and inf*0 = NaN gives 0.
+    assert np.isinf(rs[0]) and np.all(np.asarray(CA)[0] == 0)
+    # a NaN entry converts to 0, as CUDA's float->int conversion does.
+    assert CA[1, 0] == 0 and CA[1, 2] == -127
+
+
+def test_float16_overflow_in_column_quant():
+    # torch computes A.mul(127) in float16: |x| > 515.8 overflows to inf, and inf/col
+    # saturates. bitsandbytes' CAt for such a column entry is therefore +-127.
+    A = jnp.asarray([[600.0, 1.0], [-300.0, 2.0]], jnp.float16)
+    _, CAt, _, cs, _ = fp8mm.int8_double_quant(A)
+    assert float(cs[0]) == 600.0
+    np.testing.assert_array_equal(np.asarray(CAt)[:, 0], [127, -64])
+
+
+def test_dequant_bias_dtypes():
+    acc = jnp.asarray([[1000, -2000, 3]], jnp.int32)
+    rs, cs = jnp.asarray([2.0]), jnp.asarray([1.0, 0.5, 3.0])
+    base = np.asarray(fp8mm.int8_mm_dequant(acc, rs, cs), np.float32)
+    np.testing.assert_allclose(base, np.asarray(acc) * 2 * np.asarray(cs) / 127**2, rtol=1e-3)
+    for bdt in FLOATS:
+        b = jnp.asarray([0.25, -1.0, 2.0], bdt)
+        out = fp8mm.int8_mm_dequant(acc, rs, cs, b)
+        assert out.dtype == jnp.float16
+        np.testing.assert_allclose(np.asarray(out, np.float32), base + np.asarray(b, np.float32),
+                                   rtol=2e-3, atol=1e-3)
+
+
+def test_3d_inputs():
+    A = rand((2, 3, 40), jnp.bfloat16)
+    q, st = fp8mm.quantize_blockwise(A, CODE, 32)
+    q2, st2 = fp8mm.quantize_blockwise(A.reshape(-1), CODE, 32)
+    np.testing.assert_array_equal(np.asarray(q).ravel(), np.asarray(q2))
+    CA, CAt, rs, cs, cols = fp8mm.int8_double_quant(A)
+    CA2, CAt2, rs2, cs2, _ = fp8mm.int8_double_quant(A.reshape(6, 40))
+    assert CA.shape == A.shape and rs.shape == (2, 3)
+    np.testing.assert_array_equal(np.asarray(CA).reshape(6, 40), np.asarray(CA2))
+    np.testing.assert_array_equal(np.asarray(CAt).reshape(6, 40), np.asarray(CAt2))
+    np.testing.assert_array_equal(np.asarray(cs), np.asarray(cs2))
+    B = jnp.ones((7, 40), jnp.int8)
+    acc = fp8mm.int8_linear_matmul(CA, B)
+    assert acc.shape == (2, 3, 7)
+    out = fp8mm.int8_mm_dequant(acc, rs, jnp.ones((7,)))
+    assert out.shape == (2, 3, 7)
+
+
+def test_int8_matmul_exact_extremes():
+    A = jnp.full((3, 4096), -127, jnp.int8)
+    B = jnp.full((2, 4096), -127, jnp.int8)
+    np.testing.assert_array_equal(np.asarray(fp8mm.int8_linear_matmul(A, B)), 127 * 127 * 4096)
+
+
+# --------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8, jnp.int32), CODE), TypeError, "int32"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 100), ValueError, "100"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 8192), ValueError, "8192"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 16), ValueError, "16"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 64.0), TypeError, "64.0"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE[:128]), ValueError, r"\(128,\)"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE.astype(jnp.float16)), TypeError,
+         "float16"),
+        (lambda: fp8mm.quantize([1.0, 2.0], CODE), TypeError, "list"),
+        (lambda: fp8mm.int8_vectorwise_quant(jnp.ones((2, 2)), -1.0), ValueError, "-1.0"),
+        (lambda: fp8mm.int8_vectorwise_quant(jnp.ones((2, 2)), float("nan")), ValueError, "nan"),
+        (lambda: fp8mm.int8_double_quant(jnp.ones((2, 2), jnp.int8)), TypeError, "int8"),
+        (lambda: fp8mm.int8_double_quant(jnp.float32(1.0)), ValueError, "dimension"),
+        (lambda: fp8mm.int8_linear_matmul(jnp.ones((2, 3)), jnp.ones((4, 3), jnp.int8)),
+         TypeError, "float32"),
+        (lambda: fp8mm.int8_linear_matmul(jnp.ones((2, 3), jnp.int8), jnp.ones((4, 5), jnp.int8)),
+         ValueError, r"\(4, 5\)"),
+        (lambda: fp8mm.int8_linear_matmul(jnp.ones((2, 3), jnp.int8), jnp.ones((3,), jnp.int8)),
+         ValueError, "dimension"),
+        (lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3)), jnp.ones(2), jnp.ones(3)), TypeError,
+         "acc"),
+        (lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3), jnp.int32), jnp.ones(3), jnp.ones(3)),
+         ValueError, "row_stats"),
+        (lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3), jnp.int32), jnp.ones(2), jnp.ones(2)),
+         ValueError, "col_stats"),
+        (lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3), jnp.int32), jnp.ones(2), jnp.ones(3),
+                                       jnp.ones(4)), ValueError, "bias"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, implementation="cuda"), ValueError,
+         "cuda"),
+    ],
+)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_state_mismatch_errors():
+    q, st = fp8mm.quantize_blockwise(jnp.ones((4, 8)), CODE, 32)
+    with pytest.raises(ValueError, match="shape"):
+        fp8mm.dequantize_blockwise(q.reshape(8, 4), st)
+    with pytest.raises(ValueError, match="dequantize"):
+        fp8mm.dequantize(q, st)
+    qg, sg = fp8mm.quantize(jnp.ones((4, 8)), CODE)
+    with pytest.raises(ValueError, match="dequantize"):
+        fp8mm.dequantize_blockwise(qg, sg)
+    with pytest.raises(TypeError, match="uint8"):
+        fp8mm.dequantize(qg.astype(jnp.int32), sg)
+
+
+def test_outlier_indices_rejects_tracers():
+    with pytest.raises(TypeError, match="jit"):
+        jax.jit(fp8mm.outlier_indices)(jnp.zeros(3, bool))
+
+
+# --------------------------------------------------------------- transformations
+
+
+def test_jit_no_retrace():
+    traces = []
+
+    @jax.jit
+    def f(A):
+        traces.append(1)
+        q, st = fp8mm.quantize_blockwise(A, CODE, 64)
+        CA, CAt, rs, cs, cols = fp8mm.int8_double_quant(A, 2.0)
+        acc = fp8mm.int8_linear_matmul(CA, CAt)
+        return q, st, fp8mm.int8_mm_dequant(acc, rs, rs), cols
+
+    for seed in range(3):
+        out = f(rand((16, 16), seed=seed))
+    assert len(traces) == 1
+    want = fp8mm.quantize_blockwise(rand((16, 16), seed=2), CODE, 64)[0]
+    np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(want))
+
+
+def test_quant_state_is_pytree():
+    q, st = fp8mm.quantize_blockwise(rand((4, 40)), CODE, 32)
+    leaves, tree = jax.tree_util.tree_flatten(st)
+    assert len(leaves) == 2  # absmax and code; blocksize, dtype and shape are static
+    st2 = jax.tree_util.tree_unflatten(tree, leaves)
+    assert st2.blocksize == 32 and st2.shape == (4, 40)
+    out = jax.jit(fp8mm.dequantize_blockwise)(q, st)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(fp8mm.dequantize_blockwise(q, st)))
+
+
+def test_vmap():
+    A = rand((3, 5, 64), jnp.float16)
+    q, st = jax.vmap(lambda a: fp8mm.quantize_blockwise(a, CODE, 64))(A)
+    for i in range(3):
+        qi, sti = fp8mm.quantize_blockwise(A[i], CODE, 64)
+        np.testing.assert_array_equal(np.asarray(q[i]), np.asarray(qi))
+        np.testing.assert_array_equal(np.asarray(st.absmax[i]), np.asarray(sti.absmax))
+    CA, rs, cols = jax.vmap(lambda a: fp8mm.int8_vectorwise_quant(a, 1.0))(A)
+    for i in range(3):
+        want = fp8mm.int8_vectorwise_quant(A[i], 1.0)
+        for got, w in zip((CA[i], rs[i], cols[i]), want, strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(w))
+    B = jnp.ones((4, 64), jnp.int8)
+    acc = jax.vmap(lambda a: fp8mm.int8_linear_matmul(a, B))(CA)
+    np.testing.assert_array_equal(np.asarray(acc), np.asarray(fp8mm.int8_linear_matmul(CA, B)))
+
+
+def test_implementation_context_and_env(monkeypatch):
+    assert fp8mm.default_implementation() is None
+    with fp8mm.use_implementation("xla"):
+        assert fp8mm.default_implementation() == "xla"
+    monkeypatch.setenv("FP8MM_IMPLEMENTATION", "xla")
+    assert fp8mm.default_implementation() == "xla"
+    monkeypatch.setenv("FP8MM_IMPLEMENTATION", "tpu")
+    with pytest.raises(ValueError, match="tpu"):
+        fp8mm.default_implementation()
+
+
+def test_reference_matches_argmin_away_from_ties():
+    x = jnp.linspace(-1, 1, 20001, dtype=jnp.float32)
+    q = np.asarray(ref.nearest_code(x, CODE))
+    code = np.asarray(CODE)
+    d = np.abs(np.asarray(x)[:, None] - code[None, :])
+    best = d.min(1)
+    # the chosen code is always a nearest one (ties may pick either neighbour)
+    np.testing.assert_allclose(d[np.arange(len(q)), q], best, rtol=0, atol=1e-7)
