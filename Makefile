@@ -12,7 +12,7 @@ $(VENV)/.stamp-%: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.stamp-examples
-	$(PY) examples/demo.py
+	$(PY) examples/quickstart.py
 
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest -q tests
