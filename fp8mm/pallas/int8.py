@@ -31,7 +31,9 @@ ulps of it, which only matters where the quotient is exactly halfway between
 two integers (with float16 operands any other quotient is at least 2^-12 from a
 half), and those exact ties are detected with exact float32 products and
 rounded to even. Triton has no round-half-even primitive either, so it is
-built from `floor`.
+built from `floor` and comparisons; nothing but comparisons consumes a product
+that must stay rounded, since the GPU compiler contracts a multiply feeding an
+add into an FMA.
 
 NaN follows bitsandbytes: it never becomes a row absmax (the CUDA row kernel
 reduces with fmaxf) but makes its column's absmax NaN in double quant (torch's
@@ -170,11 +172,12 @@ def _is_even(x: jax.Array) -> jax.Array:
 
 
 def _round_half_even(q: jax.Array) -> jax.Array:
-    # Triton lowers no round primitive; floor and the exact fraction q - floor(q)
-    # give round-half-even for every finite float32.
+    # Triton lowers no round primitive. Only comparisons may consume q: with
+    # `q - floor(q)` LLVM would contract the product that made q into an FMA
+    # and decide ties on the unrounded product.
     f = jnp.floor(q)
-    d = q - f
-    up = (d > 0.5) | ((d == 0.5) & ~_is_even(f))
+    h = f + 0.5
+    up = (q > h) | ((q == h) & ~_is_even(f))
     return jnp.where(up, f + 1.0, f)
 
 
