@@ -1,0 +1,92 @@
+"""Flax layers running fp8mm's 8-bit matmuls, for linen and nnx.
+
+* `fp8mm.nn.linen`: `Fp8MixedDense`, `Fp8GlobalDense`, `SwitchBackDense`
+  (drop-in `nn.Dense`), the `quantize_dense` context and
+  `int8_inference_params`.
+* `fp8mm.nn.nnx`: `Fp8MixedLinear`, `Fp8GlobalLinear`, `SwitchBackLinear`
+  (drop-in `nnx.Linear`), `quantize_model` and `to_int8_inference`.
+* `fp8_mixed_dot_general`, `fp8_global_dot_general`, `switchback_dot_general`:
+  callables for stock `nn.Dense(dot_general=...)` / `nnx.Linear(dot_general=...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fp8mm.nn import linen, nnx
+from fp8mm.nn._core import KINDS, QuantSpec, make_dot_general, quantized_dense
+from fp8mm.nn._int8 import Int8Report
+from fp8mm.nn.nnx import quantize_model, to_int8_inference
+
+__all__ = [
+    "KINDS",
+    "Int8Report",
+    "QuantSpec",
+    "fp8_global_dot_general",
+    "fp8_mixed_dot_general",
+    "linen",
+    "make_dot_general",
+    "nnx",
+    "quantize_model",
+    "quantized_dense",
+    "switchback_dot_general",
+    "to_int8_inference",
+]
+
+
+def fp8_mixed_dot_general(
+    fw_code: Any = None,
+    bw_code: Any = None,
+    bsz: int = -1,
+    bsz2: int = -1,
+    *,
+    implementation: Any = None,
+):
+    """`dot_general` for nn.Dense / nnx.Linear running `fp8mm.matmul_fp8_mixed`.
+
+    Args:
+      fw_code: forward code float32 [256] (None: e4m3).
+      bw_code: backward code (None: e5m2).
+      bsz, bsz2: block sizes (-1: `fp8mm.get_block_sizes`).
+      implementation: None, "xla" or "pallas".
+    """
+    return make_dot_general(
+        QuantSpec("fp8_mixed", fw_code, bw_code, bsz, bsz2, implementation=implementation)
+    )
+
+
+def fp8_global_dot_general(
+    fw_code: Any = None,
+    bw_code: Any = None,
+    bsz: int = -1,
+    bsz2: int = -1,
+    *,
+    implementation: Any = None,
+):
+    """`dot_general` for nn.Dense / nnx.Linear running `fp8mm.matmul_fp8_global` (args as above)."""
+    return make_dot_general(
+        QuantSpec("fp8_global", fw_code, bw_code, bsz, bsz2, implementation=implementation)
+    )
+
+
+def switchback_dot_general(
+    threshold: float = 0.0, *, outlier_capacity: int | None = None, implementation: Any = None
+):
+    """`dot_general` for nn.Dense / nnx.Linear running `fp8mm.switchback_bnb`.
+
+    The bias stays outside the int8 product (flax adds it), and outlier masks
+    are not sown; use `SwitchBackDense`/`SwitchBackLinear` for those.
+
+    Args:
+      threshold: outlier threshold (0 disables the decomposition).
+      outlier_capacity: outlier slots under jit (None: the op's default).
+      implementation: None, "xla" or "pallas".
+    """
+    return make_dot_general(
+        QuantSpec(
+            "switchback",
+            threshold=threshold,
+            outlier_capacity=outlier_capacity,
+            implementation=implementation,
+        )
+    )

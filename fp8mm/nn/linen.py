@@ -1,0 +1,240 @@
+"""flax.linen layers: drop-in `nn.Dense` replacements running fp8mm's 8-bit matmuls.
+
+* `Fp8MixedDense`, `Fp8GlobalDense`, `SwitchBackDense`: the attributes,
+  defaults and parameters ('kernel' [in, out], 'bias' [out]) of `nn.Dense`,
+  plus the quantization options, so a checkpoint of an `nn.Dense` model loads
+  into the quantized model and back.
+* `quantize_dense(kind, ...)`: a context (through `nn.intercept_methods`) in
+  which unchanged `nn.Dense` code runs quantized.
+* `int8_inference_params(params)`: SwitchBack int8 inference weights.
+
+With `threshold > 0`, SwitchBack layers sow 'outlier_cols' (bool [in]) and
+'outlier_count' (int32) into the 'intermediates' collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen import module as _module
+from flax.linen.dtypes import promote_dtype
+from flax.linen.linear import PromoteDtypeFn, default_kernel_init
+from flax.typing import Dtype, Initializer, PrecisionLike
+
+from fp8mm.dispatch import Impl
+from fp8mm.nn._core import QuantSpec, make_dot_general, quantized_dense
+from fp8mm.nn._int8 import Int8Report, int8_inference_params
+from fp8mm.state import MatmulLtState
+
+__all__ = [
+    "Fp8GlobalDense",
+    "Fp8MixedDense",
+    "Int8Report",
+    "SwitchBackDense",
+    "int8_inference_params",
+    "make_dot_general",
+    "quantize_dense",
+]
+
+
+def _dense_call(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> jax.Array:
+    """The body of nn.Dense.__call__ with the product replaced by `spec`'s op.
+
+    Runs inside `module`'s compact scope (a layer's __call__ or an intercepted
+    nn.Dense), so parameters are created in the same order and with the same
+    names and initializers as nn.Dense.
+    """
+    int8_state = None
+    if spec.kind == "switchback" and module.has_variable("params", "CB"):
+        # Converted by int8_inference_params: the int8 weight replaces the kernel.
+        int8_state = MatmulLtState(
+            threshold=spec.threshold,
+            has_fp16_weights=False,
+            CB=module.get_variable("params", "CB"),
+            SCB=module.get_variable("params", "SCB"),
+        )
+        kernel = None
+    else:
+        kernel = module.param(
+            "kernel",
+            module.kernel_init,
+            (jnp.shape(inputs)[-1], module.features),
+            module.param_dtype,
+        )
+    bias = None
+    if module.use_bias:
+        bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+    inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+    y, cols = quantized_dense(spec, inputs, kernel, bias, int8_state=int8_state)
+    if cols is not None:
+        module.sow("intermediates", "outlier_cols", cols)
+        module.sow("intermediates", "outlier_count", jnp.sum(cols, dtype=jnp.int32))
+    return y
+
+
+class _QuantDense(nn.Module):
+    """Fields shared with nn.Dense (same names, order and defaults)."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: PrecisionLike = None  # accepted for parity; the ops fix their precision
+    kernel_init: Initializer = default_kernel_init
+    bias_init: Initializer = nn.initializers.zeros_init()
+    promote_dtype: PromoteDtypeFn = promote_dtype
+
+    def __post_init__(self) -> None:
+        # Auto-name like nn.Dense ("Dense_0", sharing Dense's counter) so that swapping
+        # the class in unchanged compact model code keeps the checkpoint's paths.
+        parent = self.parent
+        if parent is _module._unspecified_parent:
+            parent = _module._context.module_stack[-1]
+        if (
+            self.name is None
+            and isinstance(parent, nn.Module)
+            and not parent._state.in_setup
+            and parent._initialization_allowed
+        ):
+            cursor = parent._state.autoname_cursor.get("Dense", 0)
+            object.__setattr__(self, "name", f"Dense_{cursor}")
+            parent._state.autoname_cursor["Dense"] = cursor + 1
+        super().__post_init__()
+
+    def spec(self) -> QuantSpec:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Applies the quantized linear map to the last axis.
+
+        Args:
+          inputs: float [..., in].
+
+        Returns:
+          [..., features] in the computation dtype.
+        """
+        return _dense_call(self, inputs, self.spec())
+
+
+class Fp8MixedDense(_QuantDense):
+    """nn.Dense through `fp8mm.matmul_fp8_mixed` (bitsandbytes' LinearFP8Mixed).
+
+    Attributes (besides nn.Dense's):
+      fw_code: forward code, float32 [256]; None for e4m3.
+      bw_code: backward code; None for e5m2.
+      bsz: activation block size; -1 for `fp8mm.get_block_sizes`.
+      bsz2: output-gradient block size; -1 for `fp8mm.get_block_sizes`.
+      implementation: None, "xla" or "pallas".
+    """
+
+    fw_code: Any = None
+    bw_code: Any = None
+    bsz: int = -1
+    bsz2: int = -1
+    implementation: Impl = None
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(
+            "fp8_mixed",
+            self.fw_code,
+            self.bw_code,
+            self.bsz,
+            self.bsz2,
+            implementation=self.implementation,
+        )
+
+
+class Fp8GlobalDense(Fp8MixedDense):
+    """nn.Dense through `fp8mm.matmul_fp8_global` (bitsandbytes' LinearFP8Global, working).
+
+    Same attributes as `Fp8MixedDense`; block sizes are validated but unused.
+    """
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(
+            "fp8_global",
+            self.fw_code,
+            self.bw_code,
+            self.bsz,
+            self.bsz2,
+            implementation=self.implementation,
+        )
+
+
+class SwitchBackDense(_QuantDense):
+    """nn.Dense through `fp8mm.switchback_bnb` (SwitchBack int8 training).
+
+    Holds either the float 'kernel' [in, out] (training) or, after
+    `int8_inference_params`, 'CB' int8 [out, in] and 'SCB' float32 [out]
+    (int8 inference weights); the same module definition serves both.
+
+    Attributes (besides nn.Dense's):
+      threshold: outlier threshold; > 0 multiplies outlier input columns in
+        16 bits and sows 'outlier_cols'/'outlier_count' into 'intermediates'.
+      outlier_capacity: outlier slots under jit (None: the op's default).
+      implementation: None, "xla" or "pallas".
+    """
+
+    threshold: float = 0.0
+    outlier_capacity: int | None = None
+    implementation: Impl = None
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(
+            "switchback",
+            threshold=self.threshold,
+            outlier_capacity=self.outlier_capacity,
+            implementation=self.implementation,
+        )
+
+
+LAYERS: dict[str, type[_QuantDense]] = {
+    "fp8_mixed": Fp8MixedDense,
+    "fp8_global": Fp8GlobalDense,
+    "switchback": SwitchBackDense,
+}
+
+
+@contextlib.contextmanager
+def quantize_dense(
+    kind: str,
+    *,
+    filter: Callable[[nn.Dense], bool] | None = None,
+    **options: Any,
+) -> Iterator[QuantSpec]:
+    """Within this context, `nn.Dense.__call__` runs quantized (unchanged model code).
+
+    Parameters keep nn.Dense's names, shapes and initializers, so `init` and
+    `apply` work as before and checkpoints are interchangeable. A Dense's own
+    `dot_general` is replaced too.
+
+    Args:
+      kind: "fp8_mixed", "fp8_global" or "switchback".
+      filter: optional predicate on the (bound) nn.Dense; False leaves it as is
+        (e.g. `lambda m: m.name != "lm_head"`).
+      **options: `QuantSpec` fields (fw_code, bw_code, bsz, bsz2, threshold,
+        outlier_capacity, implementation).
+
+    Yields:
+      the `QuantSpec` in use.
+    """
+    spec = QuantSpec(kind, **options)
+
+    def interceptor(next_fun, args, kwargs, context):
+        m = context.module
+        if (
+            isinstance(m, nn.Dense)
+            and context.method_name == "__call__"
+            and (filter is None or filter(m))
+        ):
+            return _dense_call(m, *args, spec=spec, **kwargs)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        yield spec

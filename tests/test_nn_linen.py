@@ -1,0 +1,176 @@
+"""fp8mm.nn.linen: drop-in nn.Dense layers, dot_general injection, interception, int8, sow."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fp8mm.nn as fnn
+from fp8mm.nn import linen as L
+
+KINDS = fnn.KINDS
+# Relative error of a quantized layer against nn.Dense with the same params (normal inputs).
+QUANT_TOL = {"fp8_mixed": 0.08, "fp8_global": 0.10, "switchback": 0.03}
+FACTORIES = {
+    "fp8_mixed": fnn.fp8_mixed_dot_general,
+    "fp8_global": fnn.fp8_global_dot_general,
+    "switchback": fnn.switchback_dot_general,
+}
+
+
+def rand(shape, seed=0, scale=1.0):
+    return jnp.asarray(
+        np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
+    )
+
+
+def rel(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.linalg.norm(got - want) / np.linalg.norm(want)
+
+
+class MLP(nn.Module):
+    """Two stock Dense layers, or the quantized layer class `dense`."""
+
+    dense: type = nn.Dense
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(self.dense(48)(x))
+        return self.dense(8)(x)
+
+
+def test_fields_match_dense():
+    dense = {
+        f.name: f.default for f in dataclasses.fields(nn.Dense) if f.name not in ("parent", "name")
+    }
+    for cls in L.LAYERS.values():
+        ours = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, default in dense.items():
+            if name in ("dot_general", "dot_general_cls"):
+                continue  # the product is the layer's point; see the dot_general factories
+            assert name in ours and ours[name] == default, (cls.__name__, name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_params_and_outputs_like_dense(kind, dtype):
+    x = rand((2, 5, 64))
+    dense, quant = nn.Dense(32, dtype=dtype), L.LAYERS[kind](32, dtype=dtype)
+    p_dense = dense.init(jax.random.key(0), x)
+    p_quant = quant.init(jax.random.key(0), x)
+    # Same names, shapes, dtypes and (same rng) values: checkpoints are interchangeable.
+    assert jax.tree.structure(p_dense) == jax.tree.structure(p_quant)
+    jax.tree.map(np.testing.assert_array_equal, p_dense, p_quant)
+    want, got = dense.apply(p_dense, x), quant.apply(p_dense, x)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert rel(got.astype(jnp.float32), want.astype(jnp.float32)) < QUANT_TOL[kind] + (
+        0.02 if dtype else 0.0
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_injection_and_interception_match_layer(kind):
+    x = rand((6, 64), seed=1)
+    layer = MLP(L.LAYERS[kind])
+    params = MLP().init(jax.random.key(0), x)
+
+    def run(model, p, ctx=None):
+        def loss(p):
+            return jnp.sum(model.apply(p, x) ** 2)
+
+        # jit: eager op-by-op dispatch of the quantized ops is slow on CPU.
+        if ctx is None:
+            return jax.jit(jax.value_and_grad(loss))(p)
+        with ctx:  # the interceptor acts while tracing
+            return jax.jit(jax.value_and_grad(loss))(p)
+
+    want = run(layer, params)
+    injected = MLP(lambda f: nn.Dense(f, dot_general=FACTORIES[kind]()))
+    intercepted = run(MLP(), params, L.quantize_dense(kind))
+    for got in (run(injected, params), intercepted):
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_interception_filter_and_unsupported_contraction():
+    x = rand((3, 64))
+    params = MLP().init(jax.random.key(0), x)
+    plain = MLP().apply(params, x)
+    with L.quantize_dense("fp8_mixed", filter=lambda m: False):
+        np.testing.assert_array_equal(MLP().apply(params, x), plain)
+    dg = fnn.fp8_mixed_dot_general()
+    with pytest.raises(NotImplementedError, match=r"nn\.Dense contraction"):
+        dg(rand((4, 8)), rand((4, 8)), (((0,), (0,)), ((), ())))
+
+
+@pytest.mark.parametrize("kind", (None, *KINDS))
+def test_jit_training_step_lowers_loss(kind):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((64, 16)), jnp.float32)
+    y = jnp.asarray(np.tanh(np.asarray(x) @ rng.standard_normal((16, 8))), jnp.float32)
+    model = MLP(nn.Dense if kind is None else L.LAYERS[kind])
+    params = model.init(jax.random.key(0), x)
+    tx = optax.adam(1e-2)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt):
+        loss, g = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+
+    losses = []
+    for _ in range(30):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    x = rand((4, 64))
+    params = MLP().init(jax.random.key(0), x)  # a stock nn.Dense model's checkpoint
+    path = tmp_path / "ckpt"
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path, params)
+    with ocp.StandardCheckpointer() as ckpt:
+        restored = ckpt.restore(path, params)
+    quant = MLP(L.Fp8MixedDense)
+    np.testing.assert_array_equal(quant.apply(restored, x), quant.apply(params, x))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 3.0])
+def test_int8_inference_params(threshold):
+    x = rand((8, 64), seed=2)
+    x = x.at[:, 5].set(9.0)  # one outlier column
+    model = MLP(lambda f: L.SwitchBackDense(f, threshold=threshold))
+    params = model.init(jax.random.key(0), x)
+    int8, report = L.int8_inference_params(params)
+    layer0 = int8["params"]["Dense_0"]  # auto-named like nn.Dense
+    assert layer0["CB"].dtype == jnp.int8 and "kernel" not in layer0
+    assert layer0["CB"].shape == (48, 64) and layer0["SCB"].shape == (48,)
+    assert len(report.layers) == 2 and report.bytes_saved > 0.6 * (64 * 48 + 48 * 8) * 4
+    apply = jax.jit(model.apply)
+    want, got = apply(params, x), apply(int8, x)
+    if threshold == 0.0:
+        np.testing.assert_array_equal(got, want)  # the same int8 weight as in training
+    else:
+        # Outlier columns use the dequantized weight instead of the float one.
+        assert rel(got, want) < 1e-2
+
+
+def test_outlier_statistics_are_sown():
+    x = rand((8, 64), seed=3).at[:, [3, 17]].set(8.0)
+    model = MLP(lambda f: L.SwitchBackDense(f, threshold=6.0))
+    params = model.init(jax.random.key(0), x)
+    _, inter = model.apply(params, x, mutable=["intermediates"])
+    first = inter["intermediates"]["Dense_0"]
+    np.testing.assert_array_equal(np.flatnonzero(first["outlier_cols"][0]), [3, 17])
+    assert int(first["outlier_count"][0]) == 2
+    # Without a threshold nothing is sown.
+    _, inter = MLP(L.SwitchBackDense).apply(params, x, mutable=["intermediates"])
+    assert not inter

@@ -1,0 +1,147 @@
+"""fp8mm.nn.nnx: drop-in nnx.Linear layers, dot_general injection, quantize_model, int8, sow."""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import fp8mm.nn as fnn
+from fp8mm.nn import nnx as N
+
+KINDS = fnn.KINDS
+QUANT_TOL = {"fp8_mixed": 0.08, "fp8_global": 0.10, "switchback": 0.03}
+FACTORIES = {
+    "fp8_mixed": fnn.fp8_mixed_dot_general,
+    "fp8_global": fnn.fp8_global_dot_general,
+    "switchback": fnn.switchback_dot_general,
+}
+
+
+def rand(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+def rel(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.linalg.norm(got - want) / np.linalg.norm(want)
+
+
+class MLP(nnx.Module):
+    def __init__(self, linear=nnx.Linear, *, rngs):
+        self.layers = nnx.List([linear(64, 48, rngs=rngs), linear(48, 8, rngs=rngs)])
+
+    def __call__(self, x):
+        return self.layers[1](nnx.relu(self.layers[0](x)))
+
+
+def test_signature_matches_linear():
+    stock = inspect.signature(nnx.Linear.__init__).parameters
+    for cls in N.LAYERS.values():
+        ours = inspect.signature(cls.__init__).parameters
+        if "kwargs" in ours:  # subclasses forward to the shared base
+            ours = {**inspect.signature(N._QuantLinear.__init__).parameters, **ours}
+        for name, p in stock.items():
+            if name == "dot_general":
+                continue  # the product is the layer's point
+            assert name in ours and ours[name].default == p.default, (cls.__name__, name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_params_and_outputs_like_linear(kind, dtype):
+    x = rand((2, 5, 64))
+    lin = nnx.Linear(64, 32, dtype=dtype, rngs=nnx.Rngs(0))
+    q = N.LAYERS[kind](64, 32, dtype=dtype, rngs=nnx.Rngs(0))
+    s_lin, s_q = nnx.state(lin, nnx.Param), nnx.state(q, nnx.Param)
+    assert jax.tree.structure(s_lin) == jax.tree.structure(s_q)
+    jax.tree.map(np.testing.assert_array_equal, s_lin, s_q)
+    want, got = lin(x), q(x)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    tol = QUANT_TOL[kind] + (0.02 if dtype else 0.0)
+    assert rel(got.astype(jnp.float32), want.astype(jnp.float32)) < tol
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_injection_and_conversion_match_layer(kind):
+    x = rand((6, 64), seed=1)
+
+    def value_and_grad(model):
+        @nnx.jit
+        def f(model):
+            return nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2))(model)
+
+        return f(model)
+
+    want = value_and_grad(MLP(N.LAYERS[kind], rngs=nnx.Rngs(0)))
+    injected = MLP(
+        lambda i, o, rngs: nnx.Linear(i, o, dot_general=FACTORIES[kind](), rngs=rngs),
+        rngs=nnx.Rngs(0),
+    )
+    converted = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), kind)
+    assert all(type(layer) is N.LAYERS[kind] for layer in converted.layers)
+    for model in (injected, converted):
+        got = value_and_grad(model)
+        np.testing.assert_array_equal(got[0], want[0])
+        jax.tree.map(np.testing.assert_array_equal, nnx.state(got[1]), nnx.state(want[1]))
+
+
+def test_quantize_model_keeps_variables_and_filters():
+    model = MLP(rngs=nnx.Rngs(0))
+    kernel0 = model.layers[0].kernel
+    fnn.quantize_model(
+        model, "switchback", filter=lambda path, m: m.out_features != 8, threshold=6.0
+    )
+    assert type(model.layers[0]) is N.SwitchBackLinear and model.layers[0].threshold == 6.0
+    assert model.layers[0].kernel is kernel0  # same Variable: optimizer state stays valid
+    assert type(model.layers[1]) is nnx.Linear
+
+
+@pytest.mark.parametrize("kind", (None, *KINDS))
+def test_jit_training_step_lowers_loss(kind):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)
+    y = jnp.asarray(np.tanh(np.asarray(x) @ rng.standard_normal((64, 8)) / 8), jnp.float32)
+    model = MLP(nnx.Linear if kind is None else N.LAYERS[kind], rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt):
+        loss, g = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        opt.update(model, g)
+        return loss
+
+    losses = [float(step(model, opt)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 3.0])
+def test_int8_inference(threshold):
+    x = rand((8, 64), seed=2).at[:, 5].set(9.0)
+    model = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "switchback", threshold=threshold)
+    want = nnx.jit(lambda m: m(x))(model)
+    report = fnn.to_int8_inference(model)
+    layer = model.layers[0]
+    assert not hasattr(layer, "kernel") and layer.CB[...].dtype == jnp.int8
+    assert (
+        layer.CB[...].shape == (48, 64) and len(jax.tree.leaves(nnx.state(model, nnx.Param))) == 2
+    )  # biases
+    assert len(report.layers) == 2 and report.bytes_saved > 0.6 * (64 * 48 + 48 * 8) * 4
+    got = nnx.jit(lambda m: m(x))(model)
+    if threshold == 0.0:
+        np.testing.assert_array_equal(got, want)
+    else:
+        assert rel(got, want) < 1e-2
+
+
+def test_outlier_statistics_are_sown():
+    x = rand((8, 64), seed=3).at[:, [3, 17]].set(8.0)
+    model = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "switchback", threshold=6.0)
+    _, inter = nnx.capture(model, nnx.Intermediate)(x)
+    stats = inter["layers"][0]
+    np.testing.assert_array_equal(np.flatnonzero(stats["outlier_cols"].get_value()[0]), [3, 17])
+    assert int(stats["outlier_count"].get_value()[0]) == 2
+    assert not nnx.state(model, nnx.Intermediate)  # nothing left on the model
