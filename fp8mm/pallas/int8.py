@@ -1,10 +1,13 @@
 """Pallas GPU kernels for the int8 (LLM.int8 / SwitchBack) primitives.
 
 Every public wrapper takes the arguments of its namesake in `fp8mm.reference`
-plus `interpret` and returns exactly what the reference returns: int8 codes,
-statistics and int32 products bit for bit, the float16 dequant epilogue within
-one float16 ulp (the GPU may contract `t * c + bias` into an FMA, as
-bitsandbytes' CUDA kernel does).
+plus `interpret` and returns what the reference returns: int8 codes,
+statistics and int32 products bit for bit. The dequant epilogue computes
+((acc*row)*col)*(1/127²) + bias with a rounding after each step; compiled for
+the GPU it measured exactly that (no FMA contraction), while bitsandbytes'
+CUDA (fmaf) and XLA on CPU fuse the last multiply-add. The two agree within one
+float16 ulp except where a float16 bias cancels the product, where they differ
+by at most one float32 ulp of the bias.
 
 Kernels:
 
@@ -23,9 +26,10 @@ Kernels:
 * `_dequant_kernel`: the epilogue alone, elementwise over an int32 product.
 
 Exactness on the GPU: Triton lowers float division to an approximate
-`div.full.f32`, so the scales that need correctly rounded reciprocals
-(127 * (1/absmax), 1/col_absmax) are computed in XLA with the reference's own
-expressions and passed in. The column codes need the IEEE quotient
+`div.full.f32`, and XLA on a GPU did not reproduce the CPU's
+127 * (1/absmax) either, so the scales (127 * (1/absmax), 1/col_absmax) come
+from host-computed tables indexed by the float16 bits of the absmax (every
+absmax is a float16 value) and are passed to the kernels. The column codes need the IEEE quotient
 x*127 / col_absmax; a product with the XLA reciprocal is within a few float32
 ulps of it, which only matters where the quotient is exactly halfway between
 two integers (with float16 operands any other quotient is at least 2^-12 from a
@@ -451,10 +455,33 @@ def _stats(a16, *, threshold, rows, cols, col_nan, interpret):
     return row_stats, col_stats, outlier_cols
 
 
-def _scale(stats):
-    # Same expression as the reference, evaluated by XLA: a correctly rounded
-    # reciprocal that Triton's approximate division would not give.
-    return np.float32(127.0) * (np.float32(1.0) / stats)
+@functools.cache
+def _reciprocal_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(1/v, 127*(1/v)) in float32 for every non-negative float16 v, by bit pattern.
+
+    numpy divides with IEEE rounding on the host, so the tables hold the
+    reference's correctly rounded values whatever the device does with a
+    division (XLA on a GPU gave rows a scale one ulp off the CPU's).
+    """
+    v = np.arange(1 << 15, dtype=np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rcp = np.float32(1.0) / v
+        return rcp, np.float32(127.0) * rcp
+
+
+def _lookup(table: np.ndarray, stats: jax.Array) -> jax.Array:
+    # Every absmax is a float16 value (or NaN/inf), so its float16 bits index exactly.
+    bits = jax.lax.bitcast_convert_type(stats.astype(jnp.float16), jnp.uint16)
+    return jnp.take(jnp.asarray(table), (bits & 0x7FFF).astype(jnp.int32), axis=0)
+
+
+def _scale(stats: jax.Array) -> jax.Array:
+    """127 * (1/stats) with a correctly rounded reciprocal, as the reference."""
+    return _lookup(_reciprocal_tables()[1], stats)
+
+
+def _reciprocal(stats: jax.Array) -> jax.Array:
+    return _lookup(_reciprocal_tables()[0], stats)
 
 
 @functools.partial(jax.jit, static_argnames=("threshold", "double", "interpret"))
@@ -468,7 +495,7 @@ def _quant_2d(a16, *, threshold, double, interpret):
         args.append(outlier_cols.astype(jnp.int8))
     out_shape = [jax.ShapeDtypeStruct((m, k), jnp.int8)]
     if double:
-        args += [col_stats, np.float32(1.0) / col_stats]
+        args += [col_stats, _reciprocal(col_stats)]
         out_shape.append(jax.ShapeDtypeStruct((m, k), jnp.int8))
     cfg = _quant_config(m, k)
     kernel = functools.partial(_quant_kernel, m=m, k=k, cfg=cfg, threshold=threshold, double=double)
