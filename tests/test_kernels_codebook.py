@@ -4,8 +4,9 @@ On CPU the kernels run in Pallas interpret mode (sizes kept small for CI); on a
 GPU the same tests run compiled, plus a few large shapes. Every comparison is
 on the bits (codes, absmax, dequantized values; -0.0 differs from 0.0), with
 NaN matching NaN. The oracle always runs on the CPU backend: XLA on a GPU
-rewrites the reference's x * (1/absmax) into a division, which rounds once
-instead of twice and moves ~0.03% of bf16 codes by one.
+computes the reference's 1/absmax with an approximate reciprocal (measured on an
+H100), which moves ~0.03% of bf16 codes by one. XLA on CPU flushes subnormals,
+so the data stays clear of them except in `test_subnormal_values`.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def test_blockwise_all_zero_nan_inf_blocks(dtype):
     flat[blocksize : 2 * blocksize] = np.nan  # all-NaN block: absmax 0
     flat[2 * blocksize + 7] = np.inf  # absmax inf: finite -> 0, inf -> NaN
     flat[3 * blocksize + 1] = -np.inf
-    flat[4 * blocksize : 5 * blocksize] *= 1e-36  # tiny block, normal after scaling
+    flat[4 * blocksize : 5 * blocksize] *= 1e-30  # tiny block, normal after scaling
     flat[5 * blocksize + 2] = np.nan
     flat[6 * blocksize : 7 * blocksize] = -0.0
     A = jnp.asarray(flat, dtype)
@@ -190,7 +191,9 @@ def _probe_values(code: np.ndarray, size: int = 4096) -> np.ndarray:
     )
     rng = np.random.default_rng(5)
     extra = np.array([1.0, -1.0, 0.0, -0.0, np.nan, 1e-30, -1e-30], np.float32)
-    pts = np.concatenate([extra, pts[np.abs(pts) <= 1]]).astype(np.float32)
+    tiny = np.finfo(np.float32).tiny  # no subnormals: the CPU oracle flushes them
+    pts = pts[(np.abs(pts) <= 1) & ((pts == 0) | (np.abs(pts) >= tiny))]
+    pts = np.concatenate([extra, pts]).astype(np.float32)
     rest = rng.uniform(-1, 1, size - pts.size).astype(np.float32)
     return np.concatenate([pts, rest])[:size]
 
@@ -209,14 +212,15 @@ def test_nearest_code_exact_on_midpoints(name):
 
 
 def test_bucket_table_paths():
-    """The fp8 grids and the dynamic map take the fast path; random codes the exact search."""
-    flush = cb._flushes_subnormals()
+    """The fp8 grids and the dynamic map take the fast path; random codes exercise the search."""
+    lo, _ = cb._bucket_bounds()
+    normal = np.abs(lo) >= np.finfo(np.float32).tiny  # XLA on CPU flushes subnormal compares
     for name in ("e4m3", "e5m2", "dynamic"):
-        table, crowded = cb._bucket_table(jnp.asarray(CODES[name]), flush)
-        assert int(crowded[0]) == 0, name
-        assert table.dtype == jnp.uint8 and table.shape == (2**14,)
+        table = np.asarray(cb._bucket_table(jnp.asarray(CODES[name])))
+        assert table.dtype == np.int32 and table.shape == (2**14,)
+        assert not np.any((table >= 512) & normal), name
     for name in ("random", "duplicates"):
-        assert int(cb._bucket_table(jnp.asarray(CODES[name]), flush)[1][0]) == 1, name
+        assert np.any(np.asarray(cb._bucket_table(jnp.asarray(CODES[name]))) >= 512), name
 
 
 GLOBAL_CASES = [
