@@ -201,15 +201,24 @@ def _to_int8(x: jax.Array) -> jax.Array:
     return x.astype(jnp.int8)
 
 
+def _to_f16_values(x: jax.Array) -> jax.Array:
+    """x rounded to float16 values (overflow to inf included), kept in float32.
+
+    `reduce_precision` is never simplified away, unlike an f32->f16->f32 round
+    trip, which XLA on a GPU may drop (--xla_allow_excess_precision).
+    """
+    return jax.lax.reduce_precision(x.astype(jnp.float32), exponent_bits=5, mantissa_bits=10)
+
+
 def _rows(A: jax.Array) -> jax.Array:
-    """A cast to float16 as [rows, cols] (explicit row count: cols may be 0)."""
-    return A.astype(jnp.float16).reshape(int(np.prod(A.shape[:-1])), A.shape[-1])
+    """A's float16 values as float32 [rows, cols] (explicit row count: cols may be 0)."""
+    return _to_f16_values(A).reshape(int(np.prod(A.shape[:-1])), A.shape[-1])
 
 
 def _outliers(a16: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array]:
-    """(element mask |x| >= threshold, column mask) of the [rows, cols] float16 input."""
+    """(element mask |x| >= threshold, column mask) of the [rows, cols] float16 values."""
     if threshold > 0.0:
-        elem = jnp.abs(a16) >= np.float16(threshold)
+        elem = jnp.abs(a16) >= np.float32(np.float16(threshold))
     else:
         elem = jnp.zeros(a16.shape, bool)
     return elem, jnp.any(elem, axis=0)
@@ -239,7 +248,7 @@ def int8_vectorwise_quant(
     row_stats = jnp.max(jnp.where(elem, 0.0, absval), axis=1, initial=0.0).astype(jnp.float32)
     # __fdividef(127, absmax) is a reciprocal-multiply on the GPU.
     scale = np.float32(127.0) * (np.float32(1.0) / row_stats)
-    ca = _to_int8(jnp.round(a16.astype(jnp.float32) * scale[:, None]))
+    ca = _to_int8(jnp.round(a16 * scale[:, None]))
     ca = jnp.where(elem | cols[None, :], jnp.int8(0), ca)
     return ca.reshape(A.shape), row_stats.reshape(A.shape[:-1]), cols
 
@@ -265,12 +274,12 @@ def int8_double_quant(
     ca, row_stats, cols = int8_vectorwise_quant(A, threshold)
     a16 = _rows(A)
     elem, _ = _outliers(a16, threshold)
-    masked = jnp.where(elem, jnp.float16(0), a16)
+    masked = jnp.where(elem, np.float32(0), a16)
     # torch.amax propagates NaN (unlike the row kernel's fmaxf).
     col_stats = jnp.max(jnp.abs(masked), axis=0, initial=0.0).astype(jnp.float32)
     # torch: round(A.mul(127.0) / col_stats) with the product rounded to float16 first.
-    scaled = (masked.astype(jnp.float32) * np.float32(127.0)).astype(jnp.float16)
-    cat = _to_int8(jnp.round(scaled.astype(jnp.float32) / col_stats[None, :]))
+    scaled = _to_f16_values(masked * np.float32(127.0))
+    cat = _to_int8(jnp.round(scaled / col_stats[None, :]))
     return ca, cat.reshape(A.shape), row_stats, col_stats, cols
 
 
@@ -319,7 +328,7 @@ def int8_mm_dequant(
     else:
         out = (t * MM_DEQUANT_CONST).astype(jnp.float16)
     if bias is not None and not fused:
-        out = (out.astype(jnp.float32) + bias.astype(jnp.float32)).astype(jnp.float16)
+        out = (_to_f16_values(out) + bias.astype(jnp.float32)).astype(jnp.float16)
     return out
 
 
