@@ -15,10 +15,12 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fp8mm import ops
 from fp8mm.codebooks import e4m3_code, e5m2_code
 from fp8mm.dispatch import Impl
+from fp8mm.nn.sharding import P, Partition, current_partition, shard_map
 from fp8mm.state import MatmulLtState
 
 __all__ = ["KINDS", "Kind", "QuantSpec", "make_dot_general", "quantized_dense"]
@@ -84,6 +86,13 @@ def quantized_dense(
       (y [..., out] in x's dtype, outlier column mask bool [in] or None). The
       mask is returned for SwitchBack with threshold > 0 only.
     """
+    part = current_partition()
+    if part is not None and part.size(part.batch_axis) * part.size(part.model_axis) > 1:
+        return _partitioned(spec, part, x, kernel, bias, int8_state)
+    return _local(spec, x, kernel, bias, int8_state)
+
+
+def _local(spec, x, kernel, bias, int8_state):
     if spec.kind == "switchback":
         # switchback_bnb wants the Linear layout [out, in]; XLA fuses the transpose.
         w = None if kernel is None else kernel.T
@@ -155,3 +164,69 @@ def make_dot_general(spec: QuantSpec):
 
     dot_general.spec = spec  # type: ignore[attr-defined]  # lets users inspect the options
     return dot_general
+
+
+def _check_exact(spec: QuantSpec, part: Partition, x: jax.Array, kernel, int8_state) -> None:
+    """Raises unless per-shard quantization equals the global one (see fp8mm.nn.sharding)."""
+    nb, nm = part.size(part.batch_axis), part.size(part.model_axis)
+    n = int8_state.CB.shape[0] if kernel is None else kernel.shape[1]
+    why = None
+    if x.ndim < 2 or x.shape[0] % nb or n % nm:
+        why = f"x {x.shape} / {n} output features do not divide over the mesh ({nb}, {nm})"
+    elif spec.kind == "switchback":
+        threshold = spec.threshold or (int8_state.threshold if int8_state is not None else 0.0)
+        if nb > 1 and threshold > 0:
+            why = "outlier columns are found over all rows; a batch shard sees only its own"
+    elif spec.kind == "fp8_global" or nm > 1:
+        why = "global (whole-tensor) absmax needs a cross-device max inside the op"
+    else:  # fp8_mixed on the batch axis: blocks of the flattened rows must not straddle shards
+        bsz, bsz2 = ops.get_block_sizes(x, kernel)
+        bsz = bsz if spec.bsz == -1 else spec.bsz
+        bsz2 = bsz2 if spec.bsz2 == -1 else spec.bsz2
+        rows = int(np.prod(x.shape[:-1])) // nb
+        if (rows * x.shape[-1]) % bsz or (rows * n) % bsz2:
+            why = f"blocks of {bsz}/{bsz2} elements straddle the batch shards ({rows} rows each)"
+    if why:
+        raise NotImplementedError(
+            f"fp8mm.nn.sharding.partition cannot split {spec.kind} exactly: {why}. "
+            "Run it without `partition` (GSPMD, XLA path) instead."
+        )
+
+
+def _partitioned(spec, part: Partition, x, kernel, bias, int8_state):
+    """`_local` inside shard_map: each device quantizes and multiplies its own shard."""
+    _check_exact(spec, part, x, kernel, int8_state)
+    b, m = part.batch_axis, part.model_axis
+    rest = (None,) * (x.ndim - 1)
+    threshold = spec.threshold or (int8_state.threshold if int8_state is not None else 0.0)
+    args = (x, kernel, bias, int8_state)
+    specs = (
+        P(b, *rest),
+        None if kernel is None else P(None, m),
+        None if bias is None else P(m),
+        None if int8_state is None else dataclasses.replace(int8_state, CB=P(m, None), SCB=P(m)),
+    )
+    out_specs = (P(b, *rest[:-1], m), P() if threshold > 0 else None)
+
+    axes = tuple(a for a in (b, m) if a is not None)
+
+    def body(*args):
+        # Make every operand device-varying first: the custom VJPs return cotangents as
+        # varying as their inputs, and the transpose of this cast is the psum that
+        # sums, e.g., the weight gradient over the batch shards.
+        x, kernel, bias, int8_state = jax.tree.map(lambda a: _vary(a, axes), args)
+        return _local(spec, x, kernel, bias, int8_state)
+
+    return shard_map(body, mesh=part.mesh, in_specs=specs, out_specs=out_specs)(*args)
+
+
+def _vary(a: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    aval = jax.typeof(a)
+    mat = getattr(aval, "manual_axis_type", None)  # JAX 0.10; earlier versions: aval.vma
+    have = mat.varying if mat is not None else getattr(aval, "vma", frozenset())
+    missing = tuple(ax for ax in axes if ax not in have)
+    if not missing:
+        return a
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(a, missing, to="varying")
+    return jax.lax.pvary(a, missing)  # JAX < 0.8

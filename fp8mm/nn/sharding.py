@@ -1,0 +1,138 @@
+"""Multi-device fp8mm layers: GSPMD shardings, and `shard_map` partitioning for Pallas kernels.
+
+Two ways to run fp8mm layers on a `jax.sharding.Mesh`:
+
+1. GSPMD (the default). Put the batch on a 'data' axis (`batch_sharding`) and,
+   for tensor parallelism, each Dense kernel's output features on a 'model'
+   axis (`dense_param_shardings`), and jit the training step. On the XLA
+   path (CPU, or `implementation="xla"`) the ops are ordinary XLA and are
+   partitioned like any other computation: global absmax reductions become
+   cross-device max reductions, so the result is the single-device result up
+   to float summation order.
+2. `partition(mesh, ...)`, a context read while tracing: every fp8mm product
+   runs inside `jax.shard_map`, each device quantizing and multiplying its own
+   shard. Pallas kernels are opaque custom calls to XLA's partitioner (it
+   would gather their operands onto every device), so this is how the Pallas
+   path is partitioned. It is offered only where per-shard quantization is
+   exactly the global one:
+
+   | kind       | batch (data) axis                | output-feature (model) axis      |
+   |------------|----------------------------------|----------------------------------|
+   | switchback | yes if threshold == 0            | yes (weight rows are per feature)|
+   | fp8_mixed  | yes if shards hold whole blocks  | no (global weight absmax; bsz2   |
+   |            |                                  | blocks span the full width)      |
+   | fp8_global | no (global absmax of A and grad) | no                               |
+
+   Other cases raise `NotImplementedError` (never a silently different
+   result); use GSPMD for them, or the XLA path. Exact cross-device versions
+   need the ops to take an `axis_name` for a `pmax` of the absmax.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = [
+    "Partition",
+    "batch_sharding",
+    "current_partition",
+    "dense_param_shardings",
+    "partition",
+    "shard_map",
+]
+
+
+def shard_map(f, *, mesh: Mesh, in_specs, out_specs):
+    """`jax.shard_map` (JAX >= 0.7), else `jax.experimental.shard_map.shard_map`."""
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+    from jax.experimental.shard_map import shard_map as legacy  # pragma: no cover
+
+    return legacy(f, mesh, in_specs=in_specs, out_specs=out_specs)  # pragma: no cover
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """How `partition` splits each fp8mm product.
+
+    Attributes:
+      mesh: the device mesh.
+      batch_axis: mesh axis of the activations' leading (batch) dimension, or None.
+      model_axis: mesh axis of the kernel's output features, or None.
+    """
+
+    mesh: Mesh
+    batch_axis: str | None = None
+    model_axis: str | None = None
+
+    def size(self, axis: str | None) -> int:
+        return 1 if axis is None else int(self.mesh.shape[axis])
+
+
+_current: contextvars.ContextVar[Partition | None] = contextvars.ContextVar(
+    "fp8mm_partition", default=None
+)
+
+
+def current_partition() -> Partition | None:
+    """The innermost active `partition`, or None."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def partition(
+    mesh: Mesh, batch_axis: str | None = "data", model_axis: str | None = None
+) -> Iterator[Partition]:
+    """Within this context (at trace time), fp8mm products run per shard in `shard_map`.
+
+    Args:
+      mesh: device mesh.
+      batch_axis: mesh axis sharding the activations' leading dimension (None: replicated).
+      model_axis: mesh axis sharding the kernels' output features (None: replicated).
+    """
+    for axis in (batch_axis, model_axis):
+        if axis is not None and axis not in mesh.shape:
+            raise ValueError(f"mesh has axes {tuple(mesh.shape)}, not {axis!r}")
+    token = _current.set(Partition(mesh, batch_axis, model_axis))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
+
+
+def batch_sharding(mesh: Mesh, batch_axis: str = "data") -> NamedSharding:
+    """Data parallelism: the leading (batch) dimension split over `batch_axis`."""
+    return NamedSharding(mesh, P(batch_axis))
+
+
+def dense_param_shardings(params: Any, mesh: Mesh, model_axis: str | None = None) -> Any:
+    """NamedShardings for a linen params tree: kernels [in, out] and biases split on `out`.
+
+    Dense-style leaves (2-D 'kernel', 1-D 'bias' beside it) are split on the
+    output features over `model_axis` (tensor parallelism); everything else,
+    and all leaves when model_axis is None, is replicated.
+    """
+
+    def walk(tree):
+        if not isinstance(tree, Mapping):
+            return NamedSharding(mesh, P())
+        dense = model_axis is not None and getattr(tree.get("kernel"), "ndim", 0) == 2
+        out = {}
+        for key, value in tree.items():
+            if dense and key == "kernel":
+                out[key] = NamedSharding(mesh, P(None, model_axis))
+            elif dense and key == "bias":
+                out[key] = NamedSharding(mesh, P(model_axis))
+            else:
+                out[key] = walk(value)
+        return out
+
+    return walk(params)
