@@ -219,7 +219,7 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset of kinds")
-    ap.add_argument("--out", default="out", help="folder for the CSV and PNG")
+    ap.add_argument("--out", default="examples/out", help="folder for the CSV and PNG")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-checkpoint", action="store_true", help="skip the orbax round trip")
     args = ap.parse_args(argv)
