@@ -13,6 +13,7 @@ $(VENV)/.stamp-%: pyproject.toml
 
 demo: $(VENV)/.stamp-examples
 	$(PY) examples/quickstart.py
+	$(PY) examples/train_lm.py
 
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest -q tests

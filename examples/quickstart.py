@@ -47,11 +47,15 @@ def main():
     for name, op in ops.items():
         out, vjp = jax.vjp(jax.jit(op), A, W)
         gA, gW = vjp(g)
-        print(f"  {name:<20} {rel(out, out_ref):8.4f} {rel(gA, gA_ref):8.4f} {rel(gW, gW_ref):8.4f}")
+        print(
+            f"  {name:<20} {rel(out, out_ref):8.4f} {rel(gA, gA_ref):8.4f} {rel(gW, gW_ref):8.4f}"
+        )
     out16, vjp16 = jax.vjp(jnp.matmul, A, W)
     gA16, gW16 = vjp16(g)
-    print(f"  {'plain bf16 matmul':<20} {rel(out16, out_ref):8.4f} {rel(gA16, gA_ref):8.4f} "
-          f"{rel(gW16, gW_ref):8.4f}")
+    print(
+        f"  {'plain bf16 matmul':<20} {rel(out16, out_ref):8.4f} {rel(gA16, gA_ref):8.4f} "
+        f"{rel(gW16, gW_ref):8.4f}"
+    )
 
 
 if __name__ == "__main__":

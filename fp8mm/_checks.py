@@ -39,7 +39,9 @@ def check_dtype(name: str, x, dtype) -> None:
 
 def check_min_ndim(name: str, x, ndim: int) -> None:
     if len(x.shape) < ndim:
-        raise ValueError(f"{name} must have at least {ndim} dimension(s), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have at least {ndim} dimension(s), got shape {tuple(x.shape)}"
+        )
 
 
 def check_ndim(name: str, x, ndim: int) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Literal
 
 import jax
@@ -44,6 +44,7 @@ PRIMITIVES = (
     "fake_quant_global",
     "int8_vectorwise_quant",
     "int8_double_quant",
+    "int8_vectorwise_quant_t",
     "int8_linear_matmul",
     "int8_mm_dequant",
     "int8_linear_matmul_dequant",
@@ -102,7 +103,9 @@ def resolve(name: str, implementation: Impl, *args) -> str:
     why = "no Pallas kernel exists for it" if kernel is None else kernel.unsupported(*args)
     if impl == "pallas":
         if why is not None:
-            raise NotImplementedError(f"{name}: implementation='pallas' cannot serve this call: {why}")
+            raise NotImplementedError(
+                f"{name}: implementation='pallas' cannot serve this call: {why}"
+            )
         return "pallas"
     return "pallas" if (why is None and on_gpu()) else "xla"
 

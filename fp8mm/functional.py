@@ -30,6 +30,7 @@ __all__ = [
     "int8_linear_matmul_dequant",
     "int8_mm_dequant",
     "int8_vectorwise_quant",
+    "int8_vectorwise_quant_t",
     "outlier_indices",
     "quantize",
     "quantize_blockwise",
@@ -84,7 +85,9 @@ def quantize_blockwise(
     return dispatch.call("quantize_blockwise", implementation, A, code, blocksize)
 
 
-def dequantize_blockwise(q: jax.Array, state: QuantState, *, implementation: Impl = None) -> jax.Array:
+def dequantize_blockwise(
+    q: jax.Array, state: QuantState, *, implementation: Impl = None
+) -> jax.Array:
     """code[q] * absmax[block], returned in the quantized tensor's dtype and shape."""
     _check_state(q, state, blockwise=True)
     return dispatch.call("dequantize_blockwise", implementation, q, state)
@@ -174,6 +177,26 @@ def int8_double_quant(
     return dispatch.call("int8_double_quant", implementation, A, threshold)
 
 
+def int8_vectorwise_quant_t(
+    W: jax.Array, *, implementation: Impl = None
+) -> tuple[jax.Array, jax.Array]:
+    """Row-wise int8 quantization of Wᵀ in one pass (quantize + transpose).
+
+    Turns a Flax [in, out] kernel into the K-major [out, in] int8 operand that
+    `int8_linear_matmul` needs.
+
+    Args:
+      W: float array [k, n].
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      CB int8 [n, k], SCB float32 [n]; equal to `int8_vectorwise_quant(W.T)[:2]`.
+    """
+    _checks.check_float("W", W)
+    _checks.check_ndim("W", W, 2)
+    return dispatch.call("int8_vectorwise_quant_t", implementation, W)
+
+
 def _check_matmul_operands(A, B) -> None:
     _checks.check_dtype("A", A, jnp.int8)
     _checks.check_dtype("B", B, jnp.int8)
@@ -206,7 +229,8 @@ def _check_dequant_args(rows_shape, n, row_stats, col_stats, bias) -> None:
     _checks.check_dtype("col_stats", col_stats, jnp.float32)
     if tuple(row_stats.shape) != tuple(rows_shape):
         raise ValueError(
-            f"row_stats must have shape {tuple(rows_shape)} (one per row), got {tuple(row_stats.shape)}"
+            f"row_stats must have shape {tuple(rows_shape)} (one per row), "
+            f"got {tuple(row_stats.shape)}"
         )
     if tuple(col_stats.shape) != (n,):
         raise ValueError(f"col_stats must have shape ({n},), got {tuple(col_stats.shape)}")
@@ -248,23 +272,31 @@ def int8_linear_matmul_dequant(
     row_stats: jax.Array,
     col_stats: jax.Array,
     bias: jax.Array | None = None,
+    out_dtype=jnp.float16,
     *,
     implementation: Impl = None,
 ) -> jax.Array:
     """`int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias)` fused.
 
+    On a GPU this is one Pallas kernel: the int32 product never reaches memory.
+
     Args:
       A: int8 [..., k]; B: int8 [n, k]; row_stats: float32 [...];
       col_stats: float32 [n]; bias: optional float [n].
+      out_dtype: float16 (bitsandbytes' result), or bfloat16/float32: the
+        float16 result cast, in the same pass.
       implementation: None, "xla" or "pallas".
 
     Returns:
-      float16 [..., n].
+      out_dtype [..., n].
     """
     _check_matmul_operands(A, B)
     _check_dequant_args(A.shape[:-1], B.shape[0], row_stats, col_stats, bias)
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {out_dtype.name}")
     return dispatch.call(
-        "int8_linear_matmul_dequant", implementation, A, B, row_stats, col_stats, bias
+        "int8_linear_matmul_dequant", implementation, A, B, row_stats, col_stats, bias, out_dtype
     )
 
 
@@ -279,4 +311,3 @@ def outlier_indices(outlier_cols: jax.Array) -> np.ndarray:
             "outlier_indices needs a concrete mask; inside jax.jit use the boolean mask itself"
         )
     return np.flatnonzero(np.asarray(outlier_cols)).astype(np.int64)
-

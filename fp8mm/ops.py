@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ _BLOCK_STEPS = (4096, 2048, 1024, 512, 256, 128, 64, 0)
 
 
 def _block_size_for(features: int) -> int:
-    for size, lower in zip(_BLOCK_STEPS, _BLOCK_STEPS[1:], strict=False):
+    for size, lower in itertools.pairwise(_BLOCK_STEPS):
         if features > lower:
             return size
     return 1024  # bitsandbytes' default, reached only for 0 features
@@ -332,9 +332,10 @@ def _switchback_forward(A, B, bias, CB, SCB, cfg: _SwitchBackConfig):
         CB, SCB, _ = F.int8_vectorwise_quant(B, implementation=impl)
     n = CB.shape[0]
     fuse_bias = bias is not None and bias.dtype == jnp.float16
+    # The kernel rounds to float16 (bitsandbytes' result) and casts to A's dtype in one pass.
     out = F.int8_linear_matmul_dequant(
-        CA, CB, SCA, SCB, bias if fuse_bias else None, implementation=impl
-    ).astype(dtype)
+        CA, CB, SCA, SCB, bias if fuse_bias else None, dtype, implementation=impl
+    )
     if bias is not None and not fuse_bias:
         out = (out.astype(jnp.float32) + bias.astype(jnp.float32)).astype(dtype)
     if cfg.threshold > 0.0:
@@ -342,7 +343,9 @@ def _switchback_forward(A, B, bias, CB, SCB, cfg: _SwitchBackConfig):
             sub_b = lambda idx: B[:, idx]
         else:
             # bitsandbytes dequantizes the int8 weight's outlier columns: CB * SCB / 127.
-            sub_b = lambda idx: (CB[:, idx].astype(jnp.float32) * SCB[:, None] / 127.0).astype(dtype)
+            sub_b = lambda idx: (CB[:, idx].astype(jnp.float32) * SCB[:, None] / 127.0).astype(
+                dtype
+            )
         extra = _outlier_product(A2, sub_b, cols, cfg.outlier_capacity, dtype).astype(dtype)
         out = (out.astype(jnp.float32) + extra.astype(jnp.float32)).astype(dtype)
     return out.reshape(*A.shape[:-1], n), cols, CB, SCB
@@ -441,7 +444,9 @@ def switchback_bnb(
     CB = SCB = None
     if state.has_fp16_weights:
         if B is None:
-            raise ValueError("B is required unless state holds an int8 weight (has_fp16_weights=False)")
+            raise ValueError(
+                "B is required unless state holds an int8 weight (has_fp16_weights=False)"
+            )
         _checks.check_float("B", B)
         _checks.check_ndim("B", B, 2)
         if B.shape[1] != k:

@@ -37,6 +37,7 @@ __all__ = [
     "int8_linear_matmul_dequant",
     "int8_mm_dequant",
     "int8_vectorwise_quant",
+    "int8_vectorwise_quant_t",
     "nearest_code",
     "quantize",
     "quantize_blockwise",
@@ -88,6 +89,17 @@ def nearest_code(x: jax.Array, code: jax.Array) -> jax.Array:
     up = jnp.where(x > (upper + val) * np.float32(0.5), upper_p, pivot)
     down = jnp.where(x < (lower + val) * np.float32(0.5), lower_p, pivot)
     return jnp.where(gt, up, down).astype(jnp.uint8)
+
+
+def _div(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Correctly rounded x / y, y broadcast against x.
+
+    XLA's algebraic simplifier turns a division by a broadcast into a
+    multiplication by the reciprocal, which is off by an ulp at exact ties (a
+    6.5 can become 6.5000005 and round to 7). The optimization barrier hides
+    the broadcast, so a real division is emitted.
+    """
+    return x / jax.lax.optimization_barrier(jnp.broadcast_to(y, x.shape))
 
 
 def _abs_ignoring_nan(x: jax.Array) -> jax.Array:
@@ -173,7 +185,7 @@ def quantize(A: jax.Array, code: jax.Array) -> tuple[jax.Array, QuantState]:
     a = A.astype(jnp.float32)
     absmax = jnp.max(_abs_ignoring_nan(a), initial=0.0)
     # Global quantization divides (torch `A / absmax`); blockwise multiplies.
-    q = nearest_code(a / absmax, code)
+    q = nearest_code(_div(a, absmax), code)
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
 
 
@@ -202,12 +214,13 @@ def _to_int8(x: jax.Array) -> jax.Array:
 
 
 def _to_f16_values(x: jax.Array) -> jax.Array:
-    """x rounded to float16 values (overflow to inf included), kept in float32.
+    """x rounded to float16 (subnormals and overflow to inf included), as float32.
 
-    `reduce_precision` is never simplified away, unlike an f32->f16->f32 round
-    trip, which XLA on a GPU may drop (--xla_allow_excess_precision).
+    The optimization barrier keeps XLA on a GPU from dropping the
+    f32->f16->f32 round trip (--xla_allow_excess_precision). `reduce_precision`
+    is no substitute: it flushes float16 subnormals to zero.
     """
-    return jax.lax.reduce_precision(x.astype(jnp.float32), exponent_bits=5, mantissa_bits=10)
+    return jax.lax.optimization_barrier(x.astype(jnp.float16)).astype(jnp.float32)
 
 
 def _rows(A: jax.Array) -> jax.Array:
@@ -279,8 +292,22 @@ def int8_double_quant(
     col_stats = jnp.max(jnp.abs(masked), axis=0, initial=0.0).astype(jnp.float32)
     # torch: round(A.mul(127.0) / col_stats) with the product rounded to float16 first.
     scaled = _to_f16_values(masked * np.float32(127.0))
-    cat = _to_int8(jnp.round(scaled / col_stats[None, :]))
+    cat = _to_int8(jnp.round(_div(scaled, col_stats[None, :])))
     return ca, cat.reshape(A.shape), row_stats, col_stats, cols
+
+
+@jax.jit
+def int8_vectorwise_quant_t(W: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Row-wise int8 quantization of Wᵀ: a Flax [in, out] kernel to the [out, in] int8 operand.
+
+    Args:
+      W: float array [k, n].
+
+    Returns:
+      CB int8 [n, k] and SCB float32 [n] (the column absmax of W), equal to
+      `int8_vectorwise_quant(W.T)[:2]`.
+    """
+    return int8_vectorwise_quant(W.T)[:2]
 
 
 @jax.jit
@@ -332,17 +359,20 @@ def int8_mm_dequant(
     return out
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames=("out_dtype",))
 def int8_linear_matmul_dequant(
     A: jax.Array,
     B: jax.Array,
     row_stats: jax.Array,
     col_stats: jax.Array,
     bias: jax.Array | None = None,
+    out_dtype=jnp.float16,
 ) -> jax.Array:
-    """`int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias)`.
+    """`int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias).astype(out_dtype)`.
 
     The fused form the Pallas kernel implements in one pass (the int32 product
-    never reaches memory); here it is the two reference steps.
+    never reaches memory); here it is the two reference steps. The result is
+    rounded to float16 first, as bitsandbytes does, then cast to out_dtype.
     """
-    return int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias)
+    out = int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias)
+    return out.astype(out_dtype)

@@ -72,6 +72,6 @@ class MatmulLtState:
             raise ValueError("MatmulLtState needs both CB and SCB, or neither")
         if not self.has_fp16_weights and self.CB is None:
             raise ValueError(
-                "MatmulLtState(has_fp16_weights=False) needs the int8 weight CB and its scales SCB; "
-                "build it with fp8mm.prepare_int8_weight(B)"
+                "MatmulLtState(has_fp16_weights=False) needs the int8 weight CB and its "
+                "scales SCB; build it with fp8mm.prepare_int8_weight(B)"
             )

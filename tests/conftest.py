@@ -3,7 +3,7 @@ import os
 # Tests compare float32 results exactly; keep XLA's CPU matmuls in full precision.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
-import hypothesis  # noqa: E402
+import hypothesis
 
 hypothesis.settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True)
 hypothesis.settings.register_profile("thorough", max_examples=400, deadline=None)

@@ -16,7 +16,7 @@ import pytest
 import fp8mm
 from tests import golden
 
-IMPLS = ["xla"]
+IMPLS = ["xla", "pallas"]  # pallas: interpret mode on CPU, compiled on a GPU
 
 
 def _code(case):

@@ -355,6 +355,7 @@ def test_kernels_table():
     names = {
         "int8_vectorwise_quant",
         "int8_double_quant",
+        "int8_vectorwise_quant_t",
         "int8_linear_matmul",
         "int8_mm_dequant",
         "int8_linear_matmul_dequant",

@@ -127,8 +127,9 @@ def test_dequant_bias_dtypes():
         b = jnp.asarray([0.25, -1.0, 2.0], bdt)
         out = fp8mm.int8_mm_dequant(acc, rs, cs, b)
         assert out.dtype == jnp.float16
-        np.testing.assert_allclose(np.asarray(out, np.float32), base + np.asarray(b, np.float32),
-                                   rtol=2e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            np.asarray(out, np.float32), base + np.asarray(b, np.float32), rtol=2e-3, atol=1e-3
+        )
 
 
 def test_3d_inputs():
@@ -167,29 +168,60 @@ def test_int8_matmul_exact_extremes():
         (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 16), ValueError, "16"),
         (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 64.0), TypeError, "64.0"),
         (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE[:128]), ValueError, r"\(128,\)"),
-        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE.astype(jnp.float16)), TypeError,
-         "float16"),
+        (
+            lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE.astype(jnp.float16)),
+            TypeError,
+            "float16",
+        ),
         (lambda: fp8mm.quantize([1.0, 2.0], CODE), TypeError, "list"),
         (lambda: fp8mm.int8_vectorwise_quant(jnp.ones((2, 2)), -1.0), ValueError, "-1.0"),
         (lambda: fp8mm.int8_vectorwise_quant(jnp.ones((2, 2)), float("nan")), ValueError, "nan"),
         (lambda: fp8mm.int8_double_quant(jnp.ones((2, 2), jnp.int8)), TypeError, "int8"),
         (lambda: fp8mm.int8_double_quant(jnp.float32(1.0)), ValueError, "dimension"),
-        (lambda: fp8mm.int8_linear_matmul(jnp.ones((2, 3)), jnp.ones((4, 3), jnp.int8)),
-         TypeError, "float32"),
-        (lambda: fp8mm.int8_linear_matmul(jnp.ones((2, 3), jnp.int8), jnp.ones((4, 5), jnp.int8)),
-         ValueError, r"\(4, 5\)"),
-        (lambda: fp8mm.int8_linear_matmul(jnp.ones((2, 3), jnp.int8), jnp.ones((3,), jnp.int8)),
-         ValueError, "dimension"),
-        (lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3)), jnp.ones(2), jnp.ones(3)), TypeError,
-         "acc"),
-        (lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3), jnp.int32), jnp.ones(3), jnp.ones(3)),
-         ValueError, "row_stats"),
-        (lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3), jnp.int32), jnp.ones(2), jnp.ones(2)),
-         ValueError, "col_stats"),
-        (lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3), jnp.int32), jnp.ones(2), jnp.ones(3),
-                                       jnp.ones(4)), ValueError, "bias"),
-        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, implementation="cuda"), ValueError,
-         "cuda"),
+        (
+            lambda: fp8mm.int8_linear_matmul(jnp.ones((2, 3)), jnp.ones((4, 3), jnp.int8)),
+            TypeError,
+            "float32",
+        ),
+        (
+            lambda: fp8mm.int8_linear_matmul(
+                jnp.ones((2, 3), jnp.int8), jnp.ones((4, 5), jnp.int8)
+            ),
+            ValueError,
+            r"\(4, 5\)",
+        ),
+        (
+            lambda: fp8mm.int8_linear_matmul(jnp.ones((2, 3), jnp.int8), jnp.ones((3,), jnp.int8)),
+            ValueError,
+            "dimension",
+        ),
+        (
+            lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3)), jnp.ones(2), jnp.ones(3)),
+            TypeError,
+            "acc",
+        ),
+        (
+            lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3), jnp.int32), jnp.ones(3), jnp.ones(3)),
+            ValueError,
+            "row_stats",
+        ),
+        (
+            lambda: fp8mm.int8_mm_dequant(jnp.ones((2, 3), jnp.int32), jnp.ones(2), jnp.ones(2)),
+            ValueError,
+            "col_stats",
+        ),
+        (
+            lambda: fp8mm.int8_mm_dequant(
+                jnp.ones((2, 3), jnp.int32), jnp.ones(2), jnp.ones(3), jnp.ones(4)
+            ),
+            ValueError,
+            "bias",
+        ),
+        (
+            lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, implementation="cuda"),
+            ValueError,
+            "cuda",
+        ),
     ],
 )
 def test_bad_input(call, exc, match):
@@ -282,3 +314,23 @@ def test_reference_matches_argmin_away_from_ties():
     best = d.min(1)
     # the chosen code is always a nearest one (ties may pick either neighbour)
     np.testing.assert_allclose(d[np.arange(len(q)), q], best, rtol=0, atol=1e-7)
+
+
+def test_column_quant_exact_tie_rounds_half_even():
+    # 0.30395508 * 127 rounds to 38.59375 in float16, and 38.59375 / 5.9375 is exactly 6.5:
+    # torch's true division gives 6.5 and round-half-even 6. A reciprocal-multiply
+    # (what XLA makes of a division by a broadcast) gives 6.5000005 and 7.
+    A = jnp.asarray([[0.30395508, 1.0], [5.9375, 2.0], [-0.30395508, 0.5]], jnp.float16)
+    _, CAt, _, cs, _ = fp8mm.int8_double_quant(A)
+    assert float(cs[0]) == 5.9375
+    np.testing.assert_array_equal(np.asarray(CAt)[:, 0], [6, 127, -6])
+    f = jax.jit(lambda a: fp8mm.int8_double_quant(a)[1])
+    np.testing.assert_array_equal(np.asarray(f(A)), np.asarray(CAt))
+
+
+def test_int8_float16_subnormals_are_kept():
+    # 4.8e-05 is a float16 subnormal; it must quantize like any other value.
+    B = jnp.asarray([[4.804e-05, 0.00655365, -3e-06]], jnp.float16)
+    CB, SCB, _ = fp8mm.int8_vectorwise_quant(B)
+    assert float(SCB[0]) == float(np.float16(0.00655365))
+    assert int(CB[0, 0]) == 1 and int(CB[0, 1]) == 127

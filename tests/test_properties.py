@@ -101,12 +101,17 @@ def test_int8_properties(A, thr):
     r = np.asarray(rs).reshape(-1, 1)
     keep = ~out.any(0)[None, :] & (r > 0)
     err = np.abs(ca * r / 127.0 - a16)
-    assert np.all(err[np.broadcast_to(keep, err.shape)] <= (r / 127.0 * 0.5 + 1e-3 * r)[
-        np.broadcast_to(keep, err.shape).nonzero()[0]].ravel())
+    assert np.all(
+        err[np.broadcast_to(keep, err.shape)]
+        <= (r / 127.0 * 0.5 + 1e-3 * r)[np.broadcast_to(keep, err.shape).nonzero()[0]].ravel()
+    )
 
 
 @given(
-    m=dims, n=dims, k=dims, seed=st.integers(0, 2**31 - 1),
+    m=dims,
+    n=dims,
+    k=dims,
+    seed=st.integers(0, 2**31 - 1),
 )
 def test_int8_matmul_exact(m, n, k, seed):
     rng = np.random.default_rng(seed)

@@ -22,7 +22,6 @@ a fresh clone must not need it, so this keeps every case but stores it smaller:
 """
 
 import sys
-
 import zipfile
 
 import jax.numpy as jnp

@@ -17,4 +17,8 @@ class Kernel:
     unsupported: Callable[..., str | None] = lambda *args: None
 
 
-KERNELS: dict[str, Kernel] = {}
+# Imported after `Kernel` exists: the kernel modules build their tables with it.
+from fp8mm.pallas import codebook as _codebook  # noqa: E402
+from fp8mm.pallas import int8 as _int8  # noqa: E402
+
+KERNELS: dict[str, Kernel] = {**_codebook.KERNELS, **_int8.KERNELS}

@@ -17,6 +17,12 @@ from jax.experimental.pallas import triton as pl_triton
 
 BACKEND = "triton"
 
+# Masked loads/stores and inline PTX are the backend-specific primitives the
+# kernels use; they are re-exported here so no kernel imports a backend module.
+load = pl_triton.load
+store = pl_triton.store
+elementwise_inline_asm = pl_triton.elementwise_inline_asm
+
 
 def compiler_params(*, num_warps: int, num_stages: int) -> Any:
     return pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
@@ -33,9 +39,7 @@ def pallas_call(
 ) -> Callable:
     """`pl.pallas_call` with the backend's compiler parameters (none when interpreting)."""
     params = None if interpret else compiler_params(num_warps=num_warps, num_stages=num_stages)
-    call = pl.pallas_call(
-        kernel, name=name, interpret=interpret, compiler_params=params, **kwargs
-    )
+    call = pl.pallas_call(kernel, name=name, interpret=interpret, compiler_params=params, **kwargs)
 
     def run(*args):
         with warnings.catch_warnings():

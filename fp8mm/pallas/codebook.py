@@ -45,10 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 from fp8mm import _checks
-from fp8mm.pallas import Kernel
+from fp8mm.pallas import Kernel, _backend
 from fp8mm.pallas._backend import pallas_call
 from fp8mm.state import QuantState
 
@@ -154,7 +153,7 @@ def _recip(x: jax.Array, interpret: bool) -> jax.Array:
     """Correctly rounded float32 1/x (inf for 0)."""
     if interpret:
         return np.float32(1.0) / x
-    [r] = plgpu.elementwise_inline_asm(
+    [r] = _backend.elementwise_inline_asm(
         "rcp.rn.f32 $0, $1;",
         args=[x],
         constraints="=f,f",
@@ -168,7 +167,7 @@ def _div(x: jax.Array, y: jax.Array, interpret: bool) -> jax.Array:
     """Correctly rounded float32 x / y (x and y of one shape)."""
     if interpret:
         return x / y
-    [r] = plgpu.elementwise_inline_asm(
+    [r] = _backend.elementwise_inline_asm(
         "div.rn.f32 $0, $1, $2;",
         args=[x, y],
         constraints="=f,f,f",
@@ -248,7 +247,7 @@ def _blockwise_kernel(
     x_ref, code_ref, table_ref, out_ref, absmax_ref, *, cfg, n, nblocks, fake, interpret
 ):
     offs, valid = _tile_offsets(cfg, n)
-    x = plgpu.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
+    x = _backend.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
     # CUDA's fmaxf drops NaN, so NaN never becomes the absmax.
     absmax = jnp.max(jnp.where(x != x, 0.0, jnp.abs(x)), axis=1)
     # 0 -> inf, and 0 * inf = NaN -> code 0, as on CUDA.
@@ -258,15 +257,15 @@ def _blockwise_kernel(
         out = (val * absmax[:, None]).astype(out_ref.dtype)
     else:
         out = q.astype(jnp.uint8)
-    plgpu.store(out_ref.at[offs], out, mask=valid)
+    _backend.store(out_ref.at[offs], out, mask=valid)
     if absmax_ref is not None:
         rows, row_valid = _row_mask(cfg, nblocks)
-        plgpu.store(absmax_ref.at[rows], absmax, mask=row_valid)
+        _backend.store(absmax_ref.at[rows], absmax, mask=row_valid)
 
 
 def _global_kernel(x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, fake, interpret):
     offs, valid = _tile_offsets(cfg, n)
-    x = plgpu.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
+    x = _backend.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
     absmax = jnp.broadcast_to(absmax_ref[0], x.shape)
     # Global quantization divides (torch `A / absmax`); only blockwise multiplies.
     q, val = _nearest_code(_div(x, absmax, interpret), code_ref, table_ref)
@@ -274,19 +273,19 @@ def _global_kernel(x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, f
         out = (val * absmax).astype(out_ref.dtype)
     else:
         out = q.astype(jnp.uint8)
-    plgpu.store(out_ref.at[offs], out, mask=valid)
+    _backend.store(out_ref.at[offs], out, mask=valid)
 
 
 def _dequant_kernel(q_ref, absmax_ref, code_ref, out_ref, *, cfg, n, nscales, per_row):
     offs, valid = _tile_offsets(cfg, n)
-    q = plgpu.load(q_ref.at[offs], mask=valid, other=0).astype(jnp.int32)
+    q = _backend.load(q_ref.at[offs], mask=valid, other=0).astype(jnp.int32)
     if not per_row:
         scale = absmax_ref[0]
     else:
         rows, row_valid = _row_mask(cfg, nscales)
-        scale = plgpu.load(absmax_ref.at[rows], mask=row_valid, other=0)[:, None]
+        scale = _backend.load(absmax_ref.at[rows], mask=row_valid, other=0)[:, None]
     out = (code_ref[q] * scale).astype(out_ref.dtype)
-    plgpu.store(out_ref.at[offs], out, mask=valid)
+    _backend.store(out_ref.at[offs], out, mask=valid)
 
 
 # ----------------------------------------------------------------------------

@@ -55,10 +55,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 from fp8mm import reference
-from fp8mm.pallas import Kernel
+from fp8mm.pallas import Kernel, _backend
 from fp8mm.pallas._backend import pallas_call
 
 __all__ = [
@@ -212,7 +211,7 @@ def _range_mask(start, size: int, limit: int, needed: bool):
 
 def _load(ref, mask, other):
     # Triton rejects `other` on an unmasked load.
-    return plgpu.load(ref, mask=mask, other=None if mask is None else other)
+    return _backend.load(ref, mask=mask, other=None if mask is None else other)
 
 
 def _and_masks(rows, cols):
@@ -270,15 +269,15 @@ def _stats_kernel(a_ref, *out_refs, m, k, cfg, threshold, rows, cols, col_nan, f
             cmax = jnp.max(a, axis=0)
             if col_nan:
                 cmax = jnp.where(_any(nan, 0) > 0, np.float32(np.nan), cmax)
-            plgpu.store(col_ref.at[i, pl.ds(start, bk)], cmax, mask=col_ok)
+            _backend.store(col_ref.at[i, pl.ds(start, bk)], cmax, mask=col_ok)
         if flags:
             hit = _any(outlier, 0).astype(jnp.int8)
-            plgpu.store(flag_ref.at[i, pl.ds(start, bk)], hit, mask=col_ok)
+            _backend.store(flag_ref.at[i, pl.ds(start, bk)], hit, mask=col_ok)
         return rmax
 
     rmax = jax.lax.fori_loop(0, pl.cdiv(k, bk), body, jnp.zeros((bm,), _F32))
     if rows:
-        plgpu.store(row_ref.at[pl.ds(i * bm, bm)], rmax, mask=row_ok)
+        _backend.store(row_ref.at[pl.ds(i * bm, bm)], rmax, mask=row_ok)
 
 
 def _quant_kernel(*refs, m, k, cfg, threshold, double):
@@ -306,7 +305,7 @@ def _quant_kernel(*refs, m, k, cfg, threshold, double):
         col_hit = _load(flag_ref.at[cs], col_ok, 0) != 0
         ca = jnp.where(outlier | col_hit[None, :], jnp.int8(0), ca)
         x = jnp.where(outlier, 0.0, x)
-    plgpu.store(ca_ref.at[rs, cs], ca, mask=mask)
+    _backend.store(ca_ref.at[rs, cs], ca, mask=mask)
     if not double:
         return
 
@@ -324,7 +323,7 @@ def _quant_kernel(*refs, m, k, cfg, threshold, double):
     n = jnp.where(lo_tie, jnp.where(_is_even(n), n, n - 1.0), n)
     n = jnp.where(hi_tie, jnp.where(_is_even(n), n, n + 1.0), n)
     cat = jnp.minimum(jnp.maximum(n, -128.0), 127.0).astype(jnp.int8)
-    plgpu.store(cat_ref.at[rs, cs], cat, mask=mask)
+    _backend.store(cat_ref.at[rs, cs], cat, mask=mask)
 
 
 def _quant_t_kernel(w_ref, scale_ref, cb_ref, *, k, n, cfg):
@@ -336,7 +335,7 @@ def _quant_t_kernel(w_ref, scale_ref, cb_ref, *, k, n, cfg):
     w = _load(w_ref.at[ks, ns], _and_masks(k_ok, n_ok), 0.0).astype(_F32)
     scale = _load(scale_ref.at[ns], n_ok, 0.0)
     codes = _to_int8(w * scale[None, :])
-    plgpu.store(cb_ref.at[ns, ks], codes.T, mask=_and_masks(n_ok, k_ok))
+    _backend.store(cb_ref.at[ns, ks], codes.T, mask=_and_masks(n_ok, k_ok))
 
 
 def _matmul_kernel(*refs, m, n, k, cfg, dequant, bias_mode, out_dtype):
@@ -383,7 +382,7 @@ def _matmul_kernel(*refs, m, n, k, cfg, dequant, bias_mode, out_dtype):
         out = _dequant_math(acc, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype)
     else:
         out = acc
-    plgpu.store(o_ref.at[rs, cs], out, mask=out_mask)
+    _backend.store(o_ref.at[rs, cs], out, mask=out_mask)
 
 
 def _dequant_kernel(*refs, m, n, cfg, bias_mode, out_dtype):
@@ -401,7 +400,7 @@ def _dequant_kernel(*refs, m, n, cfg, bias_mode, out_dtype):
     col = _load(col_ref.at[cs], col_ok, 0.0)
     bias = None if bias_ref is None else _load(bias_ref.at[cs], col_ok, 0.0)
     out = _dequant_math(acc, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype)
-    plgpu.store(o_ref.at[rs, cs], out, mask=mask)
+    _backend.store(o_ref.at[rs, cs], out, mask=mask)
 
 
 # ----------------------------------------------------------------------------
@@ -711,16 +710,7 @@ def int8_double_quant(
     )
 
 
-def int8_vectorwise_quant_t_reference(W: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Pure-jnp oracle of `int8_vectorwise_quant_t`: row-wise int8 of Wᵀ.
-
-    Args:
-      W: float array [k, n] (Flax kernel layout).
-
-    Returns:
-      CB int8 [n, k], SCB float32 [n].
-    """
-    return reference.int8_vectorwise_quant(W.T)[:2]
+int8_vectorwise_quant_t_reference = reference.int8_vectorwise_quant_t
 
 
 def int8_vectorwise_quant_t(
@@ -796,8 +786,8 @@ def int8_linear_matmul_dequant(
     row_stats: jax.Array,
     col_stats: jax.Array,
     bias: jax.Array | None = None,
-    *,
     out_dtype=jnp.float16,
+    *,
     interpret: bool = False,
 ) -> jax.Array:
     """int8 matmul with the dequant epilogue fused: the int32 product stays on chip.
@@ -912,10 +902,13 @@ def _unsupported_mm_dequant(acc, row_stats, col_stats, bias=None) -> str | None:
     return _reason(check)
 
 
-def _unsupported_matmul_dequant(A, B, row_stats, col_stats, bias=None) -> str | None:
+def _unsupported_matmul_dequant(
+    A, B, row_stats, col_stats, bias=None, out_dtype=jnp.float16
+) -> str | None:
     def check():
         _check_matmul(A, B)
         _check_dequant_args((*A.shape[:-1], B.shape[0]), row_stats, col_stats, bias)
+        _check_out_dtype(out_dtype)
 
     return _reason(check)
 
@@ -923,6 +916,7 @@ def _unsupported_matmul_dequant(A, B, row_stats, col_stats, bias=None) -> str | 
 KERNELS: dict[str, Kernel] = {
     "int8_vectorwise_quant": Kernel(int8_vectorwise_quant, _unsupported_quant),
     "int8_double_quant": Kernel(int8_double_quant, _unsupported_quant),
+    "int8_vectorwise_quant_t": Kernel(int8_vectorwise_quant_t),
     "int8_linear_matmul": Kernel(int8_linear_matmul, _unsupported_matmul),
     "int8_mm_dequant": Kernel(int8_mm_dequant, _unsupported_mm_dequant),
     "int8_linear_matmul_dequant": Kernel(int8_linear_matmul_dequant, _unsupported_matmul_dequant),
