@@ -1,158 +1,203 @@
-"""First throughput of each Pallas kernel on a GPU, beside XLA baselines of the same run.
+"""Kernel section of the suite: quantization primitives and int8 matmuls, each implementation.
 
-Usage (on a GPU): python -m benchmarks.kernels [--tokens 8192] [--out PATH]
+Quantization primitives report GB/s (bytes read + written, the minimum traffic)
+beside a device-to-device copy of the same tensor in the same run; the int8
+matmuls report TOPS beside a 16-bit matmul of the same shape and XLA's int8
+dot (both operands K-major). Primitives have no backward pass of their own
+(the ops' custom VJPs call them), so they are timed forward only.
 
-Times are medians over repeated batches of back-to-back calls (one
-block_until_ready per batch, no per-call sync) after warm-up. Quantization
-kernels report GB/s (bytes read + written) next to a device copy of the same
-tensor; matmuls report TOPS next to XLA's int8 dot (both operands K-major) and
-a bf16 matmul of the same shape. `--smoke` runs tiny shapes (CPU, interpret).
+Usage: `python -m benchmarks.kernels [run.py flags]` is `python -m benchmarks.run
+--only kernels [flags]`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
+import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from benchmarks.common import Plan, Row, Runner, host_normal, linear_label, nbytes
 
-import fp8mm
-from fp8mm import reference as ref
+BLOCK = 4096  # the block size matmul_fp8_mixed picks for 4096/16384 features
+SMALL_BLOCK = 256
 
 
-def bench(fn, *args, reps: int = 20, batches: int = 7) -> float:
-    """Median seconds per call of jitted fn over `batches` batches of `reps` calls."""
-    f = jax.jit(fn)
-    jax.block_until_ready(f(*args))
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            out = f(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
+def quant_shapes(plan: Plan) -> list[tuple[int, int]]:
+    """[tokens, features] activation shapes: every token count x every distinct feature size."""
+    feats = sorted({k for k, _ in plan.dims} | {n for _, n in plan.dims})
+    if plan.smoke:
+        return [(plan.tokens[0], plan.dims[0][0])]
+    return [(t, f) for t in plan.tokens for f in feats]
 
 
-def nbytes(*xs) -> int:
-    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in xs)
+def run_quant(r: Runner, plan: Plan) -> None:
+    """Copy baseline and every quantization primitive per activation shape."""
+    import jax.numpy as jnp
 
+    import fp8mm
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--tokens", type=int, default=8192)
-    p.add_argument("--features", type=int, default=4096)
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--out", default=None)
-    a = p.parse_args()
-    m, k = (64, 128) if a.smoke else (a.tokens, a.features)
-    impl = "pallas"
-    rows = []
-    key = jax.random.key(0)
-    x = jax.random.normal(key, (m, k), jnp.float32).astype(jnp.bfloat16)
     code = jnp.asarray(fp8mm.e4m3_code())
-    copy_t = bench(lambda t: t * 1, x)
-    copy_bw = 2 * nbytes(x) / copy_t
-    rows.append(("copy x*1 (baseline)", f"{m}x{k} bf16", copy_t, copy_bw / 1e9, "GB/s", 1.0))
+    dt = plan.dtypes[0]
+    for t, f in quant_shapes(plan):
+        shape = f"{t}x{f}"
+        x = jnp.asarray(host_normal((t, f), 1)).astype(dt)
+        size, xb = t * f, nbytes(x)
+        copy = Row("kernels", "copy", "jnp", "-", shape, dt, is_baseline=True)
+        r.jax_case(copy, lambda x: x * 1, (x,), 2 * xb, "GB/s")
+        # Inputs of the dequantize primitives, made once with the reference.
+        qb, stb = fp8mm.quantize_blockwise(x, code, BLOCK, implementation="xla")
+        qg, stg = fp8mm.quantize(x, code, implementation="xla")
 
-    def q_row(name, fn, out_bytes, *args):
-        t = bench(fn, *args)
-        bw = (nbytes(*args[:1]) + out_bytes) / t
-        rows.append((name, f"{m}x{k}", t, bw / 1e9, "GB/s", bw / copy_bw))
+        def row(group: str, impl: str) -> Row:
+            return Row("kernels", group, impl, "-", shape, dt, base=copy.key)
 
-    for i, bs in ((impl, 4096), (impl, 256), ("xla", 4096)):
-        q_row(
-            f"quantize_blockwise[{i}] bs={bs}",
-            lambda t, i=i, bs=bs: fp8mm.quantize_blockwise(t, code, bs, implementation=i),
-            m * k,
-            x,
-        )
-        q_row(
-            f"fake_quant_blockwise[{i}] bs={bs}",
-            lambda t, i=i, bs=bs: fp8mm.fake_quant_blockwise(t, code, bs, implementation=i),
-            nbytes(x),
-            x,
-        )
-    q8, st = fp8mm.quantize_blockwise(x, code, 4096)
-    q_row(
-        f"dequantize_blockwise[{impl}]",
-        lambda q: fp8mm.dequantize_blockwise(q, st, implementation=impl),
-        nbytes(x),
-        q8,
-    )
-    for i in (impl, "xla"):
-        q_row(
-            f"fake_quant_global[{i}]",
-            lambda t, i=i: fp8mm.fake_quant_global(t, code, implementation=i),
-            nbytes(x),
-            x,
-        )
-        q_row(
-            f"int8_vectorwise_quant[{i}]",
-            lambda t, i=i: fp8mm.int8_vectorwise_quant(t, implementation=i),
-            m * k,
-            x,
-        )
-        q_row(
-            f"int8_double_quant[{i}]",
-            lambda t, i=i: fp8mm.int8_double_quant(t, implementation=i),
-            2 * m * k,
-            x,
-        )
-        q_row(
-            f"int8_vectorwise_quant_t[{i}]",
-            lambda t, i=i: fp8mm.int8_vectorwise_quant_t(t, implementation=i),
-            m * k,
-            x,
-        )
+        for impl in plan.impls:
+            blocks = (BLOCK, SMALL_BLOCK) if impl == "pallas" else (BLOCK,)
+            for bs in blocks:
+                r.jax_case(
+                    row(f"quantize_blockwise({bs})", impl),
+                    lambda x, i=impl, bs=bs: fp8mm.quantize_blockwise(
+                        x, code, bs, implementation=i
+                    ),
+                    (x,),
+                    xb + size,
+                    "GB/s",
+                )
+                r.jax_case(
+                    row(f"fake_quant_blockwise({bs})", impl),
+                    lambda x, i=impl, bs=bs: fp8mm.fake_quant_blockwise(
+                        x, code, bs, implementation=i
+                    ),
+                    (x,),
+                    2 * xb,
+                    "GB/s",
+                )
+            r.jax_case(
+                row(f"dequantize_blockwise({BLOCK})", impl),
+                lambda q, s, i=impl: fp8mm.dequantize_blockwise(q, s, implementation=i),
+                (qb, stb),
+                size + xb,
+                "GB/s",
+            )
+            r.jax_case(
+                row("quantize", impl),
+                lambda x, i=impl: fp8mm.quantize(x, code, implementation=i),
+                (x,),
+                xb + size,
+                "GB/s",
+            )
+            r.jax_case(
+                row("dequantize", impl),  # float32 output
+                lambda q, s, i=impl: fp8mm.dequantize(q, s, implementation=i),
+                (qg, stg),
+                size + 4 * size,
+                "GB/s",
+            )
+            r.jax_case(
+                row("fake_quant_global", impl),
+                lambda x, i=impl: fp8mm.fake_quant_global(x, code, implementation=i),
+                (x,),
+                2 * xb,
+                "GB/s",
+            )
+            r.jax_case(
+                row("int8_vectorwise_quant", impl),
+                lambda x, i=impl: fp8mm.int8_vectorwise_quant(x, implementation=i),
+                (x,),
+                xb + size,
+                "GB/s",
+            )
+            r.jax_case(
+                row("int8_double_quant", impl),
+                lambda x, i=impl: fp8mm.int8_double_quant(x, implementation=i),
+                (x,),
+                xb + 2 * size,
+                "GB/s",
+            )
+            r.jax_case(
+                row("int8_vectorwise_quant_t", impl),
+                lambda x, i=impl: fp8mm.int8_vectorwise_quant_t(x, implementation=i),
+                (x,),
+                xb + size,
+                "GB/s",
+            )
 
-    shapes = (
-        [(64, 128, 96)]
-        if a.smoke
-        else [(a.tokens, 4096, 4096), (a.tokens, 16384, 4096), (8192, 8192, 8192)]
-    )
-    for mm, nn, kk in shapes:
-        A8 = jax.random.randint(key, (mm, kk), -127, 128, jnp.int8)
-        B8 = jax.random.randint(key, (nn, kk), -127, 128, jnp.int8)
-        rs = jnp.ones((mm,), jnp.float32)
-        cs = jnp.ones((nn,), jnp.float32)
-        Ab = A8.astype(jnp.bfloat16)
-        Bb = B8.astype(jnp.bfloat16)
-        ops = 2 * mm * nn * kk
-        t_bf16 = bench(lambda a, b: jnp.matmul(a, b.T), Ab, Bb)
-        t_xla8 = bench(lambda a, b: ref.int8_linear_matmul(a, b), A8, B8)
-        t_p8 = bench(lambda a, b: fp8mm.int8_linear_matmul(a, b, implementation=impl), A8, B8)
-        t_pd = bench(
-            lambda a, b: fp8mm.int8_linear_matmul_dequant(
-                a, b, rs, cs, None, jnp.bfloat16, implementation=impl
-            ),
-            A8,
-            B8,
-        )
-        t_xd = bench(lambda a, b: ref.int8_linear_matmul_dequant(a, b, rs, cs), A8, B8)
-        shape = f"{mm}x{nn}x{kk}"
-        for name, t in (
-            ("bf16 matmul (baseline)", t_bf16),
-            ("XLA int8 dot", t_xla8),
-            ("pallas int8 matmul", t_p8),
-            ("pallas int8 matmul+dequant", t_pd),
-            ("XLA int8 dot + dequant", t_xd),
-        ):
-            rows.append((name, shape, t, ops / t / 1e12, "TOPS", t_bf16 / t))
 
-    dev = jax.devices()[0].device_kind
-    print(f"\n# kernels on {dev}, jax {jax.__version__}")
-    print("| what | shape | ms | rate | unit | vs baseline |\n|---|---|---|---|---|---|")
-    for name, shape, t, rate, unit, ratio in rows:
-        print(f"| {name} | {shape} | {t * 1e3:.3f} | {rate:.0f} | {unit} | {ratio:.2f} |")
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"device": dev, "jax": jax.__version__, "rows": rows}, f, indent=1)
+def _int8_data(t: int, k: int, n: int, dt: str) -> tuple:
+    """int8 A [t, k], B [n, k], their 16-bit casts, row/col stats and an int32 product."""
+    import jax
+    import jax.numpy as jnp
+
+    def codes(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+        # Random bits are far cheaper to compile than randint; -128 is folded to -127 to stay
+        # within bitsandbytes' code range.
+        x = jax.lax.bitcast_convert_type(jax.random.bits(key, shape, jnp.uint8), jnp.int8)
+        return jnp.maximum(x, jnp.int8(-127))
+
+    def make(key: jax.Array) -> tuple:
+        ka, kb, kc = jax.random.split(key, 3)
+        A8, B8 = codes(ka, (t, k)), codes(kb, (n, k))
+        rs = 1.0 + jax.random.uniform(ka, (t,), jnp.float32)
+        cs = 1.0 + jax.random.uniform(kb, (n,), jnp.float32)
+        # |acc| < 2**20, the size of real int8 products of a few thousand terms.
+        acc = (jax.random.bits(kc, (t, n), jnp.uint32) >> 11).astype(jnp.int32) - 2**20
+        return A8, B8, A8.astype(dt), B8.astype(dt), rs, cs, acc
+
+    return jax.jit(make)(jax.random.key(0))
+
+
+def run_int8_matmul(r: Runner, plan: Plan) -> None:
+    """16-bit matmul baseline, int8 matmul, fused dequant and the separate dequant per shape."""
+    import fp8mm
+
+    dt = plan.dtypes[0]
+    shapes = plan.linear_shapes()[:1] if plan.smoke else plan.linear_shapes()
+    for t, k, n in shapes:
+        shape = linear_label(t, k, n)
+        # int8 products do not depend on the values' distribution: random codes made on the
+        # device in one compiled call (no host generation or copies of up to 256 Mi values).
+        A8, B8, Ab, Bb, rs, cs, acc = _int8_data(t, k, n, dt)
+        ops = 2.0 * t * k * n
+        base = Row("kernels", f"{dt} matmul", "jnp", "-", shape, dt, is_baseline=True)
+        r.jax_case(base, lambda a, b: a @ b.T, (Ab, Bb), ops, "TOPS")
+
+        def row(group: str, impl: str, base: str | None = base.key) -> Row:
+            return Row("kernels", group, impl, "-", shape, dt, base=base)
+
+        for impl in plan.impls:
+            r.jax_case(
+                row("int8_linear_matmul", impl),
+                lambda a, b, i=impl: fp8mm.int8_linear_matmul(a, b, implementation=i),
+                (A8, B8),
+                ops,
+                "TOPS",
+            )
+            r.jax_case(
+                row("int8_linear_matmul_dequant", impl),
+                lambda a, b, rs, cs, i=impl: fp8mm.int8_linear_matmul_dequant(
+                    a, b, rs, cs, None, dt, implementation=i
+                ),
+                (A8, B8, rs, cs),
+                ops,
+                "TOPS",
+            )
+            r.jax_case(
+                row("int8_mm_dequant", impl, None),  # int32 in, float16 out
+                lambda c, rs, cs, i=impl: fp8mm.int8_mm_dequant(c, rs, cs, implementation=i),
+                (acc, rs, cs),
+                6.0 * t * n,
+                "GB/s",
+            )
+
+
+def run(r: Runner, plan: Plan) -> None:
+    """The whole kernel section."""
+    run_quant(r, plan)
+    run_int8_matmul(r, plan)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks import run as runner
+
+    runner.main(["--only", "kernels", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,483 @@
+"""Shared helpers of the benchmark suite: timing, compiled memory, host data, result rows, tables.
+
+Timing follows DESIGN §5: after warm-up, each *batch* is many back-to-back
+calls closed by ONE device synchronisation, and a case reports the median
+batch time divided by the calls per batch. A sync per call would add the
+launch/sync latency to every call and flatter every ratio against a fast
+baseline. The number of calls per batch is chosen per case so that a batch
+lasts at least `TimingConfig.batch_s` (short kernels are otherwise measured
+against Python dispatch).
+
+This module imports numpy only at import time; JAX is imported inside the
+functions that need it, so the torch side (`benchmarks.bnb`) can use the
+timing and row helpers in a process that never initialises JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import pathlib
+import re
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingConfig:
+    """How hard to time one case.
+
+    Attributes:
+      batches: device-synchronised batches; the median over them is reported.
+      batch_s: lower bound on the wall time of one batch (sets calls per batch).
+      max_reps: upper bound on calls per batch.
+      warmup: calls (each synchronised) before the calibration.
+    """
+
+    batches: int = 20
+    batch_s: float = 0.004
+    max_reps: int = 200
+    warmup: int = 2
+
+
+# --smoke: one call per batch and two batches; CPU numbers mean nothing anyway.
+SMOKE_TIMING = TimingConfig(batches=2, batch_s=0.0, max_reps=1, warmup=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Result of `time_calls`: seconds per call (median and best batch) and the plan used."""
+
+    median_s: float
+    min_s: float
+    reps: int
+    batches: int
+
+
+def time_calls(call: Callable[[], Any], sync: Callable[[Any], Any], cfg: TimingConfig) -> Timing:
+    """Median seconds per call of `call()` over `cfg.batches` synchronised batches.
+
+    Args:
+      call: runs the case once and returns something `sync` can wait on.
+      sync: blocks until the work behind its argument is done on the device.
+      cfg: timing plan.
+
+    Returns:
+      A `Timing`; median_s is the median over batches of (batch time / calls).
+    """
+    for _ in range(max(cfg.warmup, 1)):
+        sync(call())
+    reps = 1
+    if cfg.max_reps > 1 and cfg.batch_s > 0:
+        # Calibrate on two back-to-back calls: one call alone would include the sync latency.
+        t0 = time.perf_counter()
+        out = call()
+        out = call()
+        sync(out)
+        est = max((time.perf_counter() - t0) / 2, 1e-7)
+        reps = int(min(cfg.max_reps, max(1, math.ceil(cfg.batch_s / est))))
+    per_call = []
+    for _ in range(max(cfg.batches, 1)):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = call()
+        sync(out)
+        per_call.append((time.perf_counter() - t0) / reps)
+    return Timing(statistics.median(per_call), min(per_call), reps, len(per_call))
+
+
+def jax_sync(x: Any) -> Any:
+    """jax.block_until_ready, imported lazily."""
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def compile_jax(fn: Callable, args: Sequence[Any]) -> tuple[Any, dict[str, int] | None]:
+    """jit + lower + compile `fn` for `args`; returns (compiled, memory dict or None).
+
+    The compiled executable is what gets timed, so one compilation serves both the
+    memory analysis and the timing. Call this inside `fp8mm.use_implementation(...)`
+    when the implementation comes from the context: tracing happens here.
+    """
+    import jax
+
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, compiled_memory(compiled)
+
+
+def compiled_memory(compiled: Any) -> dict[str, int] | None:
+    """Bytes from `compiled.memory_analysis()`; peak = temp + argument + output.
+
+    Returns None where the backend gives no analysis (it may return None or raise).
+    """
+    try:
+        ma = compiled.memory_analysis()
+    except Exception:
+        return None
+    if isinstance(ma, (list, tuple)):  # some versions return one entry per device
+        ma = ma[0] if ma else None
+    if ma is None:
+        return None
+    fields = {
+        "temp": "temp_size_in_bytes",
+        "argument": "argument_size_in_bytes",
+        "output": "output_size_in_bytes",
+        "alias": "alias_size_in_bytes",
+    }
+    out = {k: int(getattr(ma, attr, 0) or 0) for k, attr in fields.items()}
+    out["peak"] = out["temp"] + out["argument"] + out["output"]
+    return out
+
+
+def nbytes(*xs: Any) -> int:
+    """Bytes of arrays (anything with .shape and .dtype; torch tensors too)."""
+    total = 0
+    for x in xs:
+        itemsize = getattr(x, "itemsize", None) or getattr(x.dtype, "itemsize", None)
+        if itemsize is None:  # torch dtypes have .itemsize from 2.1; element_size() before
+            itemsize = x.element_size()
+        total += int(np.prod(tuple(x.shape))) * int(itemsize)
+    return total
+
+
+# ------------------------------------------------------------------------------- data
+
+
+_PERIOD = (1 << 22) + 17  # odd period: consecutive rows and blocks never line up
+
+
+@functools.lru_cache(maxsize=1)
+def _normal_base(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(_PERIOD, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def host_normal(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> np.ndarray:
+    """float32 N(0, scale²)-distributed data from a fixed recipe, identical in every process.
+
+    A draw of ~4 Mi normals repeated with an odd period (and rotated by the seed):
+    drawing up to 256 Mi fresh normals per shape would cost seconds of host time in
+    both the JAX and the torch process, and timing needs realistic values, not
+    independent ones. Cached: the same arrays serve every case of a shape.
+    """
+    size = int(np.prod(shape))
+    base = np.roll(_normal_base(0), seed * 7919)
+    x = np.resize(base, size).reshape(shape)
+    if scale != 1.0:
+        x *= np.float32(scale)
+    return x
+
+
+def linear_data(tokens: int, k: int, n: int) -> dict[str, np.ndarray]:
+    """Host data of one linear-layer case: A [t, k], W [n, k] (Linear layout), g [t, n].
+
+    Weights are scaled by 1/sqrt(k) as an initialised layer's; every benchmark
+    (fp8mm and bitsandbytes) draws from here so both see the same numbers.
+    """
+    return {
+        "A": host_normal((tokens, k), 1),
+        "W": host_normal((n, k), 2, 1.0 / math.sqrt(k)),
+        "g": host_normal((tokens, n), 3, 1.0 / math.sqrt(n)),
+    }
+
+
+# ------------------------------------------------------------------------------- rows
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured case. Ratios and checks are filled in by the runner's final pass.
+
+    Attributes:
+      section: "kernels", "ops", "layers", "train" or "bnb".
+      group: what runs (primitive, op, layer or model kind; "baseline" rows name theirs).
+      impl: "xla", "pallas", or the baseline's provider ("jnp", "flax", "torch", "bnb").
+      mode: "fwd", "fwd+bwd", "step" or "-".
+      shape: human-readable shape, also the key that pairs a case with its baseline.
+      dtype: activation dtype name.
+      base: `key` of the baseline row in the same run (None for baselines themselves).
+    """
+
+    section: str
+    group: str
+    impl: str
+    mode: str
+    shape: str
+    dtype: str
+    base: str | None = None
+    is_baseline: bool = False
+    ms: float | None = None
+    min_ms: float | None = None
+    reps: int | None = None
+    batches: int | None = None
+    rate: float | None = None
+    unit: str = ""
+    mem: dict[str, int] | None = None
+    time_ratio: float | None = None
+    rate_ratio: float | None = None
+    mem_ratio: float | None = None
+    bnb_ms: float | None = None
+    vs_bnb: float | None = None
+    checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    skipped: str | None = None
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return "|".join((self.section, self.group, self.impl, self.mode, self.shape, self.dtype))
+
+    @property
+    def mem_bytes(self) -> int | None:
+        return None if self.mem is None else self.mem.get("peak")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["key"] = self.key
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Row:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_UNIT_SCALE = {"GB/s": 1e9, "Mtok/s": 1e6}
+
+
+def record_timing(row: Row, timing: Timing, work: float | None, unit: str) -> None:
+    """Stores a timing in `row`; `work` is FLOPs/ops (unit T...) or bytes (unit GB/s)."""
+    row.ms = timing.median_s * 1e3
+    row.min_ms = timing.min_s * 1e3
+    row.reps, row.batches = timing.reps, timing.batches
+    if work is not None and timing.median_s > 0:
+        scale = _UNIT_SCALE.get(unit, 1e12)  # TOPS, TFLOP/s
+        row.rate, row.unit = work / timing.median_s / scale, unit
+
+
+def error_text(exc: BaseException) -> str:
+    """One line naming the exception and where it came from (full traces go to stdout)."""
+    msg = str(exc).strip().splitlines()
+    first = msg[0] if msg else ""
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+def print_traceback(exc: BaseException) -> None:
+    """The last frames of an exception's traceback, flushed (the run goes on)."""
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    print("".join(lines[-6:]).rstrip(), flush=True)
+
+
+def fill_ratios(rows: Iterable[Row]) -> None:
+    """time_ratio = ms / base ms; rate_ratio = rate / base rate (same unit); mem_ratio likewise."""
+    rows = list(rows)
+    by_key = {r.key: r for r in rows}
+    for r in rows:
+        b = by_key.get(r.base) if r.base else None
+        if b is None or r.ms is None or b.ms is None or b.ms <= 0:
+            continue
+        r.time_ratio = r.ms / b.ms
+        if r.rate is not None and b.rate and r.unit == b.unit:
+            r.rate_ratio = r.rate / b.rate
+        if r.mem_bytes is not None and b.mem_bytes:
+            r.mem_ratio = r.mem_bytes / b.mem_bytes
+
+
+def add_check(row: Row, target: str, value: float | None, ok: bool | None) -> None:
+    """Attaches one target check; `ok` None (no value) reads as n/a."""
+    row.checks.append({"target": target, "value": value, "ok": ok})
+
+
+def status(row: Row) -> str:
+    """PASS / MISS over the row's checks; '' without checks, 'n/a' when a value is missing."""
+    if row.error or row.skipped:
+        return "ERROR" if row.error else "SKIP"
+    if not row.checks:
+        return ""
+    oks = [c["ok"] for c in row.checks]
+    if any(ok is False for ok in oks):
+        return "MISS"
+    if any(ok is None for ok in oks):
+        return "n/a"
+    return "PASS"
+
+
+# ------------------------------------------------------------------------- formatting
+
+
+def card_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (file name of the results)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "unknown"
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """A number for a table cell; '' for None."""
+    if x is None:
+        return ""
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.{digits}f}"
+
+
+def mib(n: int | None) -> str:
+    """Bytes as MiB for a table cell."""
+    return "" if n is None else fmt(n / 2**20, 2)
+
+
+Column = tuple[str, Callable[[Row], str]]
+
+
+def markdown_table(rows: Sequence[Row], columns: Sequence[Column]) -> str:
+    """A Markdown table with one line per row."""
+    head = "| " + " | ".join(h for h, _ in columns) + " |"
+    sep = "|" + "---|" * len(columns)
+    body = ["| " + " | ".join(f(r).replace("|", "/") for _, f in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def checks_text(row: Row) -> str:
+    """'target value' for each check, e.g. 'time ≤ 0.80x bf16: 0.74'."""
+    return "; ".join(f"{c['target']}: {fmt(c['value'])}" for c in row.checks)
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def write_json(path: pathlib.Path, meta: dict[str, Any], rows: Sequence[Row]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1))
+    tmp.replace(path)  # a run killed mid-write leaves the previous complete file
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+class Runner:
+    """Collects rows, runs cases under a time budget, prints one flushed line per case.
+
+    Every case is wrapped in try/except: a failure becomes an error row and the
+    run goes on. Past the deadline, cases become 'skipped' rows (so the table
+    says what was not measured) instead of running.
+    """
+
+    def __init__(
+        self,
+        timing: TimingConfig,
+        deadline: float,
+        include: Callable[[Row], bool] | None = None,
+    ) -> None:
+        self.timing = timing
+        self.deadline = deadline
+        self.include = include or (lambda row: True)
+        self.rows: list[Row] = []
+        self.t0 = time.perf_counter()
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def case(
+        self,
+        row: Row,
+        build: Callable[[], tuple[Callable[[], Any], dict[str, int] | None]],
+        work: float | None,
+        unit: str,
+        sync: Callable[[Any], Any] = jax_sync,
+    ) -> Row | None:
+        """Times one case; `build()` compiles and returns (call, memory dict or None).
+
+        Returns the row (also appended to self.rows), or None when `include` drops it.
+        """
+        if not self.include(row):
+            return None
+        self.rows.append(row)
+        label = f"{row.section}: {row.group}[{row.impl}] {row.mode} {row.shape} {row.dtype}"
+        if self.out_of_time():
+            row.skipped = "time budget"
+            self.log(f"{label}: skipped (time budget)")
+            return row
+        t0 = time.perf_counter()
+        try:
+            call, row.mem = build()
+            record_timing(row, time_calls(call, sync, self.timing), work, unit)
+        except Exception as exc:
+            row.error = error_text(exc)
+            self.log(f"{label}: ERROR {row.error}")
+            print_traceback(exc)
+            return row
+        rate = f" {fmt(row.rate)} {row.unit}" if row.rate is not None else ""
+        mem = f" mem {mib(row.mem_bytes)} MiB" if row.mem_bytes is not None else ""
+        self.log(
+            f"{label}: {row.ms:.4f} ms{rate}{mem} (x{row.reps}, {time.perf_counter() - t0:.1f}s)"
+        )
+        return row
+
+    def jax_case(
+        self,
+        row: Row,
+        fn: Callable,
+        args: Sequence[Any],
+        work: float | None,
+        unit: str,
+        context: Callable[[], Any] | None = None,
+    ) -> Row | None:
+        """`case` for a JAX function: compiled once (inside `context()` if given), then timed."""
+
+        def build() -> tuple[Callable[[], Any], dict[str, int] | None]:
+            if context is None:
+                compiled, mem = compile_jax(fn, args)
+            else:
+                with context():
+                    compiled, mem = compile_jax(fn, args)
+            return (lambda: compiled(*args)), mem
+
+        return self.case(row, build, work, unit)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The shapes and variants a run covers.
+
+    Attributes:
+      tokens: token counts (rows of the activations).
+      dims: (in, out) feature pairs of the linear layers.
+      dtypes: activation dtype names ("bfloat16", "float16").
+      impls: fp8mm implementations ("xla", "pallas").
+      layer_tokens: token counts for the Flax layer section.
+      smoke: tiny CPU run (no meaningful numbers).
+    """
+
+    tokens: tuple[int, ...]
+    dims: tuple[tuple[int, int], ...]
+    dtypes: tuple[str, ...]
+    impls: tuple[str, ...]
+    layer_tokens: tuple[int, ...]
+    smoke: bool = False
+
+    def linear_shapes(self, tokens: Iterable[int] | None = None) -> list[tuple[int, int, int]]:
+        """(tokens, in, out) for every token count (default all) and feature pair."""
+        return [(t, k, n) for t in (tokens or self.tokens) for k, n in self.dims]
+
+
+def linear_label(t: int, k: int, n: int) -> str:
+    return f"{t}x{k}->{n}"

@@ -1,0 +1,117 @@
+"""Smoke test of the benchmark suite (`python -m benchmarks.run --smoke`) and its target checks.
+
+The smoke run times tiny shapes on the CPU (Pallas in interpret mode for a few
+cases only); it asserts that every section produces rows, that no case errors
+and that the JSON and Markdown results are written. No speed is asserted.
+"""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    """The `benchmarks` package (it lives beside `fp8mm`, outside the installed package)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import common, run
+
+    return run, common
+
+
+def test_smoke_run_writes_every_section(bench, tmp_path):
+    pytest.importorskip("flax")
+    pytest.importorskip("optax")
+    pytest.importorskip("tqdm")  # examples/train_lm.py imports it
+    run, _ = bench
+    result = run.main(["--smoke", "--out", str(tmp_path)])
+
+    json_path, md_path = result["json"], result["md"]
+    assert json_path.parent == tmp_path and json_path.exists() and md_path.exists()
+    data = json.loads(json_path.read_text())
+    rows = data["rows"]
+    problems = [(r["key"], r["error"] or r["skipped"]) for r in rows if r["error"] or r["skipped"]]
+    assert not problems, problems
+
+    sections = {r["section"] for r in rows}
+    assert {"kernels", "ops", "layers", "train"} <= sections
+    # bitsandbytes: either measured (torch + CUDA present) or skipped with a reason.
+    assert "bnb" in sections or data["meta"]["bnb"].get("skipped")
+
+    for section in ("kernels", "ops", "layers", "train"):
+        sel = [r for r in rows if r["section"] == section]
+        assert any(r["is_baseline"] for r in sel), section
+        assert all(r["ms"] > 0 for r in sel), section
+        # Every case is paired with a baseline of the same run.
+        assert all(r["time_ratio"] is not None for r in sel if r["base"]), section
+    impls = {(r["section"], r["impl"]) for r in rows}
+    assert {("ops", "xla"), ("ops", "pallas"), ("kernels", "pallas")} <= impls
+    modes = {r["mode"] for r in rows if r["section"] == "ops"}
+    assert modes == {"fwd", "fwd+bwd"}
+    assert {r["dtype"] for r in rows if r["section"] == "ops"} == {"bfloat16", "float16"}
+    # Target checks are evaluated (PASS or MISS; CPU numbers mean nothing).
+    assert any(r["checks"] for r in rows if r["section"] == "kernels" and r["impl"] == "pallas")
+    assert any(r["checks"] for r in rows if r["section"] == "train")
+    assert all(c["ok"] is not None for r in rows for c in r["checks"])
+    # Peak memory from the compiled memory analysis, where the backend gives one.
+    assert any(r["mem"] for r in rows if r["section"] == "ops")
+
+    md = md_path.read_text()
+    for title in ("## Targets", "## Kernels: quantization", "## Kernels: int8 matmul", "## Ops"):
+        assert title in md
+    assert "## Train step" in md and "## Flax layers" in md
+
+
+def _row(common, section, group, impl, mode, ms, base=None, **kw):
+    return common.Row(section, group, impl, mode, "s", "bfloat16", base=base, ms=ms, **kw)
+
+
+def test_targets_pass_and_miss(bench):
+    run, common = bench
+    lin = _row(common, "ops", run.LINEAR, "jnp", "fwd+bwd", 1.0, is_baseline=True)
+    lin.mem = {"peak": 100}
+    fast = _row(common, "ops", "switchback_bnb", "pallas", "fwd+bwd", 0.9, lin.key)
+    fast.mem = {"peak": 105}
+    slow = _row(common, "ops", "matmul_fp8_global", "xla", "fwd+bwd", 1.3, lin.key)
+    slow.mem = {"peak": 120}
+    copy = _row(common, "kernels", "copy", "jnp", "-", 1.0, is_baseline=True, rate=2000.0)
+    copy.unit = "GB/s"
+    quant = _row(common, "kernels", "fake_quant_blockwise(4096)", "pallas", "-", 1.0, copy.key)
+    quant.rate, quant.unit = 1600.0, "GB/s"
+    mm = _row(common, "kernels", "matmul (baseline)", "jnp", "-", 1.0, is_baseline=True)
+    mm.rate, mm.unit = 700.0, "TOPS"
+    i8 = _row(common, "kernels", "int8_linear_matmul", "xla", "-", 1.0, mm.key)
+    i8.rate, i8.unit = 1300.0, "TOPS"
+    fused = _row(common, "kernels", "int8_linear_matmul_dequant", "pallas", "-", 1.0, mm.key)
+    fused.rate, fused.unit = 1000.0, "TOPS"
+    dense = _row(common, "train", run.DENSE, "flax", "step", 10.0, is_baseline=True)
+    sb = _row(common, "train", "SwitchBackDense", "pallas", "step", 9.0, dense.key)
+    rows = [lin, fast, slow, copy, quant, mm, i8, fused, dense, sb]
+    run.finalize(rows)
+
+    assert common.status(fast) == "PASS"  # 0.90 <= 0.95 time, 1.05 <= 1.10 memory
+    assert common.status(slow) == "MISS"  # 1.3 > 1.2 time, 1.2 > 1.1 memory
+    assert [c["ok"] for c in slow.checks] == [False, False]
+    assert common.status(quant) == "PASS"  # 1600 >= 0.75 * 2000
+    assert [c["ok"] for c in fused.checks] == [True, False]  # 1.43x bf16; 0.77x XLA int8
+    assert common.status(sb) == "PASS"
+    md = run.render_markdown(
+        {
+            "card": "test",
+            "date": "today",
+            "command": "x",
+            "jax": "0",
+            "backend": "cpu",
+            "python": "3",
+            "fp8mm": "0",
+            "bnb_status": "skipped",
+            "timing": {"batches": 20, "batch_s": 0.004, "max_reps": 200},
+        },
+        rows,
+    )
+    assert "| MISS |" in md and "| PASS |" in md
+    assert sys.modules["benchmarks.common"] is common
