@@ -20,8 +20,8 @@ test: $(VENV)/.stamp-test
 
 lint: $(VENV)/.stamp-test
 	$(PY) -m pip install -q ruff
-	$(VENV)/bin/ruff check fp8mm tests examples tools
-	$(VENV)/bin/ruff format --check fp8mm tests examples tools
+	$(VENV)/bin/ruff check fp8mm tests examples tools benchmarks
+	$(VENV)/bin/ruff format --check fp8mm tests examples tools benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
