@@ -155,7 +155,7 @@ def train(kind: str, preset: Preset, train_data, eval_data, params0, seed: int):
         loss = float(loss)  # waits for the step: the timing covers the computation
         times.append(time.perf_counter() - t0)
         losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     ev = evaluate(model, params, eval_data, preset)
     return losses, ev, float(np.median(times[1:])), params
 
