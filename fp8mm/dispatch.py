@@ -32,7 +32,9 @@ __all__ = ["Impl", "call", "default_implementation", "resolve", "use_implementat
 Impl = Literal["xla", "pallas"] | None
 _VALID = (None, "xla", "pallas")
 _ENV = "FP8MM_IMPLEMENTATION"
-_default: contextvars.ContextVar[Impl] = contextvars.ContextVar("fp8mm_impl", default=None)
+# "unset" defers to the environment; None inside `use_implementation(None)` means auto.
+_UNSET = "unset"
+_default: contextvars.ContextVar = contextvars.ContextVar("fp8mm_impl", default=_UNSET)
 
 
 PRIMITIVES = (
@@ -60,7 +62,7 @@ def _check_impl(impl, where: str) -> Impl:
 def default_implementation() -> Impl:
     """The process-wide default: the innermost `use_implementation`, else $FP8MM_IMPLEMENTATION."""
     impl = _default.get()
-    if impl is not None:
+    if impl != _UNSET:
         return impl
     env = os.environ.get(_ENV, "").strip().lower() or None
     if env in ("auto", "none"):
@@ -71,6 +73,9 @@ def default_implementation() -> Impl:
 @contextlib.contextmanager
 def use_implementation(implementation: Impl) -> Iterator[None]:
     """Sets the default implementation for calls made (or traced) inside the block.
+
+    `use_implementation(None)` restores the automatic choice (Pallas on a GPU
+    where it serves the case), whatever $FP8MM_IMPLEMENTATION says.
 
     Example:
       with fp8mm.use_implementation("xla"):

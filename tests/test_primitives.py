@@ -301,6 +301,10 @@ def test_implementation_context_and_env(monkeypatch):
         assert fp8mm.default_implementation() == "xla"
     monkeypatch.setenv("FP8MM_IMPLEMENTATION", "xla")
     assert fp8mm.default_implementation() == "xla"
+    with fp8mm.use_implementation(None):  # back to the automatic choice
+        assert fp8mm.default_implementation() is None
+    with fp8mm.use_implementation("pallas"):
+        assert fp8mm.default_implementation() == "pallas"
     monkeypatch.setenv("FP8MM_IMPLEMENTATION", "tpu")
     with pytest.raises(ValueError, match="tpu"):
         fp8mm.default_implementation()
