@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One device call that checks fp8mm on a GPU: the tests that exercise compiled Pallas
+# kernels, file by file (each with its own time limit so one slow file cannot eat the
+# call), then a short summary. Run from the repository root on the GPU machine with
+# `.whl` carried (pytest/hypothesis wheels, see the closing notes):
+#   bash tools/gpu_check.sh [seconds-per-file]
+# Logs go to $OUT (or /tmp/fp8mm-gpu) as <file>.log; the last lines are a table.
+set -u
+per_file=${1:-150}
+out=${OUT:-/tmp/fp8mm-gpu}
+mkdir -p "$out"
+if ls .whl/pytest-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/pytest-*.whl \
+    .whl/iniconfig-*.whl .whl/pluggy-*.whl .whl/hypothesis-*.whl .whl/attrs-*.whl \
+    .whl/sortedcontainers-*.whl 2>/dev/null
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+python3 -c "import jax; print('jax', jax.__version__, jax.devices()[0].device_kind)" | tee "$out/device.txt"
+summary=()
+for f in tests/test_kernels_int8.py tests/test_ops.py tests/test_kernels_codebook.py \
+         tests/test_golden_primitives.py tests/test_primitives.py; do
+  name=$(basename "$f" .py)
+  timeout "$per_file" python3 -m pytest -q -p no:cacheprovider -rf --tb=short "$f" \
+    > "$out/$name.log" 2>&1
+  rc=$?
+  line=$(grep -E "[0-9]+ (passed|failed)" "$out/$name.log" | tail -1)
+  [ $rc -eq 124 ] && line="TIMED OUT after ${per_file}s: $(grep -c . "$out/$name.log") lines"
+  summary+=("$name: $line")
+  grep -E "^FAILED" "$out/$name.log" | head -5
+done
+printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
