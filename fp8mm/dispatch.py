@@ -77,6 +77,11 @@ def use_implementation(implementation: Impl) -> Iterator[None]:
     `use_implementation(None)` restores the automatic choice (Pallas on a GPU
     where it serves the case), whatever $FP8MM_IMPLEMENTATION says.
 
+    The choice is made while a function is traced and is not part of
+    `jax.jit`'s cache key: a function already compiled keeps the
+    implementation it was traced with. Switch before the first call (or jit a
+    new function), or pass `implementation=` explicitly.
+
     Example:
       with fp8mm.use_implementation("xla"):
           loss = train_step(params, batch)   # traced here: every primitive uses XLA

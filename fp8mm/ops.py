@@ -475,9 +475,14 @@ def switchback_bnb(
         if tuple(bias.shape) != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     if outlier_capacity is None:
-        outlier_capacity = min(k, max(32, k // 16))
-    if not isinstance(outlier_capacity, int) or outlier_capacity < 1:
+        outlier_capacity = max(1, min(k, max(32, k // 16)))
+    if (
+        isinstance(outlier_capacity, bool)
+        or not isinstance(outlier_capacity, (int, np.integer))
+        or outlier_capacity < 1
+    ):
         raise ValueError(f"outlier_capacity must be a positive int, got {outlier_capacity!r}")
+    outlier_capacity = int(outlier_capacity)
     cfg = _SwitchBackConfig(threshold, state.has_fp16_weights, outlier_capacity, implementation)
     out, cols = _switchback(A, B, bias, CB, SCB, cfg)
     return (out, cols) if return_outliers else out

@@ -476,3 +476,12 @@ def test_pallas_path_matches_xla(name, dtype):
             )
         else:
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_switchback_zero_inner_dim():
+    out = fp8mm.switchback_bnb(jnp.ones((3, 0), jnp.float16), jnp.ones((4, 0), jnp.float16))
+    assert out.shape == (3, 4) and not np.asarray(out).any()
+    out = fp8mm.switchback_bnb(
+        jnp.ones((3, 8), jnp.float16), jnp.ones((4, 8), jnp.float16), outlier_capacity=np.int64(2)
+    )
+    assert out.shape == (3, 4)

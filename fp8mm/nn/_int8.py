@@ -4,8 +4,12 @@ A trained SwitchBack layer holds a float 'kernel' [in, out]; for inference it
 can instead hold 'CB' (int8 [out, in], the row-wise quantized weight in
 Linear layout) and 'SCB' (float32 [out] row scales), exactly the
 `MatmulLtState(has_fp16_weights=False)` that `fp8mm.prepare_int8_weight`
-builds. The forward output equals the training-mode layer's: SwitchBack
-quantizes the weight the same way on every training call.
+builds. With threshold 0 the forward output equals the training-mode
+layer's (SwitchBack quantizes the weight the same way on every training
+call); with threshold > 0 the outlier columns use the dequantized int8 weight,
+as bitsandbytes does, so they differ slightly. The int8 leaves sit in
+'params': differentiate with `jax.grad(..., allow_int=True)` or split them
+off before taking gradients of other layers.
 """
 
 from __future__ import annotations

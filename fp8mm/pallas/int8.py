@@ -878,20 +878,38 @@ def int8_mm_dequant(
 # ----------------------------------------------------------------------------
 
 
+# Triton's offsets are int32; larger operands stay on the XLA path (as in codebook.py).
+_MAX_ELEMENTS = 2**31 - 2**24
+
+
 def _reason(check, *args) -> str | None:
     try:
         check(*args)
     except (TypeError, ValueError) as e:
         return str(e)
+    for x in args:
+        size = math.prod(getattr(x, "shape", ()))
+        if size > _MAX_ELEMENTS:
+            return f"{size} elements exceed the kernels' int32 indexing ({_MAX_ELEMENTS})"
     return None
 
 
+def _check_out_size(A, B) -> None:
+    size = math.prod(A.shape[:-1]) * B.shape[0]
+    if size > _MAX_ELEMENTS:
+        raise ValueError(f"the {size}-element output exceeds the kernels' int32 indexing")
+
+
 def _unsupported_quant(A, threshold=0.0) -> str | None:
-    return _reason(lambda: (_check_float("A", A), _check_threshold(threshold)))
+    return _reason(lambda a: (_check_float("A", a), _check_threshold(threshold)), A)
 
 
 def _unsupported_matmul(A, B) -> str | None:
-    return _reason(_check_matmul, A, B)
+    return _reason(lambda a, b: (_check_matmul(a, b), _check_out_size(a, b)), A, B)
+
+
+def _unsupported_quant_t(W) -> str | None:
+    return _reason(lambda w: _check_float("W", w), W)
 
 
 def _unsupported_mm_dequant(acc, row_stats, col_stats, bias=None) -> str | None:
@@ -899,7 +917,7 @@ def _unsupported_mm_dequant(acc, row_stats, col_stats, bias=None) -> str | None:
         _check_int("acc", acc, jnp.int32)
         _check_dequant_args(acc.shape, row_stats, col_stats, bias)
 
-    return _reason(check)
+    return _reason(lambda *_: check(), acc)
 
 
 def _unsupported_matmul_dequant(
@@ -907,16 +925,17 @@ def _unsupported_matmul_dequant(
 ) -> str | None:
     def check():
         _check_matmul(A, B)
+        _check_out_size(A, B)
         _check_dequant_args((*A.shape[:-1], B.shape[0]), row_stats, col_stats, bias)
         _check_out_dtype(out_dtype)
 
-    return _reason(check)
+    return _reason(lambda *_: check(), A, B)
 
 
 KERNELS: dict[str, Kernel] = {
     "int8_vectorwise_quant": Kernel(int8_vectorwise_quant, _unsupported_quant),
     "int8_double_quant": Kernel(int8_double_quant, _unsupported_quant),
-    "int8_vectorwise_quant_t": Kernel(int8_vectorwise_quant_t),
+    "int8_vectorwise_quant_t": Kernel(int8_vectorwise_quant_t, _unsupported_quant_t),
     "int8_linear_matmul": Kernel(int8_linear_matmul, _unsupported_matmul),
     "int8_mm_dequant": Kernel(int8_mm_dequant, _unsupported_mm_dequant),
     "int8_linear_matmul_dequant": Kernel(int8_linear_matmul_dequant, _unsupported_matmul_dequant),
