@@ -73,3 +73,14 @@ def check_threshold(threshold) -> float:
     if not math.isfinite(t) or t < 0:
         raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
     return t
+
+
+def check_out_dtype(out_dtype) -> np.dtype:
+    """A float16/bfloat16/float32 output dtype, as np.dtype."""
+    try:
+        dt = np.dtype(out_dtype)
+    except TypeError:
+        raise TypeError(f"out_dtype must be a dtype, got {out_dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {dt.name}")
+    return dt

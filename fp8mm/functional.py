@@ -292,9 +292,7 @@ def int8_linear_matmul_dequant(
     """
     _check_matmul_operands(A, B)
     _check_dequant_args(A.shape[:-1], B.shape[0], row_stats, col_stats, bias)
-    out_dtype = np.dtype(out_dtype)
-    if out_dtype not in _checks.FLOAT_DTYPES:
-        raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {out_dtype.name}")
+    out_dtype = _checks.check_out_dtype(out_dtype)
     return dispatch.call(
         "int8_linear_matmul_dequant", implementation, A, B, row_stats, col_stats, bias, out_dtype
     )

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from fp8mm import reference
+from fp8mm import _checks, reference
 from fp8mm.pallas import Kernel, _backend
 from fp8mm.pallas._backend import pallas_call
 
@@ -76,7 +76,6 @@ __all__ = [
 ]
 
 _F32 = jnp.float32
-_OUT_DTYPES = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16), np.dtype(jnp.float32))
 
 
 # ----------------------------------------------------------------------------
@@ -607,16 +606,6 @@ def _check_threshold(threshold) -> float:
     return threshold
 
 
-def _check_out_dtype(out_dtype) -> np.dtype:
-    try:
-        dt = np.dtype(out_dtype)
-    except TypeError:
-        raise TypeError(f"out_dtype must be a dtype, got {out_dtype!r}") from None
-    if dt not in _OUT_DTYPES:
-        raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {dt.name}")
-    return dt
-
-
 def _check_dequant_args(acc_shape, row_stats, col_stats, bias) -> None:
     _check_float("row_stats", row_stats)
     _check_float("col_stats", col_stats)
@@ -811,7 +800,7 @@ def int8_linear_matmul_dequant(
     _check_matmul(A, B)
     out_shape = (*A.shape[:-1], B.shape[0])
     _check_dequant_args(out_shape, row_stats, col_stats, bias)
-    out_dtype = _check_out_dtype(out_dtype)
+    out_dtype = _checks.check_out_dtype(out_dtype)
     if math.prod(out_shape) == 0 or A.shape[-1] == 0:
         ref = reference.int8_linear_matmul_dequant(A, B, row_stats, col_stats, bias)
         return ref.astype(out_dtype)
@@ -858,7 +847,7 @@ def int8_mm_dequant(
     if acc.ndim < 1:
         raise ValueError(f"acc must have at least 1 dimension, got shape {acc.shape}")
     _check_dequant_args(acc.shape, row_stats, col_stats, bias)
-    out_dtype = _check_out_dtype(out_dtype)
+    out_dtype = _checks.check_out_dtype(out_dtype)
     if acc.size == 0:
         return reference.int8_mm_dequant(acc, row_stats, col_stats, bias).astype(out_dtype)
     out = _dequant_2d(
@@ -927,7 +916,7 @@ def _unsupported_matmul_dequant(
         _check_matmul(A, B)
         _check_out_size(A, B)
         _check_dequant_args((*A.shape[:-1], B.shape[0]), row_stats, col_stats, bias)
-        _check_out_dtype(out_dtype)
+        _checks.check_out_dtype(out_dtype)
 
     return _reason(lambda *_: check(), A, B)
 
