@@ -67,8 +67,15 @@ def nearest_code(x: jax.Array, code: jax.Array) -> jax.Array:
     Returns:
       uint8 array with x's shape.
     """
-    x = x.astype(jnp.float32)
-    code = code.astype(jnp.float32)
+    return bnb_search(x.astype(jnp.float32), code.astype(jnp.float32)).astype(jnp.uint8)
+
+
+def bnb_search(x: jax.Array, code) -> jax.Array:
+    """`nearest_code` as int32, for a float32 x and anything indexable like a [256] array.
+
+    Only `code[int]` and `code[int32 array]` are used, so the Pallas kernels pass
+    their codebook Ref and run the very same search in their exact fallback.
+    """
     pivot = jnp.full(x.shape, 127, jnp.int32)
     lower_p = jnp.zeros(x.shape, jnp.int32)
     upper_p = jnp.full(x.shape, 255, jnp.int32)
@@ -88,7 +95,7 @@ def nearest_code(x: jax.Array, code: jax.Array) -> jax.Array:
     gt = x > val
     up = jnp.where(x > (upper + val) * np.float32(0.5), upper_p, pivot)
     down = jnp.where(x < (lower + val) * np.float32(0.5), lower_p, pivot)
-    return jnp.where(gt, up, down).astype(jnp.uint8)
+    return jnp.where(gt, up, down)
 
 
 def _div(x: jax.Array, y: jax.Array) -> jax.Array:

@@ -133,6 +133,26 @@ def test_quant_input_dtypes(dtype):
         strict=True,
     ):
         assert_equal(g, w)
+    # Threshold 0 takes the single-pass kernel, which casts to float16 itself.
+    for threshold in (0.0, 3.0):
+        for g, w in zip(
+            k8.int8_vectorwise_quant(A, threshold, interpret=INTERPRET),
+            ref(reference.int8_vectorwise_quant, A, threshold),
+            strict=True,
+        ):
+            assert_equal(g, w)
+
+
+def test_vectorwise_quant_long_rows_take_two_passes():
+    k = k8._ROW_QUANT_MAX_K + 3
+    assert k8._row_quant_config(2, k) is None and k8._row_quant_config(2, k - 3) is not None
+    A = _floats((2, k), seed=8)
+    for g, w in zip(
+        k8.int8_vectorwise_quant(A, interpret=INTERPRET),
+        ref(reference.int8_vectorwise_quant, A, 0.0),
+        strict=True,
+    ):
+        assert_equal(g, w)
 
 
 def test_double_quant_rounding_ties():

@@ -12,6 +12,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
@@ -22,6 +25,34 @@ BACKEND = "triton"
 load = pl_triton.load
 store = pl_triton.store
 elementwise_inline_asm = pl_triton.elementwise_inline_asm
+
+
+def recip_rn(x: jax.Array, interpret: bool) -> jax.Array:
+    """Correctly rounded float32 1/x (inf for 0); Triton's own `1/x` is approximate."""
+    if interpret:
+        return np.float32(1.0) / x
+    [r] = elementwise_inline_asm(
+        "rcp.rn.f32 $0, $1;",
+        args=[x],
+        constraints="=f,f",
+        pack=1,
+        result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)],
+    )
+    return r
+
+
+def div_rn(x: jax.Array, y: jax.Array, interpret: bool) -> jax.Array:
+    """Correctly rounded float32 x / y (x and y of one shape)."""
+    if interpret:
+        return x / y
+    [r] = elementwise_inline_asm(
+        "div.rn.f32 $0, $1, $2;",
+        args=[x, y],
+        constraints="=f,f,f",
+        pack=1,
+        result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)],
+    )
+    return r
 
 
 def compiler_params(*, num_warps: int, num_stages: int) -> Any:

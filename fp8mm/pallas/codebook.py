@@ -3,26 +3,27 @@
 Every public function takes the arguments of its `fp8mm.reference` namesake plus
 `interpret` and returns bit-identical results (codes, absmax, dequantized values).
 
-Nearest code without a binary search. bitsandbytes walks 7 steps of a binary
-search from pivot 127 and then compares with one float32 midpoint. For a sorted
-code that walk depends on x only through c = #{i : code[i] < x}: the compared
-pivots are the odd indices 1..253 (a perfect search tree), so the final pivot is
-p = min(c & ~1, 254), its bracketing neighbours are p - 1 and p + 1, and
-x > code[p] exactly when p < c. The kernels therefore find c, then gather only
-code[p] and the neighbour on the side of x, and repeat bitsandbytes' midpoint
-comparison. c is found with a lookup table over the top bits of x's float32:
-a monotone integer key (sign-magnitude, so -0.0 and +0.0 share a key) cut into
-2**14 buckets of 1/64 binade in (-2, 2), the end buckets catching everything
-beyond. Each table entry holds c at the bucket's low end; when the bucket holds
-at most one code, one comparison with that code finishes c (the "fast" path:
-one table gather plus three adjacent code gathers, all cache hits, no dependent
-chain of gathers). Tables of the fp8 grids and of the dynamic map never hold
-two codes in a bucket; for any other sorted code, a tile that meets a crowded
-bucket switches to an exact 8-step lower-bound search (same results, slower).
+Nearest code with one table lookup. For a sorted code, bitsandbytes' 7-step
+search followed by its float32 midpoint comparison returns the number of
+midpoints m_i = (code[i] + code[i+1]) * 0.5 that x has passed, where x passes
+m_i when x > m_i for even i and x >= m_i for odd i (the final pivot is even, so
+a tie goes to the even index); a run of equal codes instead resolves ties by
+where the search walks, which the table takes from the reference itself. In a
+monotone integer key of x (sign-magnitude float32 bits, so -0.0 and +0.0
+share a key) each midpoint becomes the first key T_i that passes it. The keys
+are cut into 2**11 buckets of 1/16 binade for magnitudes in [2**-62, 2) (the
+ends catching everything beyond; magnitudes below 2**-62 collapse into one key
+per sign). One int32 table entry per bucket holds the number of T_i below the
+bucket and the bucket-local offset of the single T_i inside it, so the code
+index is `base + (local >= offset)`: one 8 KiB table gather and one integer
+compare per element, plus the code gather that fake quantization needs. The
+fp8 grids never put two midpoints in one bucket; for any other code, a tile
+that meets such a crowded bucket runs bitsandbytes' search itself
+(`reference.bnb_search` on the code Ref; same results, slower).
 
-The crowded flags come from float comparisons with the bucket bounds, so they
-follow the backend's comparison semantics (XLA on CPU flushes subnormals) just
-as the kernel's own comparisons do.
+XLA on a CPU flushes subnormal float32 to zero in comparisons and products,
+so in interpret mode the kernels flush the scaled values before the integer
+key is formed; compiled for a GPU they keep them, as CUDA does.
 
 Exactness on the GPU. Triton lowers float `/` to the approximate `div.full.f32`,
 so the kernels use `rcp.rn.f32` / `div.rn.f32` (IEEE, correctly rounded, as the
@@ -46,7 +47,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from fp8mm import _checks
+from fp8mm import _checks, reference
 from fp8mm.pallas import Kernel, _backend
 from fp8mm.pallas._backend import pallas_call
 from fp8mm.state import QuantState
@@ -63,15 +64,17 @@ __all__ = [
     "quantize_blockwise",
 ]
 
-# Bucket table: key >> _SHIFT keeps the sign, 8 exponent bits and 6 mantissa bits.
-_SHIFT = 17
-_NUM_BUCKETS = 1 << 14
-# Buckets are offset so that key 0 (both zeros) is the LAST key of its bucket: a
-# code of +-0 then never counts as "below x" for an x in the zero bucket, and the
-# two zeros of the fp8 grids do not crowd it.
-_KEY_BIAS = (1 << _SHIFT) - 1
-_BUCKET_OFFSET = 8191
-_CROWDED = 512  # table flag: this bucket holds two or more codes
+# Bucket table over the compact key (see _compact_key): 2**_SHIFT keys per bucket,
+# 1/16 binade; bucket b holds the keys in ((b - 1) * 2**_SHIFT, b * 2**_SHIFT], so
+# key 0 (both zeros) is the last key of its bucket and the zeros never share a
+# bucket with positive values.
+_SHIFT = 19
+_HALF = 1024
+_NUM_BUCKETS = 2 * _HALF
+_BASE = 0x20800000  # float32 bits of 2**-62: magnitudes at or below it collapse
+_NEVER = 1 << _SHIFT  # an offset no bucket-local key reaches
+_OFFSET_BITS = _SHIFT + 1
+_CROWDED = 1 << (8 + _OFFSET_BITS)  # table flag: two or more midpoints in the bucket
 _MAX_ELEMENTS = 2**31 - 2**16  # flat int32 indexing inside the kernels
 
 
@@ -120,61 +123,45 @@ def choose_tiles(blocksize: int | None) -> TileConfig:
 # ----------------------------------------------------------------------------
 
 
-@functools.cache
-def _bucket_bounds() -> tuple[np.ndarray, np.ndarray]:
-    """float32 [lowest, highest] value of every bucket (ends are -inf / +inf)."""
-    j = np.arange(_NUM_BUCKETS, dtype=np.int64) - _BUCKET_OFFSET
+def _compact_key(bits: jax.Array) -> jax.Array:
+    """Monotone int32 key of float32 bits: equal floats share a key, NaN sorts as inf.
 
-    def key_to_float(key):
-        mag = np.abs(key).astype(np.uint32)
-        bits = np.where(key < 0, mag | np.uint32(0x80000000), mag).astype(np.uint32)
-        return bits.view(np.float32)
+    Magnitudes above 2**-62 keep their bits (shifted down by _BASE); smaller
+    non-zero magnitudes become 1, so the key fits the table's window.
+    """
+    mag = jnp.minimum(bits & 0x7FFFFFFF, 0x7F800000)
+    k = jnp.where(mag > _BASE, mag - (_BASE - 1), jnp.minimum(mag, 1))
+    return jnp.where(bits < 0, -k, k)
 
-    lo = key_to_float((j - 1) * (1 << _SHIFT) + 1)
-    hi = key_to_float(j * (1 << _SHIFT))
-    lo[0], hi[-1] = -np.inf, np.inf
-    return lo, hi
+
+def _bucket_and_local(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(table index in [0, _NUM_BUCKETS), offset of the key inside its bucket)."""
+    shifted = key + ((1 << _SHIFT) - 1)
+    bucket = jnp.clip(shifted >> _SHIFT, 1 - _HALF, _HALF) + (_HALF - 1)
+    return bucket, shifted & ((1 << _SHIFT) - 1)
 
 
 def _bucket_table(code: jax.Array) -> jax.Array:
-    """int32 [2**14]: #codes below the bucket, plus _CROWDED if it holds >= 2 codes."""
-    lo, hi = _bucket_bounds()
-    below_lo = jnp.sum(code[None, :] < lo[:, None], axis=1, dtype=jnp.int32)
-    below_hi = jnp.sum(code[None, :] < hi[:, None], axis=1, dtype=jnp.int32)
-    return below_lo + jnp.where(below_hi - below_lo > 1, _CROWDED, 0)
-
-
-# ----------------------------------------------------------------------------
-# In-kernel helpers
-# ----------------------------------------------------------------------------
-
-
-def _recip(x: jax.Array, interpret: bool) -> jax.Array:
-    """Correctly rounded float32 1/x (inf for 0)."""
-    if interpret:
-        return np.float32(1.0) / x
-    [r] = _backend.elementwise_inline_asm(
-        "rcp.rn.f32 $0, $1;",
-        args=[x],
-        constraints="=f,f",
-        pack=1,
-        result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)],
-    )
-    return r
-
-
-def _div(x: jax.Array, y: jax.Array, interpret: bool) -> jax.Array:
-    """Correctly rounded float32 x / y (x and y of one shape)."""
-    if interpret:
-        return x / y
-    [r] = _backend.elementwise_inline_asm(
-        "div.rn.f32 $0, $1, $2;",
-        args=[x, y],
-        constraints="=f,f,f",
-        pack=1,
-        result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)],
-    )
-    return r
+    """int32 [_NUM_BUCKETS]: base | offset << 8 | _CROWDED (see the module docstring)."""
+    code = code.astype(jnp.float32)
+    mids = (code[:-1] + code[1:]) * np.float32(0.5)
+    i = jnp.arange(255, dtype=jnp.int32)
+    # Does x == m_i pass m_i? The parity rule, except inside runs of equal codes.
+    passes_at = reference.bnb_search(mids, code) > i
+    bits = lax.bitcast_convert_type(mids, jnp.int32)
+    first = _compact_key(bits) + jnp.where(passes_at, 0, 1)
+    bucket, local = _bucket_and_local(first)
+    # A midpoint in the collapsed range or an end bucket cannot be told apart by key.
+    mag = bits & 0x7FFFFFFF
+    unsure = ((mag > 0) & (mag <= _BASE)) | (bucket == 0) | (bucket == _NUM_BUCKETS - 1)
+    b = jnp.arange(_NUM_BUCKETS, dtype=jnp.int32)[:, None]
+    base = jnp.sum(bucket[None, :] < b, axis=1, dtype=jnp.int32)
+    inside = bucket[None, :] == b
+    count = jnp.sum(inside, axis=1, dtype=jnp.int32)
+    offset = jnp.max(jnp.where(inside, local[None, :], -1), axis=1)
+    offset = jnp.where(count == 0, _NEVER, offset)
+    crowded = (count > 1) | jnp.any(inside & unsure[None, :], axis=1)
+    return base | (offset << 8) | jnp.where(crowded, _CROWDED, 0)
 
 
 def _tile_offsets(cfg: TileConfig, n: int) -> tuple[jax.Array, jax.Array]:
@@ -190,52 +177,23 @@ def _row_mask(cfg: TileConfig, nrows: int) -> tuple[jax.Array, jax.Array]:
     return local, pl.program_id(0) * cfg.rows + local < nrows
 
 
-def _nearest_code(x: jax.Array, code_ref, table_ref) -> tuple[jax.Array, jax.Array]:
-    """bitsandbytes' nearest code of normalised float32 x: (index int32, code value)."""
-    is_nan = x != x
+def _nearest_code(x: jax.Array, code_ref, table_ref, interpret: bool) -> jax.Array:
+    """bitsandbytes' nearest code index (int32) of normalised float32 x."""
+    if interpret:
+        x = jnp.where(jnp.abs(x) < np.finfo(np.float32).tiny, np.float32(0), x)
     bits = lax.bitcast_convert_type(x, jnp.int32)
-    # Clamped so that NaN payloads cannot overflow the biased key below.
-    mag = jnp.minimum(bits & 0x7FFFFFFF, 0x7F800000)
-    key = jnp.where(bits < 0, -mag, mag)
-    bucket = jnp.clip(((key + _KEY_BIAS) >> _SHIFT) + _BUCKET_OFFSET, 0, _NUM_BUCKETS - 1)
+    bucket, local = _bucket_and_local(_compact_key(bits))
     entry = table_ref[bucket]
-    # NaN fails every comparison in bitsandbytes' search and ends at index 0.
-    entry = jnp.where(is_nan, 0, entry)
-    crowded = jnp.max(entry >> 9) > 0
 
-    def exact_count():
-        # Branchless lower bound: c = #{i : code[i] < x}.
-        c = jnp.zeros(x.shape, jnp.int32)
-        for step in (128, 64, 32, 16, 8, 4, 2, 1):
-            c = jnp.where(code_ref[c + (step - 1)] < x, c + step, c)
-        return jnp.where((c == 255) & (code_ref[jnp.full(x.shape, 255, jnp.int32)] < x), 256, c)
+    def fast():
+        offset = (entry >> 8) & ((1 << _OFFSET_BITS) - 1)
+        return (entry & 255) + (local >= offset).astype(jnp.int32)
 
-    def finish(count: jax.Array, may_step: bool):
-        # c is `count`, or count + 1 when `may_step` and x lies above code[count].
-        cw = jnp.minimum(count, 255)
-        w_lo = code_ref[jnp.maximum(cw - 1, 0)]
-        w_at = code_ref[cw]
-        w_hi = code_ref[jnp.minimum(cw + 1, 255)]
-        step = (count < 256) & (x > w_at) if may_step else jnp.zeros(x.shape, bool)
-        odd = (count & 1) == 1
-        top = count >= 255
-        # Final pivot p, whether x > code[p], and the neighbour bnb compares against.
-        p = jnp.where(top, 254, jnp.where(odd, jnp.where(step, count + 1, count - 1), count))
-        above = jnp.where(top, True, jnp.where(odd, ~step, step))
-        val = jnp.where(top, w_lo, jnp.where(odd, jnp.where(step, w_hi, w_lo), w_at))
-        nb = jnp.where(top | odd, w_at, jnp.where(step, w_hi, w_lo))
-        nb_idx = jnp.where(
-            top, 255, jnp.where(odd, count, jnp.where(step, count + 1, jnp.maximum(count - 1, 0)))
-        )
-        mid = (nb + val) * np.float32(0.5)
-        take = jnp.where(above, x > mid, x < mid)
-        return jnp.where(take, nb_idx, p), jnp.where(take, nb, val)
-
-    return lax.cond(
-        crowded,
-        lambda: finish(exact_count(), False),
-        lambda: finish(entry & (_CROWDED - 1), True),
+    idx = lax.cond(
+        jnp.max(entry) >= _CROWDED, lambda: reference.bnb_search(x, code_ref), fast
     )
+    # NaN fails every comparison in bitsandbytes' search and ends at index 0.
+    return jnp.where(x != x, 0, idx)
 
 
 # ----------------------------------------------------------------------------
@@ -251,10 +209,10 @@ def _blockwise_kernel(
     # CUDA's fmaxf drops NaN, so NaN never becomes the absmax.
     absmax = jnp.max(jnp.where(x != x, 0.0, jnp.abs(x)), axis=1)
     # 0 -> inf, and 0 * inf = NaN -> code 0, as on CUDA.
-    scaled = x * _recip(absmax, interpret)[:, None]
-    q, val = _nearest_code(scaled, code_ref, table_ref)
+    scaled = x * _backend.recip_rn(absmax, interpret)[:, None]
+    q = _nearest_code(scaled, code_ref, table_ref, interpret)
     if fake:
-        out = (val * absmax[:, None]).astype(out_ref.dtype)
+        out = (code_ref[q] * absmax[:, None]).astype(out_ref.dtype)
     else:
         out = q.astype(jnp.uint8)
     _backend.store(out_ref.at[offs], out, mask=valid)
@@ -268,9 +226,9 @@ def _global_kernel(x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, f
     x = _backend.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
     absmax = jnp.broadcast_to(absmax_ref[0], x.shape)
     # Global quantization divides (torch `A / absmax`); only blockwise multiplies.
-    q, val = _nearest_code(_div(x, absmax, interpret), code_ref, table_ref)
+    q = _nearest_code(_backend.div_rn(x, absmax, interpret), code_ref, table_ref, interpret)
     if fake:
-        out = (val * absmax).astype(out_ref.dtype)
+        out = (code_ref[q] * absmax).astype(out_ref.dtype)
     else:
         out = q.astype(jnp.uint8)
     _backend.store(out_ref.at[offs], out, mask=valid)

@@ -65,6 +65,7 @@ __all__ = [
     "DequantConfig",
     "MatmulConfig",
     "QuantConfig",
+    "RowQuantConfig",
     "StatsConfig",
     "int8_double_quant",
     "int8_linear_matmul",
@@ -95,6 +96,15 @@ class StatsConfig:
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
     """Elementwise quantization: one [block_m, block_k] tile per program."""
+
+    block_m: int
+    block_k: int
+    num_warps: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class RowQuantConfig:
+    """Single-pass row quantization: `block_m` whole rows (k padded to `block_k`) per program."""
 
     block_m: int
     block_k: int
@@ -139,6 +149,20 @@ def _quant_config(m: int, k: int) -> QuantConfig:
     block_k = min(256, _pow2(k))
     block_m = min(_pow2(m), 8192 // block_k)
     return QuantConfig(block_m, block_k)
+
+
+# Whole rows up to this many elements stay in registers in the single-pass kernel.
+_ROW_QUANT_MAX_K = 16384
+
+
+def _row_quant_config(m: int, k: int) -> RowQuantConfig | None:
+    """Whole rows per program for the single-pass kernel, or None when a row is too long."""
+    block_k = _pow2(k)
+    if block_k > _ROW_QUANT_MAX_K:
+        return None
+    # ~8K elements a program; 8 warps once a single row is that long.
+    block_m = min(_pow2(m), max(1, 8192 // block_k))
+    return RowQuantConfig(block_m, block_k, num_warps=4 if block_k <= 4096 else 8)
 
 
 def _quant_t_config(k: int, n: int) -> QuantConfig:
@@ -325,6 +349,24 @@ def _quant_kernel(*refs, m, k, cfg, threshold, double):
     _backend.store(cat_ref.at[rs, cs], cat, mask=mask)
 
 
+def _row_quant_kernel(a_ref, ca_ref, stats_ref, *, m, k, cfg, interpret):
+    """Row absmax and codes of whole rows in one pass (threshold 0: no outlier columns)."""
+    bm = cfg.block_m
+    i = pl.program_id(0)
+    row_ok = _range_mask(i * bm, bm, m, m % bm != 0)
+    col_ok = _range_mask(0, cfg.block_k, k, k != cfg.block_k)
+    mask = _and_masks(row_ok, col_ok)
+    rs, cs = pl.ds(i * bm, bm), pl.ds(0, cfg.block_k)
+    # bitsandbytes quantizes A as float16: round once, whatever A's dtype.
+    x = _load(a_ref.at[rs, cs], mask, 0.0).astype(jnp.float16).astype(_F32)
+    a = jnp.abs(x)
+    absmax = jnp.max(jnp.where(a != a, 0.0, a), axis=1)
+    # 127 * (1/absmax) with a correctly rounded reciprocal, as the reference.
+    scale = np.float32(127.0) * _backend.recip_rn(absmax, interpret)
+    _backend.store(ca_ref.at[rs, cs], _to_int8(x * scale[:, None]), mask=mask)
+    _backend.store(stats_ref.at[rs], absmax, mask=row_ok)
+
+
 def _quant_t_kernel(w_ref, scale_ref, cb_ref, *, k, n, cfg):
     bk, bn = cfg.block_m, cfg.block_k
     i, j = pl.program_id(0), pl.program_id(1)  # i over n (rows of CB), j over k
@@ -508,6 +550,22 @@ def _quant_2d(a16, *, threshold, double, interpret):
     return codes, row_stats, col_stats, outlier_cols
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "interpret"))
+def _row_quant_2d(a, *, cfg, interpret):
+    m, k = a.shape
+    return pallas_call(
+        functools.partial(_row_quant_kernel, m=m, k=k, cfg=cfg, interpret=interpret),
+        name="fp8mm_int8_vectorwise_quant_rows",
+        interpret=interpret,
+        num_warps=cfg.num_warps,
+        grid=(pl.cdiv(m, cfg.block_m),),
+        out_shape=[
+            jax.ShapeDtypeStruct((m, k), jnp.int8),
+            jax.ShapeDtypeStruct((m,), _F32),
+        ],
+    )(a)
+
+
 @functools.partial(jax.jit, static_argnames=("interpret",))
 def _quant_t_2d(w16, *, interpret):
     k, n = w16.shape
@@ -658,10 +716,16 @@ def int8_vectorwise_quant(
     threshold = _check_threshold(threshold)
     if A.size == 0:
         return reference.int8_vectorwise_quant(A, threshold)
-    a16 = A.astype(jnp.float16).reshape(-1, A.shape[-1])
-    (ca,), row_stats, _, cols = _quant_2d(
-        a16, threshold=threshold, double=False, interpret=interpret
-    )
+    a2 = A.reshape(-1, A.shape[-1])
+    cfg = _row_quant_config(*a2.shape)
+    if threshold == 0.0 and cfg is not None:
+        # Whole rows fit a program: one read of A, cast to float16 in the kernel.
+        ca, row_stats = _row_quant_2d(a2, cfg=cfg, interpret=interpret)
+        cols = jnp.zeros((A.shape[-1],), jnp.bool_)
+    else:
+        (ca,), row_stats, _, cols = _quant_2d(
+            a2.astype(jnp.float16), threshold=threshold, double=False, interpret=interpret
+        )
     return ca.reshape(A.shape), row_stats.reshape(A.shape[:-1]), cols
 
 
