@@ -189,9 +189,7 @@ def _nearest_code(x: jax.Array, code_ref, table_ref, interpret: bool) -> jax.Arr
         offset = (entry >> 8) & ((1 << _OFFSET_BITS) - 1)
         return (entry & 255) + (local >= offset).astype(jnp.int32)
 
-    idx = lax.cond(
-        jnp.max(entry) >= _CROWDED, lambda: reference.bnb_search(x, code_ref), fast
-    )
+    idx = lax.cond(jnp.max(entry) >= _CROWDED, lambda: reference.bnb_search(x, code_ref), fast)
     # NaN fails every comparison in bitsandbytes' search and ends at index 0.
     return jnp.where(x != x, 0, idx)
 
