@@ -39,8 +39,9 @@ __all__ = [
 Impl = dispatch.Impl
 
 
-def _as_code(code) -> jax.Array:
-    code = jnp.asarray(code) if isinstance(code, (np.ndarray, list, tuple)) else code
+def _as_code(code) -> jax.Array | np.ndarray:
+    # numpy stays numpy: a concrete code lets the kernels cache their lookup table.
+    code = jnp.asarray(code) if isinstance(code, (list, tuple)) else code
     _checks.check_code(code)
     return code
 

@@ -85,11 +85,16 @@ def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) ->
     float32 operands use Precision.HIGHEST: the default GPU precision for
     float32 dots is TF32-like and misses bitsandbytes' true float32 products.
     """
+    dn = (((contract[0],), (contract[1],)), ((), ()))
+    out_dtype = jnp.dtype(out_dtype)
     if jax.default_backend() == "cpu":
         # XLA's CPU runtime lacks some 16-bit x 16-bit -> float32 dot kernels; float32
         # operands give the same products (16-bit values multiply exactly in float32).
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-    dn = (((contract[0],), (contract[1],)), ((), ()))
+    elif a.dtype == b.dtype == out_dtype and out_dtype.itemsize == 2:
+        # A 16-bit GEMM accumulates in float32 and rounds once, like torch's; asking
+        # XLA for float32 would write (and keep) a float32 product twice the size.
+        return jax.lax.dot_general(a, b, dn, preferred_element_type=out_dtype)
     out = jax.lax.dot_general(
         a, b, dn, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32
     )
@@ -119,11 +124,49 @@ def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2) -> tuple[int, int]:
     return _checks.check_blocksize(bsz), _checks.check_blocksize(bsz2)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _HostCode:
+    """A concrete codebook carried in the static config.
+
+    Inside the custom VJP the code arguments are tracers; handing the
+    quantizers this host copy instead lets the Pallas kernels build their
+    lookup table once per codebook rather than in every traced program.
+    """
+
+    value: np.ndarray
+
+    def __hash__(self) -> int:
+        return hash(self.value.tobytes())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _HostCode) and self.value.tobytes() == other.value.tobytes()
+
+
+def _host_code(code) -> _HostCode | None:
+    try:
+        return _HostCode(np.array(code, np.float32))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Fp8Config:
     bsz: int
     bsz2: int
     implementation: Impl
+    fw_host: _HostCode | None = None
+    bw_host: _HostCode | None = None
+
+    def codes(self, fw_code: jax.Array, bw_code: jax.Array) -> tuple:
+        """The codes to quantize with: the host copies when the codes were concrete."""
+        return (
+            fw_code if self.fw_host is None else self.fw_host.value,
+            bw_code if self.bw_host is None else self.bw_host.value,
+        )
+
+    @classmethod
+    def make(cls, bsz, bsz2, implementation, fw_code, bw_code) -> _Fp8Config:
+        return cls(bsz, bsz2, implementation, _host_code(fw_code), _host_code(bw_code))
 
 
 # ------------------------------------------------------------------- matmul_fp8_mixed
@@ -136,8 +179,9 @@ def _fp8_mixed(A, B, fw_code, bw_code, cfg: _Fp8Config):
 
 def _fp8_mixed_fwd(A, B, fw_code, bw_code, cfg: _Fp8Config):
     impl = cfg.implementation
-    fp8A = F.fake_quant_blockwise(A, fw_code, cfg.bsz, implementation=impl)
-    fp8B = F.fake_quant_global(B, fw_code, implementation=impl)
+    fw, _ = cfg.codes(fw_code, bw_code)
+    fp8A = F.fake_quant_blockwise(A, fw, cfg.bsz, implementation=impl)
+    fp8B = F.fake_quant_global(B, fw, implementation=impl)
     out = _matmul(_as_2d(fp8A), fp8B.astype(A.dtype), (1, 0), A.dtype)
     out = out.reshape(*A.shape[:-1], B.shape[1])
     # bitsandbytes keeps A itself (gradB is unquantized) and the quantized weight.
@@ -148,7 +192,8 @@ def _fp8_mixed_bwd(cfg: _Fp8Config, res, g):
     A, fp8B, fw_code, bw_code = res
     # Only the gradient that flows on to earlier layers (gradA) sees the quantized
     # output gradient; the weight gradient uses grad_output and A as they are.
-    g8 = F.fake_quant_blockwise(g, bw_code, cfg.bsz2, implementation=cfg.implementation)
+    _, bw = cfg.codes(fw_code, bw_code)
+    g8 = F.fake_quant_blockwise(g, bw, cfg.bsz2, implementation=cfg.implementation)
     gradA = _matmul(_as_2d(g8), fp8B.astype(g.dtype), (1, 1), g.dtype)
     # Summing over the flattened leading axes is PyTorch's implicit batch reduction.
     gradB = _matmul(_as_2d(A).astype(g.dtype), _as_2d(g), (0, 0), g.dtype)
@@ -191,7 +236,7 @@ def matmul_fp8_mixed(
     """
     bsz, bsz2 = _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2)
     fw, bw = jnp.asarray(fw_code), jnp.asarray(bw_code)
-    return _fp8_mixed(A, B, fw, bw, _Fp8Config(bsz, bsz2, implementation))
+    return _fp8_mixed(A, B, fw, bw, _Fp8Config.make(bsz, bsz2, implementation, fw_code, bw_code))
 
 
 # ------------------------------------------------------------------ matmul_fp8_global
@@ -204,8 +249,9 @@ def _fp8_global(A, B, fw_code, bw_code, cfg: _Fp8Config):
 
 def _fp8_global_fwd(A, B, fw_code, bw_code, cfg: _Fp8Config):
     impl = cfg.implementation
-    fp8A = F.fake_quant_global(A, fw_code, implementation=impl)
-    fp8B = F.fake_quant_global(B, fw_code, implementation=impl)
+    fw, _ = cfg.codes(fw_code, bw_code)
+    fp8A = F.fake_quant_global(A, fw, implementation=impl)
+    fp8B = F.fake_quant_global(B, fw, implementation=impl)
     out = _matmul(_as_2d(fp8A), fp8B.astype(A.dtype), (1, 0), A.dtype)
     out = out.reshape(*A.shape[:-1], B.shape[1])
     # Global quantization commutes with transposition, so Q(Aᵀ) = Q(A)ᵀ: keeping
@@ -216,7 +262,8 @@ def _fp8_global_fwd(A, B, fw_code, bw_code, cfg: _Fp8Config):
 def _fp8_global_bwd(cfg: _Fp8Config, res, g):
     fp8A, fp8B, fw_code, bw_code = res
     # Both gradients use the quantized output gradient and quantized operands.
-    g8 = F.fake_quant_global(g, bw_code, implementation=cfg.implementation)
+    _, bw = cfg.codes(fw_code, bw_code)
+    g8 = F.fake_quant_global(g, bw, implementation=cfg.implementation)
     gradA = _matmul(_as_2d(g8), fp8B.astype(g.dtype), (1, 1), g.dtype)
     gradB = _matmul(_as_2d(fp8A).astype(g.dtype), _as_2d(g8), (0, 0), g.dtype)
     gradA = gradA.astype(fp8A.dtype).reshape(fp8A.shape)
@@ -257,7 +304,7 @@ def matmul_fp8_global(
     """
     bsz, bsz2 = _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2)
     fw, bw = jnp.asarray(fw_code), jnp.asarray(bw_code)
-    return _fp8_global(A, B, fw, bw, _Fp8Config(bsz, bsz2, implementation))
+    return _fp8_global(A, B, fw, bw, _Fp8Config.make(bsz, bsz2, implementation, fw_code, bw_code))
 
 
 # ----------------------------------------------------------------------- switchback_bnb

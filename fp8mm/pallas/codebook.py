@@ -118,6 +118,22 @@ def choose_tiles(blocksize: int | None) -> TileConfig:
     return TileConfig(rows=size // cols, cols=cols, num_warps=4)
 
 
+@functools.lru_cache(maxsize=32)
+def _host_table(code_bytes: bytes, backend: str) -> np.ndarray:
+    del backend  # part of the key: the table follows the device's float semantics
+    with jax.ensure_compile_time_eval():
+        return np.asarray(_bucket_table(jnp.asarray(np.frombuffer(code_bytes, np.float32))))
+
+
+def _table_for(code) -> jax.Array | np.ndarray:
+    """The bucket table: built once per concrete codebook, else in the traced program."""
+    try:
+        host = np.asarray(code, np.float32)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return _bucket_table(code)
+    return _host_table(host.tobytes(), jax.default_backend())
+
+
 # ----------------------------------------------------------------------------
 # Bucket table
 # ----------------------------------------------------------------------------
@@ -154,13 +170,20 @@ def _bucket_table(code: jax.Array) -> jax.Array:
     # A midpoint in the collapsed range or an end bucket cannot be told apart by key.
     mag = bits & 0x7FFFFFFF
     unsure = ((mag > 0) & (mag <= _BASE)) | (bucket == 0) | (bucket == _NUM_BUCKETS - 1)
+    # Two sums over [buckets, midpoints] (few fused kernels when built per call): the
+    # first packs #midpoints below the bucket, #inside and #unsure inside (each <= 255).
     b = jnp.arange(_NUM_BUCKETS, dtype=jnp.int32)[:, None]
-    base = jnp.sum(bucket[None, :] < b, axis=1, dtype=jnp.int32)
     inside = bucket[None, :] == b
-    count = jnp.sum(inside, axis=1, dtype=jnp.int32)
-    offset = jnp.max(jnp.where(inside, local[None, :], -1), axis=1)
-    offset = jnp.where(count == 0, _NEVER, offset)
-    crowded = (count > 1) | jnp.any(inside & unsure[None, :], axis=1)
+    packed = jnp.sum(
+        (bucket[None, :] < b).astype(jnp.int32)
+        + (inside.astype(jnp.int32) << 9)
+        + ((inside & unsure[None, :]).astype(jnp.int32) << 18),
+        axis=1,
+    )
+    local_sum = jnp.sum(jnp.where(inside, local[None, :], 0), axis=1)
+    base, count = packed & 511, (packed >> 9) & 511
+    offset = jnp.where(count == 0, _NEVER, local_sum)
+    crowded = (count > 1) | ((packed >> 18) > 0)
     return base | (offset << 8) | jnp.where(crowded, _CROWDED, 0)
 
 
@@ -257,9 +280,9 @@ def _tiled(size: int) -> pl.BlockSpec:
     return pl.BlockSpec((size,), lambda i: (i,))
 
 
-@functools.partial(jax.jit, static_argnames=("blocksize", "fake", "interpret"))
-def _blockwise_call(A, code, blocksize, fake, interpret):
-    cfg = choose_tiles(blocksize)
+@functools.partial(jax.jit, static_argnames=("blocksize", "fake", "interpret", "cfg"))
+def _blockwise_call(A, code, table, blocksize, fake, interpret, cfg=None):
+    cfg = cfg or choose_tiles(blocksize)
     n = A.size
     nblocks = -(-n // blocksize)
     grid = -(-n // cfg.size)
@@ -280,15 +303,15 @@ def _blockwise_call(A, code, blocksize, fake, interpret):
         in_specs=[_tiled(cfg.size), _whole(256), _whole(_NUM_BUCKETS)],
         out_specs=out_specs,
         out_shape=out_shape,
-    )(A.reshape(-1), code, _bucket_table(code))
+    )(A.reshape(-1), code, table)
     return outs[0].reshape(A.shape), (None if fake else outs[1])
 
 
-@functools.partial(jax.jit, static_argnames=("fake", "interpret"))
-def _global_call(A, code, fake, interpret):
+@functools.partial(jax.jit, static_argnames=("fake", "interpret", "cfg"))
+def _global_call(A, code, table, fake, interpret, cfg=None):
     a = A.astype(jnp.float32)
     absmax = jnp.max(jnp.where(jnp.isnan(a), 0.0, jnp.abs(a)), initial=0.0)
-    cfg = choose_tiles(None)
+    cfg = cfg or choose_tiles(None)
     n = A.size
     kernel = functools.partial(_global_kernel, cfg=cfg, n=n, fake=fake, interpret=interpret)
     [out] = pallas_call(
@@ -300,7 +323,7 @@ def _global_call(A, code, fake, interpret):
         in_specs=[_tiled(cfg.size), _whole(1), _whole(256), _whole(_NUM_BUCKETS)],
         out_specs=[_tiled(cfg.size)],
         out_shape=[jax.ShapeDtypeStruct((n,), A.dtype if fake else jnp.uint8)],
-    )(A.reshape(-1), absmax.reshape(1), code, _bucket_table(code))
+    )(A.reshape(-1), absmax.reshape(1), code, table)
     return out.reshape(A.shape), absmax
 
 
@@ -373,7 +396,7 @@ def quantize_blockwise(
     if A.size == 0:
         q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((nblocks,), jnp.float32)
     else:
-        q, absmax = _blockwise_call(A, code, blocksize, False, bool(interpret))
+        q, absmax = _blockwise_call(A, code, _table_for(code), blocksize, False, bool(interpret))
     return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
 
 
@@ -406,7 +429,7 @@ def fake_quant_blockwise(
     blocksize = _checks.check_blocksize(blocksize)
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
-    return _blockwise_call(A, code, blocksize, True, bool(interpret))[0]
+    return _blockwise_call(A, code, _table_for(code), blocksize, True, bool(interpret))[0]
 
 
 def quantize(
@@ -428,7 +451,7 @@ def quantize(
     if A.size == 0:
         q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((), jnp.float32)
     else:
-        q, absmax = _global_call(A, code, False, bool(interpret))
+        q, absmax = _global_call(A, code, _table_for(code), False, bool(interpret))
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
 
 
@@ -445,7 +468,7 @@ def fake_quant_global(A: jax.Array, code: jax.Array, *, interpret: bool = False)
     _check_input(A, code)
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
-    return _global_call(A, code, True, bool(interpret))[0]
+    return _global_call(A, code, _table_for(code), True, bool(interpret))[0]
 
 
 # ----------------------------------------------------------------------------
