@@ -105,9 +105,10 @@ class TileConfig:
 def choose_tiles(blocksize: int | None) -> TileConfig:
     """Tile heuristic for every kernel of this module.
 
-    Measured on an H100 (bf16 fake-quant, 8192x4096): 2048-4096 elements per
-    program with 4 warps beat larger tiles and more warps by 10-40%; many small
-    programs per SM hide the latency of the table and code gathers.
+    Measured on an H200 (bf16 fake-quant, 8192x4096, benchmarks/NOTES.md):
+    2048-4096 elements a program at 16 elements a thread are fastest (a
+    4096-block with 8 warps 64 us, with 4 warps 92 us; two 4096-blocks a
+    program 80-126 us); many small programs per SM hide the table gathers.
 
     Args:
       blocksize: the quantization blocksize, or None for global quantization
@@ -115,23 +116,7 @@ def choose_tiles(blocksize: int | None) -> TileConfig:
     """
     cols = 1024 if blocksize is None else blocksize
     size = max(cols, 2048)
-    return TileConfig(rows=size // cols, cols=cols, num_warps=4)
-
-
-@functools.lru_cache(maxsize=32)
-def _host_table(code_bytes: bytes, backend: str) -> np.ndarray:
-    del backend  # part of the key: the table follows the device's float semantics
-    with jax.ensure_compile_time_eval():
-        return np.asarray(_bucket_table(jnp.asarray(np.frombuffer(code_bytes, np.float32))))
-
-
-def _table_for(code) -> jax.Array | np.ndarray:
-    """The bucket table: built once per concrete codebook, else in the traced program."""
-    try:
-        host = np.asarray(code, np.float32)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return _bucket_table(code)
-    return _host_table(host.tobytes(), jax.default_backend())
+    return TileConfig(rows=size // cols, cols=cols, num_warps=max(4, size // 512))
 
 
 # ----------------------------------------------------------------------------
@@ -198,6 +183,26 @@ def _tile_offsets(cfg: TileConfig, n: int) -> tuple[jax.Array, jax.Array]:
 def _row_mask(cfg: TileConfig, nrows: int) -> tuple[jax.Array, jax.Array]:
     local = lax.broadcasted_iota(jnp.int32, (cfg.rows,), 0)
     return local, pl.program_id(0) * cfg.rows + local < nrows
+
+
+@functools.lru_cache(maxsize=32)
+def _host_table(code_bytes: bytes, backend: str) -> np.ndarray:
+    del backend  # part of the key: the table follows the device's float semantics
+    with jax.ensure_compile_time_eval():
+        return np.asarray(_bucket_table(jnp.asarray(np.frombuffer(code_bytes, np.float32))))
+
+
+def _table_for(code) -> jax.Array | np.ndarray:
+    """The bucket table: built once per concrete codebook, else in the traced program.
+
+    Built in the program it costs ~55 us on an H200 (more than the kernel at
+    8192x4096), so pass codebooks as numpy/concrete arrays where possible.
+    """
+    try:
+        host = np.asarray(code, np.float32)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return _bucket_table(code)
+    return _host_table(host.tobytes(), jax.default_backend())
 
 
 def _nearest_code(x: jax.Array, code_ref, table_ref, interpret: bool) -> jax.Array:

@@ -160,9 +160,10 @@ def _row_quant_config(m: int, k: int) -> RowQuantConfig | None:
     block_k = _pow2(k)
     if block_k > _ROW_QUANT_MAX_K:
         return None
-    # ~8K elements a program; 8 warps once a single row is that long.
-    block_m = min(_pow2(m), max(1, 8192 // block_k))
-    return RowQuantConfig(block_m, block_k, num_warps=4 if block_k <= 4096 else 8)
+    # Measured on an H200 (bf16 8192x4096): one 4096-row with 8 warps (16 elements
+    # a thread) 48.7 us; two rows with 4 warps 51.6 us; eight rows 73.8 us.
+    block_m = min(_pow2(m), max(1, 4096 // block_k))
+    return RowQuantConfig(block_m, block_k, num_warps=max(4, min(16, block_m * block_k // 512)))
 
 
 def _quant_t_config(k: int, n: int) -> QuantConfig:
@@ -178,7 +179,10 @@ def _matmul_config(m: int, n: int, k: int) -> MatmulConfig:
     block_n = min(128, max(16, _pow2(n)))
     block_k = min(128, max(32, _pow2(k)))
     stages = 3 if k > 2 * block_k else 2
-    return MatmulConfig(block_m, block_n, block_k, num_stages=stages)
+    # Row blocks sharing a band of B: on an H200 group 16 beat 8 for 4096x16384
+    # outputs (0.87 vs 0.84 of XLA's int8 dot), group 4 for 8192x4096 (0.92 vs 0.89).
+    group_m = 16 if n > m else (4 if m > n else 8)
+    return MatmulConfig(block_m, block_n, block_k, group_m=group_m, num_stages=stages)
 
 
 def _dequant_config(m: int, n: int) -> DequantConfig:
