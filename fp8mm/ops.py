@@ -79,6 +79,14 @@ def get_block_sizes(input_matrix, weight_matrix) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _on_cpu() -> bool:
+    """Whether products land on the CPU (a `jax.default_device` context counts)."""
+    device = jax.config.jax_default_device
+    if device is not None:
+        return getattr(device, "platform", device) == "cpu"
+    return jax.default_backend() == "cpu"
+
+
 def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) -> jax.Array:
     """2-D product accumulated in float32 and rounded once to out_dtype.
 
@@ -87,7 +95,7 @@ def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) ->
     """
     dn = (((contract[0],), (contract[1],)), ((), ()))
     out_dtype = jnp.dtype(out_dtype)
-    if jax.default_backend() == "cpu":
+    if _on_cpu():
         # XLA's CPU runtime lacks some 16-bit x 16-bit -> float32 dot kernels; float32
         # operands give the same products (16-bit values multiply exactly in float32).
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
