@@ -212,22 +212,37 @@ def test_nearest_code_exact_on_midpoints(name):
 
 
 def test_bucket_table_paths():
-    """The fp8 grids take the fast path everywhere; crowded codes exercise the search."""
+    """The fp8 grids take the fast path on the coarse table, the dynamic map on the fine one."""
     for name in ("e4m3", "e5m2"):
-        table = np.asarray(cb._bucket_table(jnp.asarray(CODES[name])))
-        assert table.dtype == np.int32 and table.shape == (cb._NUM_BUCKETS,)
+        table, shift = cb._table_for(CODES[name])
+        assert shift == cb._COARSE and table.dtype == np.int32
+        assert table.shape == (2 * cb._half(cb._COARSE),)
         assert not np.any(table >= cb._CROWDED), name
+    table, shift = cb._table_for(CODES["dynamic"])
+    assert shift == cb._FINE and table.shape == (2 * cb._half(cb._FINE),)
+    assert not np.any(table >= cb._CROWDED)
     for name in ("random", "duplicates"):
-        assert np.any(np.asarray(cb._bucket_table(jnp.asarray(CODES[name]))) >= cb._CROWDED), name
+        assert np.any(np.asarray(cb._table_for(CODES[name])[0]) >= cb._CROWDED), name
 
 
-def test_bucket_table_counts_every_midpoint():
+@pytest.mark.parametrize("shift", [19, 17])
+def test_bucket_table_counts_every_midpoint(shift):
     """Bases step by the midpoints between buckets; with the in-bucket offsets they add to 255."""
-    table = np.asarray(cb._bucket_table(jnp.asarray(CODES["e4m3"]))).astype(np.int64)
+    table = np.asarray(cb._bucket_table(jnp.asarray(CODES["e4m3"]), shift)).astype(np.int64)
     base = table & 255
-    has = ((table >> 8) & ((1 << cb._OFFSET_BITS) - 1)) != cb._NEVER
+    has = ((table >> 8) & ((1 << cb._OFFSET_BITS) - 1)) != (1 << shift)
     assert base[0] == 0 and np.all(np.diff(base) == has[:-1])
     assert base[-1] + has[-1] == 255 and has.sum() == 255
+
+
+def test_traced_code_builds_the_table_in_the_program():
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 256)), jnp.float32)
+    for name in ("e4m3", "dynamic"):
+        code = jnp.asarray(CODES[name])
+        traced = jax.jit(lambda x, c: cb.fake_quant_blockwise(x, c, 256, interpret=INTERPRET))
+        assert_bits_equal(
+            traced(x, code), cb.fake_quant_blockwise(x, code, 256, interpret=INTERPRET), name
+        )
 
 
 GLOBAL_CASES = [

@@ -11,15 +11,17 @@ a tie goes to the even index); a run of equal codes instead resolves ties by
 where the search walks, which the table takes from the reference itself. In a
 monotone integer key of x (sign-magnitude float32 bits, so -0.0 and +0.0
 share a key) each midpoint becomes the first key T_i that passes it. The keys
-are cut into 2**11 buckets of 1/16 binade for magnitudes in [2**-62, 2) (the
-ends catching everything beyond; magnitudes below 2**-62 collapse into one key
-per sign). One int32 table entry per bucket holds the number of T_i below the
-bucket and the bucket-local offset of the single T_i inside it, so the code
-index is `base + (local >= offset)`: one 8 KiB table gather and one integer
-compare per element, plus the code gather that fake quantization needs. The
-fp8 grids never put two midpoints in one bucket; for any other code, a tile
-that meets such a crowded bucket runs bitsandbytes' search itself
-(`reference.bnb_search` on the code Ref; same results, slower).
+are cut into buckets of 1/16 binade (2**11 of them, an 8 KiB table) or, for a
+code that crowds those such as bitsandbytes' dynamic map, 1/64 binade (2**13,
+32 KiB), over magnitudes [2**-62, 2) (the ends catching everything beyond;
+magnitudes below 2**-62 collapse into one key per sign). One int32 table entry
+per bucket holds the number of T_i below the bucket and the bucket-local offset
+of the single T_i inside it, so the code index is `base + (local >= offset)`:
+one table gather and one integer compare per element, plus the code gather that
+fake quantization needs. A tile that meets a bucket holding two midpoints runs
+bitsandbytes' search itself (`reference.bnb_search` on the code Ref; same
+results, slower): never for the fp8 grids, never for the signed dynamic map on
+the fine table, in 8 buckets for the unsigned one.
 
 XLA on a CPU flushes subnormal float32 to zero in comparisons and products,
 so in interpret mode the kernels flush the scaled values before the integer
@@ -31,8 +33,9 @@ reference computes on CPU) through inline assembly when compiled, and plain jnp
 division when interpreted. Note that XLA on a GPU does NOT round `1.0 / x`
 correctly (measured on an H100: it matches bitsandbytes' fast-math reciprocal
 instead), so the reference run on a GPU differs from these kernels on ~0.03% of
-bf16 codes; the CPU reference is the oracle. No expression has the a*b+c form that FMA
-contraction could change: the midpoint is (a+b)*0.5, the scale x*r.
+bf16 codes; the CPU reference is the oracle. No kernel expression has the a*b+c
+form that FMA contraction could change: the scale is x*r, the value code*absmax,
+and the midpoints are compared as integer keys from a table built outside.
 """
 
 from __future__ import annotations
@@ -64,17 +67,24 @@ __all__ = [
     "quantize_blockwise",
 ]
 
-# Bucket table over the compact key (see _compact_key): 2**_SHIFT keys per bucket,
-# 1/16 binade; bucket b holds the keys in ((b - 1) * 2**_SHIFT, b * 2**_SHIFT], so
-# key 0 (both zeros) is the last key of its bucket and the zeros never share a
-# bucket with positive values.
-_SHIFT = 19
-_HALF = 1024
-_NUM_BUCKETS = 2 * _HALF
+# Bucket tables over the compact key (see _compact_key): 2**shift keys per bucket;
+# bucket b holds the keys in ((b - 1) * 2**shift, b * 2**shift], so key 0 (both
+# zeros) is the last key of its bucket and the zeros never share a bucket with
+# positive values. Shift 19 is 1/16 binade (8 KiB table; the fp8 grids never crowd
+# it), shift 17 is 1/64 binade (32 KiB; for codes that crowd the coarse table,
+# such as bitsandbytes' dynamic map).
+_COARSE, _FINE = 19, 17
+_BINADES = 64  # per sign, magnitudes [2**-62, 2)
 _BASE = 0x20800000  # float32 bits of 2**-62: magnitudes at or below it collapse
-_NEVER = 1 << _SHIFT  # an offset no bucket-local key reaches
-_OFFSET_BITS = _SHIFT + 1
+_OFFSET_BITS = 20  # room for an offset up to 2**_COARSE (the "never" value)
 _CROWDED = 1 << (8 + _OFFSET_BITS)  # table flag: two or more midpoints in the bucket
+
+
+def _half(shift: int) -> int:
+    """Buckets per sign."""
+    return _BINADES << (23 - shift)
+
+
 _MAX_ELEMENTS = 2**31 - 2**16  # flat int32 indexing inside the kernels
 
 
@@ -135,15 +145,17 @@ def _compact_key(bits: jax.Array) -> jax.Array:
     return jnp.where(bits < 0, -k, k)
 
 
-def _bucket_and_local(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(table index in [0, _NUM_BUCKETS), offset of the key inside its bucket)."""
-    shifted = key + ((1 << _SHIFT) - 1)
-    bucket = jnp.clip(shifted >> _SHIFT, 1 - _HALF, _HALF) + (_HALF - 1)
-    return bucket, shifted & ((1 << _SHIFT) - 1)
+def _bucket_and_local(key: jax.Array, shift: int) -> tuple[jax.Array, jax.Array]:
+    """(table index in [0, 2 * _half(shift)), offset of the key inside its bucket)."""
+    half = _half(shift)
+    shifted = key + ((1 << shift) - 1)
+    bucket = jnp.clip(shifted >> shift, 1 - half, half) + (half - 1)
+    return bucket, shifted & ((1 << shift) - 1)
 
 
-def _bucket_table(code: jax.Array) -> jax.Array:
-    """int32 [_NUM_BUCKETS]: base | offset << 8 | _CROWDED (see the module docstring)."""
+def _bucket_table(code: jax.Array, shift: int = _COARSE) -> jax.Array:
+    """int32 [2 * _half(shift)]: base | offset << 8 | _CROWDED (see the module docstring)."""
+    num_buckets = 2 * _half(shift)
     code = code.astype(jnp.float32)
     mids = (code[:-1] + code[1:]) * np.float32(0.5)
     i = jnp.arange(255, dtype=jnp.int32)
@@ -151,13 +163,13 @@ def _bucket_table(code: jax.Array) -> jax.Array:
     passes_at = reference.bnb_search(mids, code) > i
     bits = lax.bitcast_convert_type(mids, jnp.int32)
     first = _compact_key(bits) + jnp.where(passes_at, 0, 1)
-    bucket, local = _bucket_and_local(first)
+    bucket, local = _bucket_and_local(first, shift)
     # A midpoint in the collapsed range or an end bucket cannot be told apart by key.
     mag = bits & 0x7FFFFFFF
-    unsure = ((mag > 0) & (mag <= _BASE)) | (bucket == 0) | (bucket == _NUM_BUCKETS - 1)
+    unsure = ((mag > 0) & (mag <= _BASE)) | (bucket == 0) | (bucket == num_buckets - 1)
     # Two sums over [buckets, midpoints] (few fused kernels when built per call): the
     # first packs #midpoints below the bucket, #inside and #unsure inside (each <= 255).
-    b = jnp.arange(_NUM_BUCKETS, dtype=jnp.int32)[:, None]
+    b = jnp.arange(num_buckets, dtype=jnp.int32)[:, None]
     inside = bucket[None, :] == b
     packed = jnp.sum(
         (bucket[None, :] < b).astype(jnp.int32)
@@ -167,7 +179,7 @@ def _bucket_table(code: jax.Array) -> jax.Array:
     )
     local_sum = jnp.sum(jnp.where(inside, local[None, :], 0), axis=1)
     base, count = packed & 511, (packed >> 9) & 511
-    offset = jnp.where(count == 0, _NEVER, local_sum)
+    offset = jnp.where(count == 0, 1 << shift, local_sum)
     crowded = (count > 1) | ((packed >> 18) > 0)
     return base | (offset << 8) | jnp.where(crowded, _CROWDED, 0)
 
@@ -186,14 +198,20 @@ def _row_mask(cfg: TileConfig, nrows: int) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.lru_cache(maxsize=32)
-def _host_table(code_bytes: bytes, backend: str) -> np.ndarray:
+def _host_table(code_bytes: bytes, backend: str) -> tuple[np.ndarray, int]:
     del backend  # part of the key: the table follows the device's float semantics
+    code = np.frombuffer(code_bytes, np.float32)
     with jax.ensure_compile_time_eval():
-        return np.asarray(_bucket_table(jnp.asarray(np.frombuffer(code_bytes, np.float32))))
+        table = np.asarray(_bucket_table(jnp.asarray(code), _COARSE))
+        if np.any(table >= _CROWDED):
+            # Crowded tiles fall back to the search (2.7x slower on an H200 for
+            # the dynamic map): the finer table removes most crowding.
+            return np.asarray(_bucket_table(jnp.asarray(code), _FINE)), _FINE
+    return table, _COARSE
 
 
-def _table_for(code) -> jax.Array | np.ndarray:
-    """The bucket table: built once per concrete codebook, else in the traced program.
+def _table_for(code) -> tuple[jax.Array | np.ndarray, int]:
+    """(bucket table, its shift): built once per concrete codebook, else in the program.
 
     Built in the program it costs ~55 us on an H200 (more than the kernel at
     8192x4096), so pass codebooks as numpy/concrete arrays where possible.
@@ -201,16 +219,16 @@ def _table_for(code) -> jax.Array | np.ndarray:
     try:
         host = np.asarray(code, np.float32)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return _bucket_table(code)
+        return _bucket_table(code, _COARSE), _COARSE
     return _host_table(host.tobytes(), jax.default_backend())
 
 
-def _nearest_code(x: jax.Array, code_ref, table_ref, interpret: bool) -> jax.Array:
+def _nearest_code(x: jax.Array, code_ref, table_ref, shift: int, interpret: bool) -> jax.Array:
     """bitsandbytes' nearest code index (int32) of normalised float32 x."""
     if interpret:
         x = jnp.where(jnp.abs(x) < np.finfo(np.float32).tiny, np.float32(0), x)
     bits = lax.bitcast_convert_type(x, jnp.int32)
-    bucket, local = _bucket_and_local(_compact_key(bits))
+    bucket, local = _bucket_and_local(_compact_key(bits), shift)
     entry = table_ref[bucket]
 
     def fast():
@@ -228,7 +246,7 @@ def _nearest_code(x: jax.Array, code_ref, table_ref, interpret: bool) -> jax.Arr
 
 
 def _blockwise_kernel(
-    x_ref, code_ref, table_ref, out_ref, absmax_ref, *, cfg, n, nblocks, fake, interpret
+    x_ref, code_ref, table_ref, out_ref, absmax_ref, *, cfg, n, nblocks, fake, shift, interpret
 ):
     offs, valid = _tile_offsets(cfg, n)
     x = _backend.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
@@ -236,7 +254,7 @@ def _blockwise_kernel(
     absmax = jnp.max(jnp.where(x != x, 0.0, jnp.abs(x)), axis=1)
     # 0 -> inf, and 0 * inf = NaN -> code 0, as on CUDA.
     scaled = x * _backend.recip_rn(absmax, interpret)[:, None]
-    q = _nearest_code(scaled, code_ref, table_ref, interpret)
+    q = _nearest_code(scaled, code_ref, table_ref, shift, interpret)
     if fake:
         out = (code_ref[q] * absmax[:, None]).astype(out_ref.dtype)
     else:
@@ -247,12 +265,14 @@ def _blockwise_kernel(
         _backend.store(absmax_ref.at[rows], absmax, mask=row_valid)
 
 
-def _global_kernel(x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, fake, interpret):
+def _global_kernel(
+    x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, fake, shift, interpret
+):
     offs, valid = _tile_offsets(cfg, n)
     x = _backend.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
     absmax = jnp.broadcast_to(absmax_ref[0], x.shape)
     # Global quantization divides (torch `A / absmax`); only blockwise multiplies.
-    q = _nearest_code(_backend.div_rn(x, absmax, interpret), code_ref, table_ref, interpret)
+    q = _nearest_code(_backend.div_rn(x, absmax, interpret), code_ref, table_ref, shift, interpret)
     if fake:
         out = (code_ref[q] * absmax).astype(out_ref.dtype)
     else:
@@ -285,8 +305,8 @@ def _tiled(size: int) -> pl.BlockSpec:
     return pl.BlockSpec((size,), lambda i: (i,))
 
 
-@functools.partial(jax.jit, static_argnames=("blocksize", "fake", "interpret", "cfg"))
-def _blockwise_call(A, code, table, blocksize, fake, interpret, cfg=None):
+@functools.partial(jax.jit, static_argnames=("blocksize", "fake", "shift", "interpret", "cfg"))
+def _blockwise_call(A, code, table, blocksize, fake, shift, interpret, cfg=None):
     cfg = cfg or choose_tiles(blocksize)
     n = A.size
     nblocks = -(-n // blocksize)
@@ -295,7 +315,13 @@ def _blockwise_call(A, code, table, blocksize, fake, interpret, cfg=None):
     out_shape = [out_q] if fake else [out_q, jax.ShapeDtypeStruct((nblocks,), jnp.float32)]
     out_specs = [_tiled(cfg.size)] if fake else [_tiled(cfg.size), _tiled(cfg.rows)]
     kernel = functools.partial(
-        _blockwise_kernel, cfg=cfg, n=n, nblocks=nblocks, fake=fake, interpret=interpret
+        _blockwise_kernel,
+        cfg=cfg,
+        n=n,
+        nblocks=nblocks,
+        fake=fake,
+        shift=shift,
+        interpret=interpret,
     )
     if fake:
         kernel = functools.partial(kernel, absmax_ref=None)
@@ -305,27 +331,29 @@ def _blockwise_call(A, code, table, blocksize, fake, interpret, cfg=None):
         interpret=interpret,
         num_warps=cfg.num_warps,
         grid=(grid,),
-        in_specs=[_tiled(cfg.size), _whole(256), _whole(_NUM_BUCKETS)],
+        in_specs=[_tiled(cfg.size), _whole(256), _whole(table.shape[0])],
         out_specs=out_specs,
         out_shape=out_shape,
     )(A.reshape(-1), code, table)
     return outs[0].reshape(A.shape), (None if fake else outs[1])
 
 
-@functools.partial(jax.jit, static_argnames=("fake", "interpret", "cfg"))
-def _global_call(A, code, table, fake, interpret, cfg=None):
+@functools.partial(jax.jit, static_argnames=("fake", "shift", "interpret", "cfg"))
+def _global_call(A, code, table, fake, shift, interpret, cfg=None):
     a = A.astype(jnp.float32)
     absmax = jnp.max(jnp.where(jnp.isnan(a), 0.0, jnp.abs(a)), initial=0.0)
     cfg = cfg or choose_tiles(None)
     n = A.size
-    kernel = functools.partial(_global_kernel, cfg=cfg, n=n, fake=fake, interpret=interpret)
+    kernel = functools.partial(
+        _global_kernel, cfg=cfg, n=n, fake=fake, shift=shift, interpret=interpret
+    )
     [out] = pallas_call(
         kernel,
         name="fake_quant_global" if fake else "quantize_global",
         interpret=interpret,
         num_warps=cfg.num_warps,
         grid=(-(-n // cfg.size),),
-        in_specs=[_tiled(cfg.size), _whole(1), _whole(256), _whole(_NUM_BUCKETS)],
+        in_specs=[_tiled(cfg.size), _whole(1), _whole(256), _whole(table.shape[0])],
         out_specs=[_tiled(cfg.size)],
         out_shape=[jax.ShapeDtypeStruct((n,), A.dtype if fake else jnp.uint8)],
     )(A.reshape(-1), absmax.reshape(1), code, table)
@@ -401,7 +429,8 @@ def quantize_blockwise(
     if A.size == 0:
         q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((nblocks,), jnp.float32)
     else:
-        q, absmax = _blockwise_call(A, code, _table_for(code), blocksize, False, bool(interpret))
+        table, shift = _table_for(code)
+        q, absmax = _blockwise_call(A, code, table, blocksize, False, shift, bool(interpret))
     return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
 
 
@@ -434,7 +463,8 @@ def fake_quant_blockwise(
     blocksize = _checks.check_blocksize(blocksize)
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
-    return _blockwise_call(A, code, _table_for(code), blocksize, True, bool(interpret))[0]
+    table, shift = _table_for(code)
+    return _blockwise_call(A, code, table, blocksize, True, shift, bool(interpret))[0]
 
 
 def quantize(
@@ -456,7 +486,8 @@ def quantize(
     if A.size == 0:
         q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((), jnp.float32)
     else:
-        q, absmax = _global_call(A, code, _table_for(code), False, bool(interpret))
+        table, shift = _table_for(code)
+        q, absmax = _global_call(A, code, table, False, shift, bool(interpret))
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
 
 
@@ -473,7 +504,8 @@ def fake_quant_global(A: jax.Array, code: jax.Array, *, interpret: bool = False)
     _check_input(A, code)
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
-    return _global_call(A, code, _table_for(code), True, bool(interpret))[0]
+    table, shift = _table_for(code)
+    return _global_call(A, code, table, True, shift, bool(interpret))[0]
 
 
 # ----------------------------------------------------------------------------
