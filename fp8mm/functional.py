@@ -40,8 +40,12 @@ Impl = dispatch.Impl
 
 
 def _as_code(code) -> jax.Array | np.ndarray:
-    # numpy stays numpy: a concrete code lets the kernels cache their lookup table.
-    code = jnp.asarray(code) if isinstance(code, (list, tuple)) else code
+    # numpy stays numpy (a concrete code lets the kernels cache their lookup table),
+    # with float64 made float32 as jnp.asarray would.
+    if isinstance(code, np.ndarray):
+        code = np.asarray(code, jax.dtypes.canonicalize_dtype(code.dtype))
+    elif isinstance(code, (list, tuple)):
+        code = jnp.asarray(code)
     _checks.check_code(code)
     return code
 

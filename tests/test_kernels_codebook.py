@@ -235,6 +235,21 @@ def test_bucket_table_counts_every_midpoint(shift):
     assert base[-1] + has[-1] == 255 and has.sum() == 255
 
 
+def test_long_run_of_equal_codes():
+    """A short code padded to 256 entries with one value crowds buckets with many midpoints."""
+    rng = np.random.default_rng(5)
+    v = np.float32(0.3)
+    code = np.sort(np.concatenate([rng.uniform(-1, 1, 128), np.full(128, v)])).astype(np.float32)
+    x = np.full((1, 64), 0.25, np.float32)
+    x[0, 0] = 1.0
+    x[0, 1:40] = np.nextafter(v, np.float32(1)) + np.arange(39, dtype=np.float32) * 1e-4
+    X = jnp.asarray(x)
+    want = ref("quantize_blockwise", X, jnp.asarray(code), 64)[0]
+    assert_bits_equal(cb.quantize_blockwise(X, code, 64, interpret=INTERPRET)[0], want, "host")
+    traced = jax.jit(lambda a, c: cb.quantize_blockwise(a, c, 64, interpret=INTERPRET)[0])
+    assert_bits_equal(traced(X, jnp.asarray(code)), want, "traced")
+
+
 def test_traced_code_builds_the_table_in_the_program():
     x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 256)), jnp.float32)
     for name in ("e4m3", "dynamic"):

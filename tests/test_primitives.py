@@ -338,3 +338,13 @@ def test_int8_float16_subnormals_are_kept():
     CB, SCB, _ = fp8mm.int8_vectorwise_quant(B)
     assert float(SCB[0]) == float(np.float16(0.00655365))
     assert int(CB[0, 0]) == 1 and int(CB[0, 1]) == 127
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_numpy_codes_of_any_float_width(impl):
+    """numpy codes stay concrete (the kernels cache their table); float64 becomes float32."""
+    A = jnp.asarray(np.random.default_rng(4).standard_normal((3, 64)), jnp.float32)
+    want = fp8mm.fake_quant_blockwise(A, CODE, 64, implementation=impl)
+    for code in (fp8mm.e4m3_code(), fp8mm.e4m3_code().astype(np.float64)):
+        got = fp8mm.fake_quant_blockwise(A, code, 64, implementation=impl)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -13,7 +13,7 @@ monotone integer key of x (sign-magnitude float32 bits, so -0.0 and +0.0
 share a key) each midpoint becomes the first key T_i that passes it. The keys
 are cut into buckets of 1/16 binade (2**11 of them, an 8 KiB table) or, for a
 code that crowds those such as bitsandbytes' dynamic map, 1/64 binade (2**13,
-32 KiB), over magnitudes [2**-62, 2) (the ends catching everything beyond;
+32 KiB), over magnitudes [2**-62, 4) (the ends catching everything beyond;
 magnitudes below 2**-62 collapse into one key per sign). One int32 table entry
 per bucket holds the number of T_i below the bucket and the bucket-local offset
 of the single T_i inside it, so the code index is `base + (local >= offset)`:
@@ -74,7 +74,7 @@ __all__ = [
 # it), shift 17 is 1/64 binade (32 KiB; for codes that crowd the coarse table,
 # such as bitsandbytes' dynamic map).
 _COARSE, _FINE = 19, 17
-_BINADES = 64  # per sign, magnitudes [2**-62, 2)
+_BINADES = 64  # per sign, magnitudes [2**-62, 4)
 _BASE = 0x20800000  # float32 bits of 2**-62: magnitudes at or below it collapse
 _OFFSET_BITS = 20  # room for an offset up to 2**_COARSE (the "never" value)
 _CROWDED = 1 << (8 + _OFFSET_BITS)  # table flag: two or more midpoints in the bucket
@@ -179,7 +179,9 @@ def _bucket_table(code: jax.Array, shift: int = _COARSE) -> jax.Array:
     )
     local_sum = jnp.sum(jnp.where(inside, local[None, :], 0), axis=1)
     base, count = packed & 511, (packed >> 9) & 511
-    offset = jnp.where(count == 0, 1 << shift, local_sum)
+    # Only a lone midpoint's offset is meaningful (a crowded entry never reads it,
+    # and a sum of several could overflow into the flag bits).
+    offset = jnp.where(count == 1, local_sum, 1 << shift)
     crowded = (count > 1) | ((packed >> 18) > 0)
     return base | (offset << 8) | jnp.where(crowded, _CROWDED, 0)
 
@@ -199,7 +201,7 @@ def _row_mask(cfg: TileConfig, nrows: int) -> tuple[jax.Array, jax.Array]:
 
 @functools.lru_cache(maxsize=32)
 def _host_table(code_bytes: bytes, backend: str) -> tuple[np.ndarray, int]:
-    del backend  # part of the key: the table follows the device's float semantics
+    del backend  # part of the key: built on that platform, with its float semantics
     code = np.frombuffer(code_bytes, np.float32)
     with jax.ensure_compile_time_eval():
         table = np.asarray(_bucket_table(jnp.asarray(code), _COARSE))
@@ -220,7 +222,9 @@ def _table_for(code) -> tuple[jax.Array | np.ndarray, int]:
         host = np.asarray(code, np.float32)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return _bucket_table(code, _COARSE), _COARSE
-    return _host_table(host.tobytes(), jax.default_backend())
+    device = jax.config.jax_default_device
+    platform = jax.default_backend() if device is None else getattr(device, "platform", device)
+    return _host_table(host.tobytes(), platform)
 
 
 def _nearest_code(x: jax.Array, code_ref, table_ref, shift: int, interpret: bool) -> jax.Array:
