@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8mm import _checks
+from fp8mm import _checks, _host
 from fp8mm import functional as F
 from fp8mm.dispatch import Impl
 from fp8mm.state import MatmulLtState
@@ -79,14 +79,6 @@ def get_block_sizes(input_matrix, weight_matrix) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _on_cpu() -> bool:
-    """Whether products land on the CPU (a `jax.default_device` context counts)."""
-    device = jax.config.jax_default_device
-    if device is not None:
-        return getattr(device, "platform", device) == "cpu"
-    return jax.default_backend() == "cpu"
-
-
 def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) -> jax.Array:
     """2-D product accumulated in float32 and rounded once to out_dtype.
 
@@ -95,7 +87,7 @@ def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) ->
     """
     dn = (((contract[0],), (contract[1],)), ((), ()))
     out_dtype = jnp.dtype(out_dtype)
-    if _on_cpu():
+    if _host.platform() == "cpu":
         # XLA's CPU runtime lacks some 16-bit x 16-bit -> float32 dot kernels; float32
         # operands give the same products (16-bit values multiply exactly in float32).
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
@@ -151,10 +143,8 @@ class _HostCode:
 
 
 def _host_code(code) -> _HostCode | None:
-    try:
-        return _HostCode(np.array(code, np.float32))
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
+    value = _host.concrete_float32(code)
+    return None if value is None else _HostCode(value)
 
 
 @dataclasses.dataclass(frozen=True)

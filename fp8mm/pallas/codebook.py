@@ -50,7 +50,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from fp8mm import _checks, reference
+from fp8mm import _checks, _host, reference
 from fp8mm.pallas import Kernel, _backend
 from fp8mm.pallas._backend import pallas_call
 from fp8mm.state import QuantState
@@ -153,10 +153,10 @@ def _bucket_and_local(key: jax.Array, shift: int) -> tuple[jax.Array, jax.Array]
     return bucket, shifted & ((1 << shift) - 1)
 
 
-def _bucket_table(code: jax.Array, shift: int = _COARSE) -> jax.Array:
+def _bucket_table(code: jax.Array | np.ndarray, shift: int = _COARSE) -> jax.Array:
     """int32 [2 * _half(shift)]: base | offset << 8 | _CROWDED (see the module docstring)."""
     num_buckets = 2 * _half(shift)
-    code = code.astype(jnp.float32)
+    code = jnp.asarray(code, jnp.float32)
     mids = (code[:-1] + code[1:]) * np.float32(0.5)
     i = jnp.arange(255, dtype=jnp.int32)
     # Does x == m_i pass m_i? The parity rule, except inside runs of equal codes.
@@ -204,11 +204,11 @@ def _host_table(code_bytes: bytes, backend: str) -> tuple[np.ndarray, int]:
     del backend  # part of the key: built on that platform, with its float semantics
     code = np.frombuffer(code_bytes, np.float32)
     with jax.ensure_compile_time_eval():
-        table = np.asarray(_bucket_table(jnp.asarray(code), _COARSE))
+        table = np.asarray(_bucket_table(code, _COARSE))
         if np.any(table >= _CROWDED):
             # Crowded tiles fall back to the search (2.7x slower on an H200 for
             # the dynamic map): the finer table removes most crowding.
-            return np.asarray(_bucket_table(jnp.asarray(code), _FINE)), _FINE
+            return np.asarray(_bucket_table(code, _FINE)), _FINE
     return table, _COARSE
 
 
@@ -218,13 +218,10 @@ def _table_for(code) -> tuple[jax.Array | np.ndarray, int]:
     Built in the program it costs ~55 us on an H200 (more than the kernel at
     8192x4096), so pass codebooks as numpy/concrete arrays where possible.
     """
-    try:
-        host = np.asarray(code, np.float32)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    host = _host.concrete_float32(code)
+    if host is None:
         return _bucket_table(code, _COARSE), _COARSE
-    device = jax.config.jax_default_device
-    platform = jax.default_backend() if device is None else getattr(device, "platform", device)
-    return _host_table(host.tobytes(), platform)
+    return _host_table(host.tobytes(), _host.platform())
 
 
 def _nearest_code(x: jax.Array, code_ref, table_ref, shift: int, interpret: bool) -> jax.Array:
