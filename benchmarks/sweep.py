@@ -1,6 +1,8 @@
 """Config sweeps behind the heuristics (GPU only; prints one dict per case, JSON to $OUT).
 
-    PYTHONPATH=. python -m benchmarks.sweep
+    PYTHONPATH=. python -m benchmarks.sweep [section ...]
+
+Sections: codebook, rowquant, ops, mm (default: all).
 
 Codebook tile configs (blockwise 4096/256, global), the single-pass int8 row
 quantization, the ops beside a bf16 linear (time and compiled peak memory) and
@@ -11,6 +13,7 @@ benchmarks/NOTES.md (session 2).
 
 import json
 import os
+import sys
 import traceback
 
 import jax
@@ -23,6 +26,7 @@ from fp8mm.pallas import codebook as cb
 from fp8mm.pallas import int8 as k8
 
 OUT = os.environ.get("OUT", "/tmp")
+SECTIONS = set(sys.argv[1:]) or {"codebook", "rowquant", "ops", "mm"}
 TC = TimingConfig(batches=12, batch_s=0.02, max_reps=200, warmup=2)
 rows = []
 
@@ -40,48 +44,80 @@ def rec(**r):
 print(jax.devices()[0].device_kind, jax.__version__, flush=True)
 e4m3 = fp8mm.e4m3_code()
 code = jnp.asarray(e4m3)
-table = jnp.asarray(cb._table_for(e4m3))
+table, lookup = cb._table_for(e4m3)
 x = jax.random.normal(jax.random.key(1), (8192, 4096), jnp.float32).astype(jnp.bfloat16)
 tc, _ = tm(lambda x: x * 1, x)
 bw = 2 * x.size * 2 / 1e9 / tc
-rec(case="copy 8192x4096", us=tc * 1e6, gbs=bw)
 sweeps = [
-    (
-        4096,
-        True,
-        [(1, 4096, 4), (1, 4096, 8), (1, 4096, 16), (2, 4096, 8), (2, 4096, 16), (4, 4096, 16)],
-    ),
-    (4096, False, [(1, 4096, 4), (1, 4096, 8), (2, 4096, 8), (2, 4096, 16)]),
+    (4096, True, [(1, 4096, 8), (1, 4096, 4), (1, 4096, 16), (2, 4096, 8), (2, 4096, 16)]),
+    (4096, False, [(1, 4096, 8), (1, 4096, 4), (2, 4096, 8), (2, 4096, 16)]),
     (256, True, [(8, 256, 4), (16, 256, 4), (16, 256, 8), (4, 256, 4), (32, 256, 8)]),
+    (256, False, [(8, 256, 4), (16, 256, 4), (16, 256, 8)]),
     (None, True, [(2, 1024, 4), (4, 1024, 4), (4, 1024, 8), (1, 1024, 4), (8, 1024, 8)]),
 ]
+dyn = fp8mm.create_dynamic_map()
+dyn_table, dyn_lookup = cb._table_for(dyn)
+# The ratio to copy is printed for the copy of this size and for the 8192x16384 one.
+big = jax.random.normal(jax.random.key(2), (8192, 16384), jnp.float32).astype(jnp.bfloat16)
 ref = {}
-for bs, fake, cfgs in sweeps:
-    for c in cfgs:
-        cfg = cb.TileConfig(*c)
-        if bs is None:
-            f = lambda x, cfg=cfg: cb._global_call(x, code, table, fake, False, cfg=cfg)[0]
-        else:
-            f = lambda x, cfg=cfg, bs=bs, fake=fake: cb._blockwise_call(
-                x, code, table, bs, fake, False, cfg=cfg
-            )[0]
-        try:
-            t, comp = tm(f, x)
-            out = np.asarray(comp(x)).view(np.uint8)
-            key = (bs, fake)
-            ref.setdefault(key, out)
-            by = (4 if fake else 3) * x.size
-            rec(
-                case=f"{'fake' if fake else 'quant'} bs={bs} cfg={c}",
-                us=t * 1e6,
-                vs_copy=by / 1e9 / t / bw,
-                mismatch=int((out != ref[key]).sum()),
-            )
-        except Exception as e:
-            rec(case=f"bs={bs} cfg={c}", error=repr(e)[:200])
-t, _ = tm(lambda c: cb._bucket_table(c), code)
-rec(case="table build in-graph", us=t * 1e6)
-for c in [(2, 4096, 4), (1, 4096, 4), (4, 4096, 8), (2, 4096, 8), (1, 4096, 8), (8, 4096, 8)]:
+for xx, label in ((x, "8192x4096"), (big, "8192x16384")) if "codebook" in SECTIONS else ():
+    tcx, _ = tm(lambda x: x * 1, xx)
+    bwx = 2 * xx.size * 2 / 1e9 / tcx
+    rec(case=f"copy {label}", us=tcx * 1e6, gbs=bwx)
+    for bs, fake, cfgs in sweeps:
+        for c in cfgs if label == "8192x4096" else cfgs[:1]:
+            cfg = cb.TileConfig(*c)
+            if bs is None:
+                f = lambda x, cfg=cfg, fake=fake: cb._global_call(
+                    x, code, table, fake, lookup, False, cfg=cfg
+                )[0]
+            else:
+                f = lambda x, cfg=cfg, bs=bs, fake=fake: cb._blockwise_call(
+                    x, code, table, bs, fake, lookup, False, cfg=cfg
+                )[0]
+            try:
+                t, comp = tm(f, xx)
+                out = np.asarray(comp(xx)).view(np.uint8)
+                key = (bs, fake, label)
+                ref.setdefault(key, out)
+                by = (4 if fake else 3) * xx.size
+                rec(
+                    case=f"{label} {'fake' if fake else 'quant'} bs={bs} cfg={c}",
+                    us=t * 1e6,
+                    vs_copy=by / 1e9 / t / bwx,
+                    mismatch=int((out != ref[key]).sum()),
+                )
+            except Exception as e:
+                rec(case=f"bs={bs} cfg={c}", error=repr(e)[:200])
+    for bs in (4096, 256):
+        dcode = jnp.asarray(dyn)
+        f = lambda x, bs=bs: cb._blockwise_call(x, dcode, dyn_table, bs, False, dyn_lookup, False)[
+            0
+        ]
+        t, _ = tm(f, xx)
+        rec(
+            case=f"{label} dynamic-map quant bs={bs} {dyn_lookup}",
+            us=t * 1e6,
+            vs_copy=3 * xx.size / 1e9 / t / bwx,
+        )
+if "codebook" in SECTIONS:
+    try:  # the previous kernel version, when a copy sits beside this script
+        from benchmarks import _codebook_old as old
+
+        otable, oshift = old._table_for(e4m3)
+        for xx, label in ((x, "8192x4096"), (big, "8192x16384")):
+            for bs, fake in ((4096, True), (4096, False), (256, True)):
+                f = lambda x, bs=bs, fake=fake: old._blockwise_call(
+                    x, code, otable, bs, fake, oshift, False
+                )[0]
+                t, _ = tm(f, xx)
+                rec(case=f"OLD {label} {'fake' if fake else 'quant'} bs={bs}", us=t * 1e6)
+    except ImportError:
+        pass
+    t, _ = tm(lambda c: cb._bucket_table(c), code)
+    rec(case="table build in-graph", us=t * 1e6)
+rq = [(2, 4096, 4), (1, 4096, 4), (4, 4096, 8), (2, 4096, 8), (1, 4096, 8), (8, 4096, 8)]
+for c in rq if "rowquant" in SECTIONS else ():
     cfg = k8.RowQuantConfig(*c)
     try:
         t, _ = tm(lambda x, cfg=cfg: k8._row_quant_2d(x, cfg=cfg, interpret=False), x)
@@ -89,7 +125,8 @@ for c in [(2, 4096, 4), (1, 4096, 4), (4, 4096, 8), (2, 4096, 8), (1, 4096, 8), 
     except Exception as e:
         rec(case=f"rowquant cfg={c}", error=repr(e)[:200])
 # ops vs linear
-for t_, k_, n_ in [(4096, 4096, 4096), (4096, 4096, 16384), (16384, 4096, 4096)]:
+op_shapes = [(4096, 4096, 4096), (4096, 4096, 16384), (16384, 4096, 4096)]
+for t_, k_, n_ in op_shapes if "ops" in SECTIONS else ():
     A = jax.random.normal(jax.random.key(2), (t_, k_), jnp.float32).astype(jnp.bfloat16)
     W = (jax.random.normal(jax.random.key(3), (k_, n_), jnp.float32) * 0.02).astype(jnp.bfloat16)
     Wt = W.T
@@ -132,7 +169,7 @@ for t_, k_, n_ in [(4096, 4096, 4096), (4096, 4096, 16384), (16384, 4096, 4096)]
             except Exception as e:
                 traceback.print_exc()
                 rec(case=f"{name} {mode} {t_}x{k_}->{n_}", error=repr(e)[:300])
-for m, n, kk in [(4096, 16384, 4096), (8192, 4096, 4096)]:
+for m, n, kk in [(4096, 16384, 4096), (8192, 4096, 4096)] if "mm" in SECTIONS else ():
     A8 = jax.random.randint(jax.random.key(3), (m, kk), -127, 128, jnp.int32).astype(jnp.int8)
     B8 = jax.random.randint(jax.random.key(4), (n, kk), -127, 128, jnp.int32).astype(jnp.int8)
     rs = jnp.ones((m,), jnp.float32)
@@ -178,4 +215,4 @@ for m, n, kk in [(4096, 16384, 4096), (8192, 4096, 4096)]:
             rec(case=f"mm {m}x{n}x{kk} cfg={c}", tops=ops / t / 1e12, vs_xla_int8=tx / t)
         except Exception as e:
             rec(case=f"mm {m}x{n}x{kk} cfg={c}", error=repr(e)[:200])
-json.dump(rows, open(f"{OUT}/gpu3.json", "w"), indent=1)
+json.dump(rows, open(f"{OUT}/sweep.json", "w"), indent=1)

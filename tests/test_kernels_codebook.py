@@ -214,15 +214,17 @@ def test_nearest_code_exact_on_midpoints(name):
 def test_bucket_table_paths():
     """The fp8 grids take the fast path on the coarse table, the dynamic map on the fine one."""
     for name in ("e4m3", "e5m2"):
-        table, shift = cb._table_for(CODES[name])
-        assert shift == cb._COARSE and table.dtype == np.int32
-        assert table.shape == (2 * cb._half(cb._COARSE),)
+        table, lookup = cb._table_for(CODES[name])
+        assert lookup == cb._Lookup(cb._COARSE, search=False) and table.dtype == np.int32
+        assert table.shape == (cb._num_buckets(cb._COARSE),)
         assert not np.any(table >= cb._CROWDED), name
-    table, shift = cb._table_for(CODES["dynamic"])
-    assert shift == cb._FINE and table.shape == (2 * cb._half(cb._FINE),)
+    table, lookup = cb._table_for(CODES["dynamic"])
+    assert lookup == cb._Lookup(cb._FINE, search=False)
+    assert table.shape == (cb._num_buckets(cb._FINE),)
     assert not np.any(table >= cb._CROWDED)
     for name in ("random", "duplicates"):
-        assert np.any(np.asarray(cb._table_for(CODES[name])[0]) >= cb._CROWDED), name
+        table, lookup = cb._table_for(CODES[name])
+        assert np.any(np.asarray(table) >= cb._CROWDED) and lookup.search, name
 
 
 @pytest.mark.parametrize("shift", [19, 17])
@@ -248,6 +250,30 @@ def test_long_run_of_equal_codes():
     assert_bits_equal(cb.quantize_blockwise(X, code, 64, interpret=INTERPRET)[0], want, "host")
     traced = jax.jit(lambda a, c: cb.quantize_blockwise(a, c, 64, interpret=INTERPRET)[0])
     assert_bits_equal(traced(X, jnp.asarray(code)), want, "traced")
+
+
+@pytest.mark.parametrize("zeros", [(), (-0.0, 0.0), (0.0, -0.0), (0.0, 0.0, 0.0)])
+@pytest.mark.parametrize("negatives", [126, 127])
+def test_zero_midpoints(zeros, negatives):
+    """Midpoints equal to zero: -0.0 and +0.0 have different keys but compare equal.
+
+    Magnitudes 1/8 binade apart (no crowding, so the table alone decides) with a
+    symmetric pair around zero, or zeros between them; both parities of the
+    zero midpoint's index (even: x > 0 passes it, odd: x >= 0 does, so -0.0 too).
+    """
+    mags = np.float32(2.0) ** (np.arange(200, dtype=np.float32) / 8 - 24)
+    pos = 256 - negatives - len(zeros)
+    code = np.concatenate([-mags[:negatives][::-1], np.array(zeros, np.float32), mags[:pos]])
+    code = code.astype(np.float32)
+    _, lookup = cb._table_for(code)
+    assert lookup.search == (len(zeros) > 2)  # two zero midpoints share a bucket
+    tiny = np.finfo(np.float32).tiny
+    vals = np.array([1.0, -0.0, 0.0, tiny, -tiny, 1e-30, -1e-30, 0.5, -0.5], np.float32)
+    X = jnp.asarray(np.tile(vals, 8).reshape(1, -1))
+    want = ref("quantize", X, jnp.asarray(code))[0]
+    assert_bits_equal(cb.quantize(X, code, interpret=INTERPRET)[0], want, "global")
+    want = ref("quantize_blockwise", X, jnp.asarray(code), 64)[0]
+    assert_bits_equal(cb.quantize_blockwise(X, code, 64, interpret=INTERPRET)[0], want, "blocks")
 
 
 def test_traced_code_builds_the_table_in_the_program():

@@ -9,19 +9,20 @@ midpoints m_i = (code[i] + code[i+1]) * 0.5 that x has passed, where x passes
 m_i when x > m_i for even i and x >= m_i for odd i (the final pivot is even, so
 a tie goes to the even index); a run of equal codes instead resolves ties by
 where the search walks, which the table takes from the reference itself. In a
-monotone integer key of x (sign-magnitude float32 bits, so -0.0 and +0.0
-share a key) each midpoint becomes the first key T_i that passes it. The keys
-are cut into buckets of 1/16 binade (2**11 of them, an 8 KiB table) or, for a
-code that crowds those such as bitsandbytes' dynamic map, 1/64 binade (2**13,
-32 KiB), over magnitudes [2**-62, 4) (the ends catching everything beyond;
-magnitudes below 2**-62 collapse into one key per sign). One int32 table entry
-per bucket holds the number of T_i below the bucket and the bucket-local offset
-of the single T_i inside it, so the code index is `base + (local >= offset)`:
-one table gather and one integer compare per element, plus the code gather that
-fake quantization needs. A tile that meets a bucket holding two midpoints runs
-bitsandbytes' search itself (`reference.bnb_search` on the code Ref; same
-results, slower): never for the fp8 grids, never for the signed dynamic map on
-the fine table, in 8 buckets for the unsigned one.
+monotone integer key of x (the float32 bits with the magnitude bits of negative
+numbers flipped: two's complement order) each midpoint becomes the first key
+T_i that passes it. The keys are cut into buckets of 1/16 binade (2**13 of them
+over every float32, a 32 KiB table of which quantization touches the few binades
+below 1) or, for a code that crowds those such as bitsandbytes' dynamic map,
+1/64 binade. One int32 table entry per bucket holds the number of T_i below the
+bucket and the bucket-local offset of the single T_i inside it, so the code
+index is `base + (local >= offset)`: about ten integer operations, one table
+gather and one compare per element, plus the code gather that fake
+quantization needs. Only a table with a bucket holding two midpoints (or a
+subnormal one) compiles in bitsandbytes' search (`reference.bnb_search` on the
+code Ref), which a tile meeting such a bucket runs instead: never for the fp8
+grids, nor for the signed dynamic map on the fine table; in 8 buckets for the
+unsigned one. A codebook traced inside a program always compiles it.
 
 XLA on a CPU flushes subnormal float32 to zero in comparisons and products,
 so in interpret mode the kernels flush the scaled values before the integer
@@ -67,22 +68,19 @@ __all__ = [
     "quantize_blockwise",
 ]
 
-# Bucket tables over the compact key (see _compact_key): 2**shift keys per bucket;
-# bucket b holds the keys in ((b - 1) * 2**shift, b * 2**shift], so key 0 (both
-# zeros) is the last key of its bucket and the zeros never share a bucket with
-# positive values. Shift 19 is 1/16 binade (8 KiB table; the fp8 grids never crowd
-# it), shift 17 is 1/64 binade (32 KiB; for codes that crowd the coarse table,
-# such as bitsandbytes' dynamic map).
+# Bucket tables over the monotone key (see _key): 2**shift keys per bucket, bucket
+# b holding the keys [(b - 2**(31 - shift)) * 2**shift, ... + 2**shift), so every
+# float32 has a bucket and no clipping is needed. Shift 19 is 1/16 binade (8192
+# entries, 32 KiB, of which quantization touches the few binades below 1; the fp8
+# grids never crowd it), shift 17 is 1/64 binade (for codes that crowd the coarse
+# table, such as bitsandbytes' dynamic map).
 _COARSE, _FINE = 19, 17
-_BINADES = 64  # per sign, magnitudes [2**-62, 4)
-_BASE = 0x20800000  # float32 bits of 2**-62: magnitudes at or below it collapse
 _OFFSET_BITS = 20  # room for an offset up to 2**_COARSE (the "never" value)
 _CROWDED = 1 << (8 + _OFFSET_BITS)  # table flag: two or more midpoints in the bucket
 
 
-def _half(shift: int) -> int:
-    """Buckets per sign."""
-    return _BINADES << (23 - shift)
+def _num_buckets(shift: int) -> int:
+    return 1 << (32 - shift)
 
 
 _MAX_ELEMENTS = 2**31 - 2**16  # flat int32 indexing inside the kernels
@@ -134,39 +132,38 @@ def choose_tiles(blocksize: int | None) -> TileConfig:
 # ----------------------------------------------------------------------------
 
 
-def _compact_key(bits: jax.Array) -> jax.Array:
-    """Monotone int32 key of float32 bits: equal floats share a key, NaN sorts as inf.
+def _key(bits: jax.Array) -> jax.Array:
+    """Monotone int32 key of float32 bits (two's complement order; -0.0 -> -1, +0.0 -> 0).
 
-    Magnitudes above 2**-62 keep their bits (shifted down by _BASE); smaller
-    non-zero magnitudes become 1, so the key fits the table's window.
+    Flipping the magnitude bits of negative floats turns sign-magnitude order
+    into integer order: one shift, one and, one xor per element.
     """
-    mag = jnp.minimum(bits & 0x7FFFFFFF, 0x7F800000)
-    k = jnp.where(mag > _BASE, mag - (_BASE - 1), jnp.minimum(mag, 1))
-    return jnp.where(bits < 0, -k, k)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 def _bucket_and_local(key: jax.Array, shift: int) -> tuple[jax.Array, jax.Array]:
-    """(table index in [0, 2 * _half(shift)), offset of the key inside its bucket)."""
-    half = _half(shift)
-    shifted = key + ((1 << shift) - 1)
-    bucket = jnp.clip(shifted >> shift, 1 - half, half) + (half - 1)
-    return bucket, shifted & ((1 << shift) - 1)
+    """(table index in [0, _num_buckets(shift)), offset of the key inside its bucket)."""
+    return (key >> shift) + (1 << (31 - shift)), key & ((1 << shift) - 1)
 
 
 def _bucket_table(code: jax.Array | np.ndarray, shift: int = _COARSE) -> jax.Array:
-    """int32 [2 * _half(shift)]: base | offset << 8 | _CROWDED (see the module docstring)."""
-    num_buckets = 2 * _half(shift)
+    """int32 [_num_buckets(shift)]: base | offset << 8 | _CROWDED (see the module docstring)."""
+    num_buckets = _num_buckets(shift)
     code = jnp.asarray(code, jnp.float32)
     mids = (code[:-1] + code[1:]) * np.float32(0.5)
     i = jnp.arange(255, dtype=jnp.int32)
     # Does x == m_i pass m_i? The parity rule, except inside runs of equal codes.
     passes_at = reference.bnb_search(mids, code) > i
     bits = lax.bitcast_convert_type(mids, jnp.int32)
-    first = _compact_key(bits) + jnp.where(passes_at, 0, 1)
+    first = _key(bits) + jnp.where(passes_at, 0, 1)
+    # -0.0 and +0.0 compare equal but have the keys -1 and 0: a zero midpoint is
+    # passed from key -1 on (x >= 0) or from key 1 on (x > 0).
+    first = jnp.where(mids == 0, jnp.where(passes_at, -1, 1), first)
     bucket, local = _bucket_and_local(first, shift)
-    # A midpoint in the collapsed range or an end bucket cannot be told apart by key.
+    # Subnormal midpoints compare differently where subnormals are flushed (XLA on
+    # a CPU): their buckets always take the search.
     mag = bits & 0x7FFFFFFF
-    unsure = ((mag > 0) & (mag <= _BASE)) | (bucket == 0) | (bucket == num_buckets - 1)
+    unsure = (mag > 0) & (mag < 0x00800000)
     # Two sums over [buckets, midpoints] (few fused kernels when built per call): the
     # first packs #midpoints below the bucket, #inside and #unsure inside (each <= 255).
     b = jnp.arange(num_buckets, dtype=jnp.int32)[:, None]
@@ -186,21 +183,47 @@ def _bucket_table(code: jax.Array | np.ndarray, shift: int = _COARSE) -> jax.Arr
     return base | (offset << 8) | jnp.where(crowded, _CROWDED, 0)
 
 
-def _tile_offsets(cfg: TileConfig, n: int) -> tuple[jax.Array, jax.Array]:
-    """(offsets within the program's tile, in-bounds mask), both [rows, cols]."""
+def _tile_offsets(cfg: TileConfig, n: int) -> tuple[jax.Array, jax.Array | None]:
+    """(offsets within the program's tile, in-bounds mask or None), both [rows, cols].
+
+    The mask is None when the tiles cover n exactly: unmasked loads and stores
+    spare a compare per element.
+    """
     local = lax.broadcasted_iota(
         jnp.int32, (cfg.rows, cfg.cols), 0
     ) * cfg.cols + lax.broadcasted_iota(jnp.int32, (cfg.rows, cfg.cols), 1)
+    if n % cfg.size == 0:
+        return local, None
     return local, pl.program_id(0) * cfg.size + local < n
 
 
-def _row_mask(cfg: TileConfig, nrows: int) -> tuple[jax.Array, jax.Array]:
+def _row_mask(cfg: TileConfig, nrows: int) -> tuple[jax.Array, jax.Array | None]:
     local = lax.broadcasted_iota(jnp.int32, (cfg.rows,), 0)
+    if nrows % cfg.rows == 0:
+        return local, None
     return local, pl.program_id(0) * cfg.rows + local < nrows
 
 
+def _load(ref, offs, mask):
+    if mask is None:
+        return _backend.load(ref.at[offs])
+    return _backend.load(ref.at[offs], mask=mask, other=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Lookup:
+    """Static facts about a bucket table: its shift and whether any bucket is crowded.
+
+    A table without crowded buckets (every fp8 grid, the dynamic map on the fine
+    table) compiles to the pure lookup, without the tile-wide test and search branch.
+    """
+
+    shift: int
+    search: bool
+
+
 @functools.lru_cache(maxsize=32)
-def _host_table(code_bytes: bytes, backend: str) -> tuple[np.ndarray, int]:
+def _host_table(code_bytes: bytes, backend: str) -> tuple[np.ndarray, _Lookup]:
     del backend  # part of the key: built on that platform, with its float semantics
     code = np.frombuffer(code_bytes, np.float32)
     with jax.ensure_compile_time_eval():
@@ -208,35 +231,43 @@ def _host_table(code_bytes: bytes, backend: str) -> tuple[np.ndarray, int]:
         if np.any(table >= _CROWDED):
             # Crowded tiles fall back to the search (2.7x slower on an H200 for
             # the dynamic map): the finer table removes most crowding.
-            return np.asarray(_bucket_table(code, _FINE)), _FINE
-    return table, _COARSE
+            fine = np.asarray(_bucket_table(code, _FINE))
+            return fine, _Lookup(_FINE, bool(np.any(fine >= _CROWDED)))
+    return table, _Lookup(_COARSE, False)
 
 
-def _table_for(code) -> tuple[jax.Array | np.ndarray, int]:
-    """(bucket table, its shift): built once per concrete codebook, else in the program.
+def _table_for(code) -> tuple[jax.Array | np.ndarray, _Lookup]:
+    """(bucket table, its lookup facts): built once per concrete codebook, else in the program.
 
     Built in the program it costs ~55 us on an H200 (more than the kernel at
     8192x4096), so pass codebooks as numpy/concrete arrays where possible.
     """
     host = _host.concrete_float32(code)
     if host is None:
-        return _bucket_table(code, _COARSE), _COARSE
+        return _bucket_table(code, _COARSE), _Lookup(_COARSE, True)
     return _host_table(host.tobytes(), _host.platform())
 
 
-def _nearest_code(x: jax.Array, code_ref, table_ref, shift: int, interpret: bool) -> jax.Array:
+def _nearest_code(x: jax.Array, code_ref, table_ref, lookup: _Lookup, interpret: bool) -> jax.Array:
     """bitsandbytes' nearest code index (int32) of normalised float32 x."""
     if interpret:
-        x = jnp.where(jnp.abs(x) < np.finfo(np.float32).tiny, np.float32(0), x)
+        # Keep the sign of zero: -0.0 and +0.0 have different keys.
+        x = jnp.where(jnp.abs(x) < np.finfo(np.float32).tiny, x * np.float32(0), x)
     bits = lax.bitcast_convert_type(x, jnp.int32)
-    bucket, local = _bucket_and_local(_compact_key(bits), shift)
+    bucket, local = _bucket_and_local(_key(bits), lookup.shift)
     entry = table_ref[bucket]
 
-    def fast():
-        offset = (entry >> 8) & ((1 << _OFFSET_BITS) - 1)
-        return (entry & 255) + (local >= offset).astype(jnp.int32)
+    if lookup.search:
 
-    idx = lax.cond(jnp.max(entry) >= _CROWDED, lambda: reference.bnb_search(x, code_ref), fast)
+        def fast():
+            offset = (entry >> 8) & ((1 << _OFFSET_BITS) - 1)
+            return (entry & 255) + (local >= offset).astype(jnp.int32)
+
+        crowded = jnp.max(entry) >= _CROWDED
+        idx = lax.cond(crowded, lambda: reference.bnb_search(x, code_ref), fast)
+    else:
+        # No crowded flag in this table, so nothing sits above the offset.
+        idx = (entry & 255) + (local >= (entry >> 8)).astype(jnp.int32)
     # NaN fails every comparison in bitsandbytes' search and ends at index 0.
     return jnp.where(x != x, 0, idx)
 
@@ -247,15 +278,15 @@ def _nearest_code(x: jax.Array, code_ref, table_ref, shift: int, interpret: bool
 
 
 def _blockwise_kernel(
-    x_ref, code_ref, table_ref, out_ref, absmax_ref, *, cfg, n, nblocks, fake, shift, interpret
+    x_ref, code_ref, table_ref, out_ref, absmax_ref, *, cfg, n, nblocks, fake, lookup, interpret
 ):
     offs, valid = _tile_offsets(cfg, n)
-    x = _backend.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
+    x = _load(x_ref, offs, valid).astype(jnp.float32)
     # CUDA's fmaxf drops NaN, so NaN never becomes the absmax.
     absmax = jnp.max(jnp.where(x != x, 0.0, jnp.abs(x)), axis=1)
     # 0 -> inf, and 0 * inf = NaN -> code 0, as on CUDA.
     scaled = x * _backend.recip_rn(absmax, interpret)[:, None]
-    q = _nearest_code(scaled, code_ref, table_ref, shift, interpret)
+    q = _nearest_code(scaled, code_ref, table_ref, lookup, interpret)
     if fake:
         out = (code_ref[q] * absmax[:, None]).astype(out_ref.dtype)
     else:
@@ -267,13 +298,13 @@ def _blockwise_kernel(
 
 
 def _global_kernel(
-    x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, fake, shift, interpret
+    x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, fake, lookup, interpret
 ):
     offs, valid = _tile_offsets(cfg, n)
-    x = _backend.load(x_ref.at[offs], mask=valid, other=0).astype(jnp.float32)
+    x = _load(x_ref, offs, valid).astype(jnp.float32)
     absmax = jnp.broadcast_to(absmax_ref[0], x.shape)
     # Global quantization divides (torch `A / absmax`); only blockwise multiplies.
-    q = _nearest_code(_backend.div_rn(x, absmax, interpret), code_ref, table_ref, shift, interpret)
+    q = _nearest_code(_backend.div_rn(x, absmax, interpret), code_ref, table_ref, lookup, interpret)
     if fake:
         out = (code_ref[q] * absmax).astype(out_ref.dtype)
     else:
@@ -283,12 +314,12 @@ def _global_kernel(
 
 def _dequant_kernel(q_ref, absmax_ref, code_ref, out_ref, *, cfg, n, nscales, per_row):
     offs, valid = _tile_offsets(cfg, n)
-    q = _backend.load(q_ref.at[offs], mask=valid, other=0).astype(jnp.int32)
+    q = _load(q_ref, offs, valid).astype(jnp.int32)
     if not per_row:
         scale = absmax_ref[0]
     else:
         rows, row_valid = _row_mask(cfg, nscales)
-        scale = _backend.load(absmax_ref.at[rows], mask=row_valid, other=0)[:, None]
+        scale = _load(absmax_ref, rows, row_valid)[:, None]
     out = (code_ref[q] * scale).astype(out_ref.dtype)
     _backend.store(out_ref.at[offs], out, mask=valid)
 
@@ -306,8 +337,8 @@ def _tiled(size: int) -> pl.BlockSpec:
     return pl.BlockSpec((size,), lambda i: (i,))
 
 
-@functools.partial(jax.jit, static_argnames=("blocksize", "fake", "shift", "interpret", "cfg"))
-def _blockwise_call(A, code, table, blocksize, fake, shift, interpret, cfg=None):
+@functools.partial(jax.jit, static_argnames=("blocksize", "fake", "lookup", "interpret", "cfg"))
+def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg=None):
     cfg = cfg or choose_tiles(blocksize)
     n = A.size
     nblocks = -(-n // blocksize)
@@ -321,7 +352,7 @@ def _blockwise_call(A, code, table, blocksize, fake, shift, interpret, cfg=None)
         n=n,
         nblocks=nblocks,
         fake=fake,
-        shift=shift,
+        lookup=lookup,
         interpret=interpret,
     )
     if fake:
@@ -339,14 +370,14 @@ def _blockwise_call(A, code, table, blocksize, fake, shift, interpret, cfg=None)
     return outs[0].reshape(A.shape), (None if fake else outs[1])
 
 
-@functools.partial(jax.jit, static_argnames=("fake", "shift", "interpret", "cfg"))
-def _global_call(A, code, table, fake, shift, interpret, cfg=None):
+@functools.partial(jax.jit, static_argnames=("fake", "lookup", "interpret", "cfg"))
+def _global_call(A, code, table, fake, lookup, interpret, cfg=None):
     a = A.astype(jnp.float32)
     absmax = jnp.max(jnp.where(jnp.isnan(a), 0.0, jnp.abs(a)), initial=0.0)
     cfg = cfg or choose_tiles(None)
     n = A.size
     kernel = functools.partial(
-        _global_kernel, cfg=cfg, n=n, fake=fake, shift=shift, interpret=interpret
+        _global_kernel, cfg=cfg, n=n, fake=fake, lookup=lookup, interpret=interpret
     )
     [out] = pallas_call(
         kernel,
@@ -430,8 +461,8 @@ def quantize_blockwise(
     if A.size == 0:
         q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((nblocks,), jnp.float32)
     else:
-        table, shift = _table_for(code)
-        q, absmax = _blockwise_call(A, code, table, blocksize, False, shift, bool(interpret))
+        table, lookup = _table_for(code)
+        q, absmax = _blockwise_call(A, code, table, blocksize, False, lookup, bool(interpret))
     return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
 
 
@@ -464,8 +495,8 @@ def fake_quant_blockwise(
     blocksize = _checks.check_blocksize(blocksize)
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
-    table, shift = _table_for(code)
-    return _blockwise_call(A, code, table, blocksize, True, shift, bool(interpret))[0]
+    table, lookup = _table_for(code)
+    return _blockwise_call(A, code, table, blocksize, True, lookup, bool(interpret))[0]
 
 
 def quantize(
@@ -487,8 +518,8 @@ def quantize(
     if A.size == 0:
         q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((), jnp.float32)
     else:
-        table, shift = _table_for(code)
-        q, absmax = _global_call(A, code, table, False, shift, bool(interpret))
+        table, lookup = _table_for(code)
+        q, absmax = _global_call(A, code, table, False, lookup, bool(interpret))
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
 
 
@@ -505,8 +536,8 @@ def fake_quant_global(A: jax.Array, code: jax.Array, *, interpret: bool = False)
     _check_input(A, code)
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
-    table, shift = _table_for(code)
-    return _global_call(A, code, table, True, shift, bool(interpret))[0]
+    table, lookup = _table_for(code)
+    return _global_call(A, code, table, True, lookup, bool(interpret))[0]
 
 
 # ----------------------------------------------------------------------------
