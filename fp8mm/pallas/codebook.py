@@ -110,20 +110,22 @@ class TileConfig:
         return self.rows * self.cols
 
 
-def choose_tiles(blocksize: int | None) -> TileConfig:
+def choose_tiles(blocksize: int | None, fake: bool = False) -> TileConfig:
     """Tile heuristic for every kernel of this module.
 
-    Measured on an H200 (bf16 fake-quant, 8192x4096, benchmarks/NOTES.md):
-    2048-4096 elements a program at 16 elements a thread are fastest (a
-    4096-block with 8 warps 64 us, with 4 warps 92 us; two 4096-blocks a
-    program 80-126 us); many small programs per SM hide the table gathers.
+    Measured on an H200 (bf16, e4m3, 8192x16384 and 16384x4096, session 3 of
+    benchmarks/NOTES.md): one 4096-block a program with 8 warps (16 elements a
+    thread) for both kinds; small blocks 2048 elements with 4 warps when
+    quantizing, but 4096 with 8 warps when fake-quantizing (0.79-0.80x copy
+    against 0.74-0.76x); global quantization is flat across tilings.
 
     Args:
       blocksize: the quantization blocksize, or None for global quantization
         (no row structure: any row width serves).
+      fake: the tile is for fused quantize-dequantize.
     """
     cols = 1024 if blocksize is None else blocksize
-    size = max(cols, 2048)
+    size = max(cols, 4096 if fake and blocksize is not None else 2048)
     return TileConfig(rows=size // cols, cols=cols, num_warps=max(4, size // 512))
 
 
@@ -339,7 +341,7 @@ def _tiled(size: int) -> pl.BlockSpec:
 
 @functools.partial(jax.jit, static_argnames=("blocksize", "fake", "lookup", "interpret", "cfg"))
 def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg=None):
-    cfg = cfg or choose_tiles(blocksize)
+    cfg = cfg or choose_tiles(blocksize, fake)
     n = A.size
     nblocks = -(-n // blocksize)
     grid = -(-n // cfg.size)
