@@ -127,7 +127,7 @@ for c in rq if "rowquant" in SECTIONS else ():
     except Exception as e:
         rec(case=f"rowquant cfg={c}", error=repr(e)[:200])
 # ops vs linear
-op_shapes = [(4096, 4096, 4096), (4096, 4096, 16384), (16384, 4096, 4096)]
+op_shapes = [(8192, 4096, 4096), (8192, 4096, 16384), (16384, 4096, 4096)]
 for t_, k_, n_ in op_shapes if "ops" in SECTIONS else ():
     A = jax.random.normal(jax.random.key(2), (t_, k_), jnp.float32).astype(jnp.bfloat16)
     W = (jax.random.normal(jax.random.key(3), (k_, n_), jnp.float32) * 0.02).astype(jnp.bfloat16)
