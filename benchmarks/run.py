@@ -270,8 +270,11 @@ def run_train(r: Runner, plan: Plan) -> None:
         ("Fp8MixedDense", fl.Fp8MixedDense),
         ("Fp8GlobalDense", fl.Fp8GlobalDense),
     ):
-        step, _ = build(functools.partial(cls, dtype=dt))
         for impl in plan.impls:
+            # A fresh step function per implementation: jit's trace cache is keyed on
+            # the function, not on the use_implementation context, so reusing one
+            # would time the first implementation's program again.
+            step, _ = build(functools.partial(cls, dtype=dt))
             row = Row("train", name, impl, "step", shape, dt, base=base.key)
             ctx = functools.partial(fp8mm.use_implementation, impl)
             r.jax_case(row, step, args, tokens, "Mtok/s", context=ctx)
