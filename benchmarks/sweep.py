@@ -56,8 +56,9 @@ sweeps = [
     (None, True, [(2, 1024, 4), (1, 1024, 4), (4, 1024, 8)]),
 ]
 dyn = fp8mm.create_dynamic_map()
+dyn_code = jnp.asarray(dyn)
 dyn_table, dyn_lookup = cb._table_for(dyn)
-# The ratio to copy is printed for the copy of this size and for the 8192x16384 one.
+# Every shape is timed beside its own copy (vs_copy).
 big = jax.random.normal(jax.random.key(2), (8192, 16384), jnp.float32).astype(jnp.bfloat16)
 tall = jax.random.normal(jax.random.key(3), (16384, 4096), jnp.float32).astype(jnp.bfloat16)
 ref = {}
@@ -92,10 +93,9 @@ for xx, label in shapes if "codebook" in SECTIONS else ():
             except Exception as e:
                 rec(case=f"bs={bs} cfg={c}", error=repr(e)[:200])
     for bs in (4096, 256):
-        dcode = jnp.asarray(dyn)
-        f = lambda x, bs=bs: cb._blockwise_call(x, dcode, dyn_table, bs, False, dyn_lookup, False)[
-            0
-        ]
+        f = lambda x, bs=bs: cb._blockwise_call(
+            x, dyn_code, dyn_table, bs, False, dyn_lookup, False
+        )[0]
         t, _ = tm(f, xx)
         rec(
             case=f"{label} dynamic-map quant bs={bs} {dyn_lookup}",
@@ -103,19 +103,6 @@ for xx, label in shapes if "codebook" in SECTIONS else ():
             vs_copy=3 * xx.size / 1e9 / t / bwx,
         )
 if "codebook" in SECTIONS:
-    try:  # the previous kernel version, when a copy sits beside this script
-        from benchmarks import _codebook_old as old
-
-        otable, oshift = old._table_for(e4m3)
-        for xx, label in ((x, "8192x4096"), (big, "8192x16384")):
-            for bs, fake in ((4096, True), (4096, False), (256, True)):
-                f = lambda x, bs=bs, fake=fake: old._blockwise_call(
-                    x, code, otable, bs, fake, oshift, False
-                )[0]
-                t, _ = tm(f, xx)
-                rec(case=f"OLD {label} {'fake' if fake else 'quant'} bs={bs}", us=t * 1e6)
-    except ImportError:
-        pass
     t, _ = tm(lambda c: cb._bucket_table(c), code)
     rec(case="table build in-graph", us=t * 1e6)
 rq = [(2, 4096, 4), (1, 4096, 4), (4, 4096, 8), (2, 4096, 8), (1, 4096, 8), (8, 4096, 8)]

@@ -259,17 +259,18 @@ def _nearest_code(x: jax.Array, code_ref, table_ref, lookup: _Lookup, interpret:
     bucket, local = _bucket_and_local(_key(bits), lookup.shift)
     entry = table_ref[bucket]
 
+    offset = entry >> 8
     if lookup.search:
+        offset &= (1 << _OFFSET_BITS) - 1  # only this table can hold the crowded flag
 
-        def fast():
-            offset = (entry >> 8) & ((1 << _OFFSET_BITS) - 1)
-            return (entry & 255) + (local >= offset).astype(jnp.int32)
+    def lookup_index():
+        return (entry & 255) + (local >= offset).astype(jnp.int32)
 
+    if lookup.search:
         crowded = jnp.max(entry) >= _CROWDED
-        idx = lax.cond(crowded, lambda: reference.bnb_search(x, code_ref), fast)
+        idx = lax.cond(crowded, lambda: reference.bnb_search(x, code_ref), lookup_index)
     else:
-        # No crowded flag in this table, so nothing sits above the offset.
-        idx = (entry & 255) + (local >= (entry >> 8)).astype(jnp.int32)
+        idx = lookup_index()
     # NaN fails every comparison in bitsandbytes' search and ends at index 0.
     return jnp.where(x != x, 0, idx)
 
