@@ -215,11 +215,12 @@ def test_bucket_table_paths():
     """The fp8 grids take the fast path on the coarse table, the dynamic map on the fine one."""
     for name in ("e4m3", "e5m2"):
         table, lookup = cb._table_for(CODES[name])
-        assert lookup == cb._Lookup(cb._COARSE, search=False) and table.dtype == np.int32
+        assert lookup == cb._Lookup(cb._COARSE, search=False, nan_folded=True)
+        assert table.dtype == np.int32
         assert table.shape == (cb._num_buckets(cb._COARSE),)
         assert not np.any(table >= cb._CROWDED), name
     table, lookup = cb._table_for(CODES["dynamic"])
-    assert lookup == cb._Lookup(cb._FINE, search=False)
+    assert lookup == cb._Lookup(cb._FINE, search=False, nan_folded=True)
     assert table.shape == (cb._num_buckets(cb._FINE),)
     assert not np.any(table >= cb._CROWDED)
     for name in ("random", "duplicates"):
@@ -235,6 +236,56 @@ def test_bucket_table_counts_every_midpoint(shift):
     has = ((table >> 8) & ((1 << cb._OFFSET_BITS) - 1)) != (1 << shift)
     assert base[0] == 0 and np.all(np.diff(base) == has[:-1])
     assert base[-1] + has[-1] == 255 and has.sum() == 255
+
+
+# float32 bit patterns around the infinities: +-inf, the first and last NaN of
+# +inf's bucket (signalling, unreachable through arithmetic, which quiets them),
+# quiet NaNs of both signs and the largest finite floats.
+_SPECIAL_BITS = np.array(
+    [
+        0x7F800000,
+        0xFF800000,
+        0x7F800001,
+        0x7F87FFFF,
+        0x7F880000,
+        0x7FC00000,
+        0x7FFFFFFF,
+        0xFF800001,
+        0xFFC00000,
+        0xFFFFFFFF,
+        0x7F7FFFFF,
+        0xFF7FFFFF,
+        0x00000000,
+        0x80000000,
+    ],
+    np.uint32,
+)
+
+
+@pytest.mark.parametrize("name", ["e4m3", "dynamic", "random"])
+def test_nan_folded_into_the_table(name):
+    """A folded table looks NaN up as 0 or 256 (0 modulo 256); +inf and -inf as the search does."""
+    code = CODES[name]
+    table, lookup = cb._table_for(code)
+    assert lookup.nan_folded
+    x = jnp.asarray(_SPECIAL_BITS.view(np.float32))
+    idx = np.asarray(cb._nearest_code(x, jnp.asarray(code), jnp.asarray(table), lookup, True))
+    want = np.asarray(reference.bnb_search(x, jnp.asarray(code)))
+    np.testing.assert_array_equal(idx & 255, want)
+    assert set(np.unique(idx[np.isnan(np.asarray(x))])) <= {0, 256}
+
+
+@pytest.mark.parametrize("top", [np.inf, np.float32(3e38)])
+def test_unfoldable_code_keeps_the_nan_test(top):
+    """A code with a non-finite midpoint (an inf entry, or two that overflow) is not folded."""
+    code = np.sort(np.random.default_rng(9).uniform(-1, 1, 256)).astype(np.float32)
+    code[-2:] = [np.float32(2.5e38), top]
+    table, lookup = cb._table_for(code)
+    assert not lookup.nan_folded
+    x = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.5, 3e38, -1.0, 0.0], np.float32)
+    X = jnp.asarray(np.tile(x, 8).reshape(1, -1))
+    want = ref("quantize", X, jnp.asarray(code))[0]
+    assert_bits_equal(cb.quantize(X, code, interpret=INTERPRET)[0], want, "global")
 
 
 def test_long_run_of_equal_codes():

@@ -20,5 +20,7 @@ class Kernel:
 # Imported after `Kernel` exists: the kernel modules build their tables with it.
 from fp8mm.pallas import codebook as _codebook  # noqa: E402
 from fp8mm.pallas import int8 as _int8  # noqa: E402
+from fp8mm.pallas import int8_wgmma as _int8_wgmma  # noqa: E402
 
-KERNELS: dict[str, Kernel] = {**_codebook.KERNELS, **_int8.KERNELS}
+# The wgmma entry replaces the Triton int8 matmul + dequant (and falls back to it).
+KERNELS: dict[str, Kernel] = {**_codebook.KERNELS, **_int8.KERNELS, **_int8_wgmma.KERNELS}

@@ -252,16 +252,23 @@ def _and_masks(rows, cols):
 
 
 def _dequant_math(acc, row, col, bias, *, bias_mode: str, out_dtype):
-    """reference.int8_mm_dequant on one tile, in the same operation order."""
-    t = acc.astype(_F32) * row[:, None]
-    t = t * col[None, :]
+    """reference.int8_mm_dequant on one tile, in the same operation order.
+
+    row, col and bias are float32 and broadcast against acc ([bm, 1] and [1, bn]
+    here, whole tiles in the Mosaic GPU kernel, whose layouts broadcast explicitly).
+    """
+    t = acc.astype(_F32) * row
+    t = t * col
     t = t * reference.MM_DEQUANT_CONST
     if bias_mode == "fused":
-        t = t + bias[None, :]
+        t = t + bias
     out = t.astype(jnp.float16)
     if bias_mode == "after":
-        out = (out.astype(_F32) + bias[None, :]).astype(jnp.float16)
-    return out.astype(out_dtype)
+        out = (out.astype(_F32) + bias).astype(jnp.float16)
+    if np.dtype(out_dtype) == np.dtype(jnp.float16):
+        return out
+    # Through float32 (exact) rounds as a direct cast; Mosaic GPU has no f16 -> bf16.
+    return out.astype(_F32).astype(out_dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -421,9 +428,9 @@ def _matmul_kernel(*refs, m, n, k, cfg, dequant, bias_mode, out_dtype):
     acc = jax.lax.fori_loop(0, pl.cdiv(k, bk), body, jnp.zeros((bm, bn), jnp.int32))
     out_mask = _and_masks(row_ok, col_ok)
     if dequant:
-        row = _load(row_ref.at[rs], row_ok, 0.0)
-        col = _load(col_ref.at[cs], col_ok, 0.0)
-        bias = None if bias_ref is None else _load(bias_ref.at[cs], col_ok, 0.0)
+        row = _load(row_ref.at[rs], row_ok, 0.0)[:, None]
+        col = _load(col_ref.at[cs], col_ok, 0.0)[None, :]
+        bias = None if bias_ref is None else _load(bias_ref.at[cs], col_ok, 0.0)[None, :]
         out = _dequant_math(acc, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype)
     else:
         out = acc
@@ -441,9 +448,9 @@ def _dequant_kernel(*refs, m, n, cfg, bias_mode, out_dtype):
     mask = _and_masks(row_ok, col_ok)
     rs, cs = pl.ds(i * bm, bm), pl.ds(j * bn, bn)
     acc = _load(acc_ref.at[rs, cs], mask, 0)
-    row = _load(row_ref.at[rs], row_ok, 0.0)
-    col = _load(col_ref.at[cs], col_ok, 0.0)
-    bias = None if bias_ref is None else _load(bias_ref.at[cs], col_ok, 0.0)
+    row = _load(row_ref.at[rs], row_ok, 0.0)[:, None]
+    col = _load(col_ref.at[cs], col_ok, 0.0)[None, :]
+    bias = None if bias_ref is None else _load(bias_ref.at[cs], col_ok, 0.0)[None, :]
     out = _dequant_math(acc, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype)
     _backend.store(o_ref.at[rs, cs], out, mask=mask)
 

@@ -1,0 +1,296 @@
+"""int8 matmul with fused dequant as a Pallas Mosaic GPU kernel: s8 wgmma on Hopper.
+
+`int8_linear_matmul_dequant` here has the signature and results of its namesake
+in `fp8mm.pallas.int8` (the Pallas-Triton kernel) and replaces it in the kernel
+registry: on a Hopper GPU (compute capability 9.x), for shapes that fill its
+tiles (rows a multiple of 128, output columns of 256, k of 128), it runs this
+kernel; everywhere else (interpret mode, other GPUs, ragged shapes) the Triton one.
+
+Structure (after JAX's `pallas/ops/gpu/hopper_matmul_mgpu.py`): a persistent grid
+of one program per SM walks the 128x256 output tiles in a planar snake; in each
+program a producer warpgroup streams 128-wide k-slices of A [m, k] and B [n, k]
+into shared memory by TMA (128-byte swizzle, `stages` slots) while two consumer
+warpgroups each run s8 wgmma into a 128x128 int32 accumulator in registers.
+8-bit wgmma reads both operands K-major, so B's tile stays [n, k] in shared
+memory and reaches the wgmma as a transposed view. The epilogue is
+`int8._dequant_math` on the accumulator (the same products in the same order,
+then the float16 rounding), stored through shared memory by TMA in 64x64 pieces.
+
+Measured on an H200 (benchmarks/NOTES.md, session 4), bf16 output, against XLA's
+plain int8 dot (int32 output) of the same shape: 1.01-1.08x its throughput at
+8192x4096x4096, 8192x16384x4096 and 16384x4096x4096, and 1.10-1.16x the Triton kernel.
+Exact: the int32 sums are exact and the epilogue rounds as the Triton kernel does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+from fp8mm import _checks
+from fp8mm.pallas import Kernel, int8
+
+try:  # Mosaic GPU ships with jaxlib; a build without it keeps the Triton kernel.
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+except ImportError:  # pragma: no cover - depends on the jaxlib build
+    plgpu = None
+
+__all__ = ["KERNELS", "WgmmaConfig", "choose_config", "int8_linear_matmul_dequant", "wgmma_reason"]
+
+_F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class WgmmaConfig:
+    """Tiles of the wgmma kernel.
+
+    Attributes:
+      tile_m: rows of one consumer warpgroup's accumulator (and of the program tile).
+      tile_n: columns of one warpgroup's accumulator; the two warpgroups sit side
+        by side, so a program covers tile_m x 2 * tile_n outputs.
+      tile_k: k-slice per pipeline step (128 bytes of int8: the 128-byte swizzle).
+      stages: k-slices in flight (shared memory slots per operand).
+      snake_width: output-tile rows per band of the planar snake (L2 reuse of B).
+      epi_m: rows of one epilogue store.
+      epi_n: columns of one epilogue store.
+    """
+
+    tile_m: int = 128
+    tile_n: int = 128
+    tile_k: int = 128
+    stages: int = 3
+    snake_width: int = 8
+    epi_m: int = 64
+    epi_n: int = 64
+
+    @property
+    def block_n(self) -> int:
+        return 2 * self.tile_n
+
+
+def choose_config(m: int, n: int, k: int) -> WgmmaConfig:
+    """Tile heuristic, from a sweep on an H200 (benchmarks/NOTES.md, session 4).
+
+    3 stages were best or within noise of best at all three benchmark shapes (4
+    stages: +-3%, 2 stages: 10-15% slower); side-by-side warpgroups beat stacked
+    ones by 3-6%; the snake width moved times by <1%.
+    """
+    del m, n, k
+    return WgmmaConfig()
+
+
+def _device():
+    return jax.devices()[0]
+
+
+def wgmma_reason(m: int, n: int, k: int, cfg: WgmmaConfig | None = None) -> str | None:
+    """None when this kernel serves an [m, k] x [n, k] product on the default device, else why."""
+    cfg = cfg or choose_config(m, n, k)
+    if plgpu is None:
+        return "jax.experimental.pallas.mosaic_gpu is not available"
+    capability = str(getattr(_device(), "compute_capability", ""))
+    if not capability.startswith("9."):
+        return f"s8 wgmma needs a Hopper GPU (compute capability 9.x), not {capability or 'none'}"
+    for name, size, tile in (("m", m, cfg.tile_m), ("n", n, cfg.block_n), ("k", k, cfg.tile_k)):
+        if size == 0 or size % tile:
+            return f"{name}={size} is not a positive multiple of the {tile}-wide tile"
+    return None
+
+
+def _load_vector(ref, layout):
+    # jax 0.11 deprecates plgpu.load's index argument, which 0.10 requires.
+    if inspect.signature(plgpu.load).parameters["idx"].default is inspect.Parameter.empty:
+        return plgpu.load(ref, (), layout=layout, optimized=False)
+    return plgpu.load(ref, layout=layout, optimized=False)
+
+
+def _kernel(a_gmem, b_gmem, row_gmem, col_gmem, *rest, m, n, k, cfg, bias_mode, out_dtype):
+    if bias_mode is None:
+        bias_gmem, out_gmem, out_smem = None, *rest
+    else:
+        bias_gmem, out_gmem, out_smem = rest
+    tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
+    grid_m, grid_n = m // tm, n // cfg.block_n
+    transforms = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(tk))
+    n_epi_n = tn // cfg.epi_n
+    slots = out_smem.shape[1]
+
+    def pipeline(body, compute_context):
+        def spec(rows):
+            return plgpu.BlockSpec(
+                (rows, tk), lambda kk: (0, kk), transforms=transforms, memory_space=plgpu.SMEM
+            )
+
+        return plgpu.emit_pipeline_warp_specialized(
+            body,
+            grid=(k // tk,),
+            memory_registers=40,
+            in_specs=[spec(tm), spec(cfg.block_n)],
+            wg_axis="wg",
+            num_compute_wgs=2,
+            max_concurrent_steps=cfg.stages,
+            compute_context=compute_context,
+        )
+
+    def ignore(*_, **__):
+        return None
+
+    @functools.partial(
+        pl.run_scoped,
+        allocs=pipeline(ignore, ignore).get_allocations(a_gmem, b_gmem),
+        collective_axes="wg",
+    )
+    def _scope(allocs):
+        wg = lax.axis_index("wg")
+
+        @plgpu.nd_loop((grid_m * grid_n,), collective_axes="sm")
+        def _tile_loop(info):
+            (tile,) = getattr(info, "index", info)
+            i, j = plgpu.planar_snake(tile, (grid_m, grid_n), 0, cfg.snake_width)
+            rows = pl.ds(i * tm, tm)
+            cols = pl.ds(j * cfg.block_n + wg * tn, tn)
+            wg_cols = pl.ds(wg * tn, tn)
+
+            def compute_context(run_pipeline):
+                @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, tn), jnp.int32))
+                def _acc_scope(acc_ref):
+                    run_pipeline(acc_ref)
+                    row_layout = plgpu.Layout.WGMMA.reduce(1)
+                    col_layout = plgpu.Layout.WGMMA.reduce(0)
+                    row = lax.broadcast_in_dim(
+                        _load_vector(row_gmem.at[rows], row_layout), (tm, tn), [0]
+                    )
+                    col = lax.broadcast_in_dim(
+                        _load_vector(col_gmem.at[cols], col_layout), (tm, tn), [1]
+                    )
+                    bias = None
+                    if bias_gmem is not None:
+                        bias = lax.broadcast_in_dim(
+                            _load_vector(bias_gmem.at[cols], col_layout), (tm, tn), [1]
+                        )
+                    out = int8._dequant_math(
+                        acc_ref[...], row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype
+                    )
+                    # The previous tile's stores must have read their slots.
+                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                    for p in range((tm // cfg.epi_m) * n_epi_n):
+                        em = slice((p // n_epi_n) * cfg.epi_m, (p // n_epi_n + 1) * cfg.epi_m)
+                        en = slice((p % n_epi_n) * cfg.epi_n, (p % n_epi_n + 1) * cfg.epi_n)
+                        slot = p % slots
+                        plgpu.wait_smem_to_gmem(slots - 1, wait_read_only=True)
+                        out_smem[wg, slot] = out[em, en]
+                        plgpu.commit_smem()
+                        plgpu.copy_smem_to_gmem(
+                            out_smem.at[wg, slot], out_gmem.at[rows, cols].at[em, en]
+                        )
+
+            def mma(_, a_smem, b_smem, acc_ref):
+                plgpu.wgmma(acc_ref, a_smem, b_smem.at[wg_cols].transpose((1, 0)))
+                plgpu.wgmma_wait(0)
+                return acc_ref
+
+            pipeline(mma, compute_context)(
+                a_gmem.at[rows, :],
+                b_gmem.at[pl.ds(j * cfg.block_n, cfg.block_n), :],
+                allocations=allocs,
+            )
+
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+@functools.partial(jax.jit, static_argnames=("bias_mode", "out_dtype", "cfg", "num_sms"))
+def _matmul_dequant_2d(a, b, row, col, bias, *, bias_mode, out_dtype, cfg, num_sms):
+    m, k = a.shape
+    n = b.shape[0]
+    out_bytes = np.dtype(out_dtype).itemsize
+    out_swizzle = plgpu.find_swizzle(cfg.epi_n * out_bytes * 8)
+    out_transforms = (
+        plgpu.TilingTransform((8, out_swizzle // out_bytes)),
+        plgpu.SwizzleTransform(out_swizzle),
+    )
+    slots = min(2, (cfg.tile_m // cfg.epi_m) * (cfg.tile_n // cfg.epi_n))
+    kernel = functools.partial(
+        _kernel, m=m, n=n, k=k, cfg=cfg, bias_mode=bias_mode, out_dtype=out_dtype
+    )
+    call = plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((m, n), out_dtype),
+        grid=(num_sms,),
+        grid_names=("sm",),
+        num_threads=3,
+        thread_name="wg",
+        scratch_types=[
+            plgpu.SMEM((2, slots, cfg.epi_m, cfg.epi_n), out_dtype, transforms=out_transforms)
+        ],
+    )
+    args = (a, b, row, col) + (() if bias_mode is None else (bias,))
+    # plgpu.kernel takes no name=; the scope names the kernel in profiles and HLO.
+    with jax.named_scope("fp8mm_int8_linear_matmul_dequant_wgmma"):
+        return call(*args)
+
+
+def int8_linear_matmul_dequant(
+    A: jax.Array,
+    B: jax.Array,
+    row_stats: jax.Array,
+    col_stats: jax.Array,
+    bias: jax.Array | None = None,
+    out_dtype=jnp.float16,
+    *,
+    interpret: bool = False,
+) -> jax.Array:
+    """int8 matmul with the dequant epilogue fused, by s8 wgmma where it applies.
+
+    Same arguments and results as `fp8mm.pallas.int8.int8_linear_matmul_dequant`,
+    bit for bit; runs that Triton kernel when `wgmma_reason` names a reason
+    (or when interpreting: Mosaic GPU kernels run only compiled).
+
+    Args:
+      A: int8 [..., k].
+      B: int8 [n, k].
+      row_stats: float [...] (one per row of A).
+      col_stats: float [n].
+      bias: optional [n]; float16 is fused into the rounding, any other dtype is
+        added to the float16 result.
+      out_dtype: float16 (default), bfloat16 or float32: the float16 result cast.
+      interpret: run the Triton kernel in Pallas interpret mode (CPU).
+
+    Returns:
+      out_dtype [..., n].
+    """
+    int8._check_matmul(A, B)
+    out_shape = (*A.shape[:-1], B.shape[0])
+    int8._check_dequant_args(out_shape, row_stats, col_stats, bias)
+    out_dtype = _checks.check_out_dtype(out_dtype)
+    m, k, n = math.prod(A.shape[:-1]), A.shape[-1], B.shape[0]
+    if interpret or wgmma_reason(m, n, k) is not None:
+        return int8.int8_linear_matmul_dequant(
+            A, B, row_stats, col_stats, bias, out_dtype, interpret=interpret
+        )
+    out = _matmul_dequant_2d(
+        A.reshape(m, k),
+        B,
+        row_stats.reshape(-1).astype(_F32),
+        col_stats.astype(_F32),
+        None if bias is None else bias.astype(_F32),
+        bias_mode=int8._bias_mode(bias),
+        out_dtype=out_dtype,
+        cfg=choose_config(m, n, k),
+        num_sms=_device().core_count,
+    )
+    return out.reshape(out_shape)
+
+
+KERNELS: dict[str, Kernel] = {
+    "int8_linear_matmul_dequant": Kernel(
+        int8_linear_matmul_dequant, int8.KERNELS["int8_linear_matmul_dequant"].unsupported
+    ),
+}

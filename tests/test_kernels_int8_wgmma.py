@@ -1,0 +1,118 @@
+"""The Mosaic GPU wgmma int8 matmul (fp8mm.pallas.int8_wgmma).
+
+Mosaic GPU kernels run only compiled, so on the CPU the kernel is traced and
+lowered for CUDA (every bias mode and output dtype: catches tracing, layout and
+lowering errors) and the dispatch rules are checked; on a Hopper GPU it is
+compared with the Triton kernel (bit for bit without a bias) and with the CPU
+reference (within one float16 ulp, as the Triton kernel is).
+"""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fp8mm import reference
+from fp8mm.pallas import KERNELS
+from fp8mm.pallas import int8 as k8
+from fp8mm.pallas import int8_wgmma as wg
+from tests.test_kernels_int8 import _bias, _int8, _stats, assert_equal, assert_within_ulp, ref
+
+ON_HOPPER = wg.wgmma_reason(128, 256, 128) is None
+hopper_only = pytest.mark.skipif(not ON_HOPPER, reason="s8 wgmma runs on a Hopper GPU only")
+
+MODES = [(None, jnp.bfloat16), (None, jnp.float16), (jnp.float16, jnp.float16)]
+MODES += [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16)]
+
+
+def _spec(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+@pytest.mark.skipif(wg.plgpu is None, reason="this jaxlib has no Mosaic GPU")
+@pytest.mark.parametrize(("bias_dtype", "out_dtype"), MODES)
+def test_lowers_for_cuda(bias_dtype, out_dtype):
+    m, n, k = 256, 512, 384
+    bias = None if bias_dtype is None else _spec((n,), jnp.float32)
+    bias_mode = k8._bias_mode(None if bias_dtype is None else jnp.zeros((n,), bias_dtype))
+    lowered = wg._matmul_dequant_2d.trace(
+        _spec((m, k), jnp.int8),
+        _spec((n, k), jnp.int8),
+        _spec((m,), jnp.float32),
+        _spec((n,), jnp.float32),
+        bias,
+        bias_mode=bias_mode,
+        out_dtype=np.dtype(out_dtype),
+        cfg=wg.WgmmaConfig(),
+        num_sms=132,
+    ).lower(lowering_platforms=("cuda",))
+    assert "mosaic_gpu" in lowered.as_text()
+    assert lowered.out_info.shape == (m, n) and lowered.out_info.dtype == out_dtype
+
+
+def test_dispatch_rules(monkeypatch):
+    assert KERNELS["int8_linear_matmul_dequant"].fn is wg.int8_linear_matmul_dequant
+    if not ON_HOPPER:
+        assert wg.wgmma_reason(128, 256, 128) is not None
+    hopper = types.SimpleNamespace(compute_capability="9.0", core_count=132)
+    monkeypatch.setattr(wg, "_device", lambda: hopper)
+    if wg.plgpu is not None:
+        assert wg.wgmma_reason(128, 256, 128) is None
+        assert wg.wgmma_reason(8192, 16384, 4096) is None
+        for m, n, k, bad in [
+            (100, 256, 128, "m=100"),
+            (128, 128, 128, "n=128"),
+            (128, 256, 64, "k=64"),
+        ]:
+            assert bad in wg.wgmma_reason(m, n, k)
+        assert "m=0" in wg.wgmma_reason(0, 256, 128)
+    blackwell = types.SimpleNamespace(compute_capability="10.0", core_count=148)
+    monkeypatch.setattr(wg, "_device", lambda: blackwell)
+    assert "Hopper" in wg.wgmma_reason(128, 256, 128)
+
+
+def test_falls_back_and_validates():
+    """Interpreted (or off Hopper) the Triton kernel answers; bad input fails before dispatch."""
+    A, B = _int8((3, 70), 1), _int8((33, 70), 2)
+    row, col = _stats(3, 5), _stats(33, 6)
+    got = wg.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16, interpret=True)
+    want = k8.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16, interpret=True)
+    assert_equal(got, want)
+    with pytest.raises(TypeError, match="int8"):
+        wg.int8_linear_matmul_dequant(A.astype(jnp.int32), B, row, col, interpret=True)
+    with pytest.raises(ValueError, match="row_stats"):
+        wg.int8_linear_matmul_dequant(A, B, col, col, interpret=True)
+    with pytest.raises((TypeError, ValueError), match="out_dtype"):
+        wg.int8_linear_matmul_dequant(A, B, row, col, None, jnp.int8, interpret=True)
+
+
+@hopper_only
+@pytest.mark.parametrize(("bias_dtype", "out_dtype"), MODES)
+@pytest.mark.parametrize(("a_shape", "n"), [((256, 384), 512), ((2, 384, 1024), 768)])
+def test_matches_triton_and_reference(bias_dtype, out_dtype, a_shape, n):
+    k = a_shape[-1]
+    A, B = _int8(a_shape, 1), _int8((n, k), 2)
+    row = _stats(int(np.prod(a_shape[:-1])), 3).reshape(a_shape[:-1])
+    col, bias = _stats(n, 4) / 64, _bias(n, bias_dtype)
+    got = wg.int8_linear_matmul_dequant(A, B, row, col, bias, out_dtype)
+    if bias is None:
+        tri = k8.int8_linear_matmul_dequant(A, B, row, col, bias, out_dtype)
+        assert_equal(got, tri)
+    want = ref(reference.int8_linear_matmul_dequant, A, B, row, col, bias).astype(out_dtype)
+    ulp_dtype = jnp.bfloat16 if out_dtype == jnp.bfloat16 else jnp.float16
+    assert_within_ulp(got, want, ulp_dtype, bias)
+
+
+@hopper_only
+def test_large_matches_triton():
+    m, n, k = 4096, 4096, 4096
+    A, B = _int8((m, k), 1), _int8((n, k), 2)
+    row, col = _stats(m, 3), _stats(n, 4) / 64
+    assert_equal(
+        wg.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16),
+        k8.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16),
+    )
