@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python -m benchmarks.sweep [section ...]
 
-Sections: codebook, rowquant, ops, mm (default: all).
+Sections: codebook, rowquant, ops, mm (default: all; mm includes the wgmma kernel).
 
 Codebook tile configs (blockwise 4096/256, global), the single-pass int8 row
 quantization, the ops beside a bf16 linear (time and compiled peak memory) and
@@ -24,6 +24,7 @@ import fp8mm
 from benchmarks.common import TimingConfig, jax_sync, time_calls
 from fp8mm.pallas import codebook as cb
 from fp8mm.pallas import int8 as k8
+from fp8mm.pallas import int8_wgmma as wg
 
 OUT = os.environ.get("OUT", "/tmp")
 SECTIONS = set(sys.argv[1:]) or {"codebook", "rowquant", "ops", "mm"}
@@ -204,4 +205,30 @@ for m, n, kk in [(4096, 16384, 4096), (8192, 4096, 4096)] if "mm" in SECTIONS el
             rec(case=f"mm {m}x{n}x{kk} cfg={c}", tops=ops / t / 1e12, vs_xla_int8=tx / t)
         except Exception as e:
             rec(case=f"mm {m}x{n}x{kk} cfg={c}", error=repr(e)[:200])
+    # The Mosaic GPU s8 wgmma kernel (Hopper only), fused dequant and int32 output.
+    for c in [(3, 8, True), (4, 8, True), (2, 8, True), (3, 16, True), (3, 8, False)]:
+        cfg = wg.WgmmaConfig(stages=c[0], snake_width=c[1])
+        name = f"mm-wgmma {m}x{n}x{kk} stages={c[0]} snake={c[1]} dequant={c[2]}"
+        try:
+            t, _ = tm(
+                lambda a, b, r_, c_, cfg=cfg, dq=c[2]: wg._matmul_2d(
+                    a,
+                    b,
+                    r_ if dq else None,
+                    c_ if dq else None,
+                    None,
+                    dequant=dq,
+                    bias_mode=None,
+                    out_dtype=jnp.bfloat16 if dq else None,
+                    cfg=cfg,
+                    num_sms=jax.devices()[0].core_count,
+                ),
+                A8,
+                B8,
+                rs,
+                cs,
+            )
+            rec(case=name, tops=ops / t / 1e12, vs_xla_int8=tx / t)
+        except Exception as e:
+            rec(case=name, error=repr(e)[:200])
 json.dump(rows, open(f"{OUT}/sweep.json", "w"), indent=1)

@@ -34,19 +34,21 @@ def _spec(shape, dtype):
 
 
 @pytest.mark.skipif(wg.plgpu is None, reason="this jaxlib has no Mosaic GPU")
-@pytest.mark.parametrize(("bias_dtype", "out_dtype"), MODES)
+@pytest.mark.parametrize(("bias_dtype", "out_dtype"), [*MODES, ("int32", jnp.int32)])
 def test_lowers_for_cuda(bias_dtype, out_dtype):
     m, n, k = 256, 512, 384
-    bias = None if bias_dtype is None else _spec((n,), jnp.float32)
-    bias_mode = k8._bias_mode(None if bias_dtype is None else jnp.zeros((n,), bias_dtype))
-    lowered = wg._matmul_dequant_2d.trace(
+    dequant = out_dtype != jnp.int32
+    bias = None if bias_dtype in (None, "int32") else _spec((n,), jnp.float32)
+    bias_mode = None if bias is None else k8._bias_mode(jnp.zeros((n,), bias_dtype))
+    stats = (_spec((m,), jnp.float32), _spec((n,), jnp.float32)) if dequant else (None, None)
+    lowered = wg._matmul_2d.trace(
         _spec((m, k), jnp.int8),
         _spec((n, k), jnp.int8),
-        _spec((m,), jnp.float32),
-        _spec((n,), jnp.float32),
+        *stats,
         bias,
+        dequant=dequant,
         bias_mode=bias_mode,
-        out_dtype=np.dtype(out_dtype),
+        out_dtype=np.dtype(out_dtype) if dequant else None,
         cfg=wg.WgmmaConfig(),
         num_sms=132,
     ).lower(lowering_platforms=("cuda",))
@@ -56,6 +58,7 @@ def test_lowers_for_cuda(bias_dtype, out_dtype):
 
 def test_dispatch_rules(monkeypatch):
     assert KERNELS["int8_linear_matmul_dequant"].fn is wg.int8_linear_matmul_dequant
+    assert KERNELS["int8_linear_matmul"].fn is wg.int8_linear_matmul
     if not ON_HOPPER:
         assert wg.wgmma_reason(128, 256, 128) is not None
     hopper = types.SimpleNamespace(compute_capability="9.0", core_count=132)
@@ -82,6 +85,11 @@ def test_falls_back_and_validates():
     got = wg.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16, interpret=True)
     want = k8.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16, interpret=True)
     assert_equal(got, want)
+    assert_equal(
+        wg.int8_linear_matmul(A, B, interpret=True), k8.int8_linear_matmul(A, B, interpret=True)
+    )
+    with pytest.raises(TypeError, match="int8"):
+        wg.int8_linear_matmul(A, B.astype(jnp.float16), interpret=True)
     with pytest.raises(TypeError, match="int8"):
         wg.int8_linear_matmul_dequant(A.astype(jnp.int32), B, row, col, interpret=True)
     with pytest.raises(ValueError, match="row_stats"):
@@ -108,9 +116,17 @@ def test_matches_triton_and_reference(bias_dtype, out_dtype, a_shape, n):
 
 
 @hopper_only
+@pytest.mark.parametrize(("a_shape", "n"), [((256, 384), 512), ((2, 384, 1024), 768)])
+def test_int32_product_is_exact(a_shape, n):
+    A, B = _int8(a_shape, 1), _int8((n, a_shape[-1]), 2)
+    assert_equal(wg.int8_linear_matmul(A, B), ref(reference.int8_linear_matmul, A, B))
+
+
+@hopper_only
 def test_large_matches_triton():
     m, n, k = 4096, 4096, 4096
     A, B = _int8((m, k), 1), _int8((n, k), 2)
+    assert_equal(wg.int8_linear_matmul(A, B), ref(reference.int8_linear_matmul, A, B))
     row, col = _stats(m, 3), _stats(n, 4) / 64
     assert_equal(
         wg.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16),

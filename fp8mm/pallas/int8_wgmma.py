@@ -1,10 +1,11 @@
-"""int8 matmul with fused dequant as a Pallas Mosaic GPU kernel: s8 wgmma on Hopper.
+"""int8 matmul (int32, or with fused dequant) as a Pallas Mosaic GPU kernel: s8 wgmma.
 
-`int8_linear_matmul_dequant` here has the signature and results of its namesake
-in `fp8mm.pallas.int8` (the Pallas-Triton kernel) and replaces it in the kernel
-registry: on a Hopper GPU (compute capability 9.x), for shapes that fill its
-tiles (rows a multiple of 128, output columns of 256, k of 128), it runs this
-kernel; everywhere else (interpret mode, other GPUs, ragged shapes) the Triton one.
+`int8_linear_matmul` and `int8_linear_matmul_dequant` here have the signatures
+and results of their namesakes in `fp8mm.pallas.int8` (the Pallas-Triton
+kernels) and replace them in the kernel registry: on a Hopper GPU (compute
+capability 9.x), for shapes that fill the tiles (rows a multiple of 128, output
+columns of 256, k of 128), they run this kernel; everywhere else (interpret
+mode, other GPUs, ragged shapes) the Triton ones.
 
 Structure (after JAX's `pallas/ops/gpu/hopper_matmul_mgpu.py`): a persistent grid
 of one program per SM walks the 128x256 output tiles in a planar snake; in each
@@ -14,7 +15,8 @@ warpgroups each run s8 wgmma into a 128x128 int32 accumulator in registers.
 8-bit wgmma reads both operands K-major, so B's tile stays [n, k] in shared
 memory and reaches the wgmma as a transposed view. The epilogue is
 `int8._dequant_math` on the accumulator (the same products in the same order,
-then the float16 rounding), stored through shared memory by TMA in 64x64 pieces.
+then the float16 rounding), or none for the int32 product, stored through shared
+memory by TMA in 64x64 pieces.
 
 Measured on an H200 (benchmarks/NOTES.md, session 4), bf16 output, against XLA's
 plain int8 dot (int32 output) of the same shape: 1.01-1.08x its throughput at
@@ -43,7 +45,14 @@ try:  # Mosaic GPU ships with jaxlib; a build without it keeps the Triton kernel
 except ImportError:  # pragma: no cover - depends on the jaxlib build
     plgpu = None
 
-__all__ = ["KERNELS", "WgmmaConfig", "choose_config", "int8_linear_matmul_dequant", "wgmma_reason"]
+__all__ = [
+    "KERNELS",
+    "WgmmaConfig",
+    "choose_config",
+    "int8_linear_matmul",
+    "int8_linear_matmul_dequant",
+    "wgmma_reason",
+]
 
 _F32 = jnp.float32
 
@@ -112,11 +121,13 @@ def _load_vector(ref, layout):
     return plgpu.load(ref, layout=layout, optimized=False)
 
 
-def _kernel(a_gmem, b_gmem, row_gmem, col_gmem, *rest, m, n, k, cfg, bias_mode, out_dtype):
-    if bias_mode is None:
-        bias_gmem, out_gmem, out_smem = None, *rest
-    else:
-        bias_gmem, out_gmem, out_smem = rest
+def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype):
+    row_gmem = col_gmem = bias_gmem = None
+    if dequant:
+        row_gmem, col_gmem, *rest = rest
+    if bias_mode is not None:
+        bias_gmem, *rest = rest
+    out_gmem, out_smem = rest
     tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
     grid_m, grid_n = m // tm, n // cfg.block_n
     transforms = (plgpu.TilingTransform((8, tk)), plgpu.SwizzleTransform(tk))
@@ -163,22 +174,24 @@ def _kernel(a_gmem, b_gmem, row_gmem, col_gmem, *rest, m, n, k, cfg, bias_mode, 
                 @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, tn), jnp.int32))
                 def _acc_scope(acc_ref):
                     run_pipeline(acc_ref)
-                    row_layout = plgpu.Layout.WGMMA.reduce(1)
-                    col_layout = plgpu.Layout.WGMMA.reduce(0)
-                    row = lax.broadcast_in_dim(
-                        _load_vector(row_gmem.at[rows], row_layout), (tm, tn), [0]
-                    )
-                    col = lax.broadcast_in_dim(
-                        _load_vector(col_gmem.at[cols], col_layout), (tm, tn), [1]
-                    )
-                    bias = None
-                    if bias_gmem is not None:
-                        bias = lax.broadcast_in_dim(
-                            _load_vector(bias_gmem.at[cols], col_layout), (tm, tn), [1]
+                    out = acc_ref[...]
+                    if dequant:
+                        row_layout = plgpu.Layout.WGMMA.reduce(1)
+                        col_layout = plgpu.Layout.WGMMA.reduce(0)
+                        row = lax.broadcast_in_dim(
+                            _load_vector(row_gmem.at[rows], row_layout), (tm, tn), [0]
                         )
-                    out = int8._dequant_math(
-                        acc_ref[...], row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype
-                    )
+                        col = lax.broadcast_in_dim(
+                            _load_vector(col_gmem.at[cols], col_layout), (tm, tn), [1]
+                        )
+                        bias = None
+                        if bias_gmem is not None:
+                            bias = lax.broadcast_in_dim(
+                                _load_vector(bias_gmem.at[cols], col_layout), (tm, tn), [1]
+                            )
+                        out = int8._dequant_math(
+                            out, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype
+                        )
                     # The previous tile's stores must have read their slots.
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                     for p in range((tm // cfg.epi_m) * n_epi_n):
@@ -206,8 +219,10 @@ def _kernel(a_gmem, b_gmem, row_gmem, col_gmem, *rest, m, n, k, cfg, bias_mode, 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
-@functools.partial(jax.jit, static_argnames=("bias_mode", "out_dtype", "cfg", "num_sms"))
-def _matmul_dequant_2d(a, b, row, col, bias, *, bias_mode, out_dtype, cfg, num_sms):
+@functools.partial(jax.jit, static_argnames=("dequant", "bias_mode", "out_dtype", "cfg", "num_sms"))
+def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_sms):
+    """[m, n] product of a [m, k] and b [n, k]: int32, or dequantized to out_dtype."""
+    out_dtype = out_dtype if dequant else np.dtype(np.int32)
     m, k = a.shape
     n = b.shape[0]
     out_bytes = np.dtype(out_dtype).itemsize
@@ -218,7 +233,7 @@ def _matmul_dequant_2d(a, b, row, col, bias, *, bias_mode, out_dtype, cfg, num_s
     )
     slots = min(2, (cfg.tile_m // cfg.epi_m) * (cfg.tile_n // cfg.epi_n))
     kernel = functools.partial(
-        _kernel, m=m, n=n, k=k, cfg=cfg, bias_mode=bias_mode, out_dtype=out_dtype
+        _kernel, m=m, n=n, k=k, cfg=cfg, dequant=dequant, bias_mode=bias_mode, out_dtype=out_dtype
     )
     call = plgpu.kernel(
         kernel,
@@ -231,10 +246,44 @@ def _matmul_dequant_2d(a, b, row, col, bias, *, bias_mode, out_dtype, cfg, num_s
             plgpu.SMEM((2, slots, cfg.epi_m, cfg.epi_n), out_dtype, transforms=out_transforms)
         ],
     )
-    args = (a, b, row, col) + (() if bias_mode is None else (bias,))
+    args = (a, b) + ((row, col) if dequant else ()) + (() if bias_mode is None else (bias,))
     # plgpu.kernel takes no name=; the scope names the kernel in profiles and HLO.
-    with jax.named_scope("fp8mm_int8_linear_matmul_dequant_wgmma"):
+    name = "fp8mm_int8_linear_matmul_dequant_wgmma" if dequant else "fp8mm_int8_linear_matmul_wgmma"
+    with jax.named_scope(name):
         return call(*args)
+
+
+def int8_linear_matmul(A: jax.Array, B: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Exact int8 product A @ Bᵀ in int32, by s8 wgmma where it applies.
+
+    Same arguments and results as `fp8mm.pallas.int8.int8_linear_matmul`, which
+    runs when `wgmma_reason` names a reason or when interpreting.
+
+    Args:
+      A: int8 [..., k].
+      B: int8 [n, k] (Linear layout).
+      interpret: run the Triton kernel in Pallas interpret mode (CPU).
+
+    Returns:
+      int32 [..., n].
+    """
+    int8._check_matmul(A, B)
+    m, k, n = math.prod(A.shape[:-1]), A.shape[-1], B.shape[0]
+    if interpret or wgmma_reason(m, n, k) is not None:
+        return int8.int8_linear_matmul(A, B, interpret=interpret)
+    out = _matmul_2d(
+        A.reshape(m, k),
+        B,
+        None,
+        None,
+        None,
+        dequant=False,
+        bias_mode=None,
+        out_dtype=None,
+        cfg=choose_config(m, n, k),
+        num_sms=_device().core_count,
+    )
+    return out.reshape(*A.shape[:-1], n)
 
 
 def int8_linear_matmul_dequant(
@@ -275,12 +324,13 @@ def int8_linear_matmul_dequant(
         return int8.int8_linear_matmul_dequant(
             A, B, row_stats, col_stats, bias, out_dtype, interpret=interpret
         )
-    out = _matmul_dequant_2d(
+    out = _matmul_2d(
         A.reshape(m, k),
         B,
         row_stats.reshape(-1).astype(_F32),
         col_stats.astype(_F32),
         None if bias is None else bias.astype(_F32),
+        dequant=True,
         bias_mode=int8._bias_mode(bias),
         out_dtype=out_dtype,
         cfg=choose_config(m, n, k),
@@ -290,7 +340,9 @@ def int8_linear_matmul_dequant(
 
 
 KERNELS: dict[str, Kernel] = {
-    "int8_linear_matmul_dequant": Kernel(
-        int8_linear_matmul_dequant, int8.KERNELS["int8_linear_matmul_dequant"].unsupported
-    ),
+    name: Kernel(fn, int8.KERNELS[name].unsupported)
+    for name, fn in (
+        ("int8_linear_matmul", int8_linear_matmul),
+        ("int8_linear_matmul_dequant", int8_linear_matmul_dequant),
+    )
 }
