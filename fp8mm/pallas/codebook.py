@@ -118,11 +118,13 @@ class TileConfig:
 def choose_tiles(blocksize: int | None, fake: bool = False) -> TileConfig:
     """Tile heuristic for every kernel of this module.
 
-    Measured on an H200 (bf16, e4m3, 8192x16384 and 16384x4096, session 3 of
-    benchmarks/NOTES.md): one 4096-block a program with 8 warps (16 elements a
-    thread) for both kinds; small blocks 2048 elements with 4 warps when
-    quantizing, but 4096 with 8 warps when fake-quantizing (0.79-0.80x copy
-    against 0.74-0.76x); global quantization is flat across tilings.
+    Measured on an H200 (bf16, e4m3, 8192x16384, 16384x4096 and 8192x4096,
+    sessions 3 and 4 of benchmarks/NOTES.md): quantizing, one 4096-block a
+    program with 8 warps (16 elements a thread), small blocks 2048 elements with
+    4 warps; fake-quantizing, 4096 elements a program on 4 warps (32 a thread)
+    whatever the blocksize (4096 on 8 warps, session 3's choice, was 0-3.6%
+    slower after NaN folding; 2048 elements 1-3% slower); global quantization
+    is flat across tilings.
 
     Args:
       blocksize: the quantization blocksize, or None for global quantization
@@ -131,7 +133,8 @@ def choose_tiles(blocksize: int | None, fake: bool = False) -> TileConfig:
     """
     cols = 1024 if blocksize is None else blocksize
     size = max(cols, 4096 if fake and blocksize is not None else 2048)
-    return TileConfig(rows=size // cols, cols=cols, num_warps=max(4, size // 512))
+    warps = 4 if fake and blocksize is not None else max(4, size // 512)
+    return TileConfig(rows=size // cols, cols=cols, num_warps=warps)
 
 
 # ----------------------------------------------------------------------------
