@@ -23,9 +23,7 @@ import os
 from collections.abc import Iterator
 from typing import Literal
 
-import jax
-
-from fp8mm import reference
+from fp8mm import _host, reference
 
 __all__ = ["Impl", "call", "default_implementation", "resolve", "use_implementation"]
 
@@ -94,7 +92,13 @@ def use_implementation(implementation: Impl) -> Iterator[None]:
 
 
 def on_gpu() -> bool:
-    return jax.default_backend() in ("gpu", "cuda", "rocm")
+    """Whether computations traced now land on a GPU (a `jax.default_device` context counts).
+
+    Under `jax.default_device(cpu)` on a GPU machine the automatic choice is XLA
+    and an explicit "pallas" runs interpreted: a compiled GPU kernel cannot run
+    on the CPU device.
+    """
+    return _host.platform() in ("gpu", "cuda", "rocm")
 
 
 def _kernel(name: str):

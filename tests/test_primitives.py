@@ -310,6 +310,24 @@ def test_implementation_context_and_env(monkeypatch):
         fp8mm.default_implementation()
 
 
+def test_cpu_default_device_runs_cpu_paths():
+    """Under jax.default_device(cpu) the automatic choice is XLA and "pallas" interprets.
+
+    On a GPU machine this is what keeps compiled GPU kernels off the CPU device.
+    """
+    from fp8mm import dispatch
+
+    A = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64)), jnp.float32)
+    code = fp8mm.e4m3_code()
+    with jax.default_device(jax.devices("cpu")[0]):
+        assert not dispatch.on_gpu()
+        args = (A, code, 64)
+        assert dispatch.resolve("quantize_blockwise", None, *args) == "xla"
+        q, _ = fp8mm.quantize_blockwise(A, code, 64, implementation="pallas")
+        q_ref, _ = fp8mm.quantize_blockwise(A, code, 64, implementation="xla")
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(q_ref))
+
+
 def test_reference_matches_argmin_away_from_ties():
     x = jnp.linspace(-1, 1, 20001, dtype=jnp.float32)
     q = np.asarray(ref.nearest_code(x, CODE))
