@@ -12,6 +12,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from fp8mm import _host
+
 FLOAT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 VALID_BLOCKSIZES = tuple(2**i for i in range(5, 13))  # 32 ... 4096
 
@@ -55,6 +57,12 @@ def check_code(code) -> None:
         raise ValueError(f"code must have shape (256,), got {tuple(code.shape)}")
     if dtype_of(code) != np.dtype(np.float32):
         raise TypeError(f"code must be float32, got dtype {code.dtype}")
+    # Only a concrete code can be checked; a NaN or inf entry breaks the sorted
+    # midpoint model that every implementation relies on.
+    host = _host.concrete_float32(code)
+    if host is not None and not np.all(np.isfinite(host)):
+        bad = int(np.flatnonzero(~np.isfinite(host))[0])
+        raise ValueError(f"code must be finite, got {host[bad]} at index {bad}")
 
 
 def check_blocksize(blocksize) -> int:

@@ -239,7 +239,7 @@ def test_bucket_table_counts_every_midpoint(shift):
 
 
 # float32 bit patterns around the infinities: +-inf, the first and last NaN of
-# +inf's bucket (signalling, unreachable through arithmetic, which quiets them),
+# +inf's coarse bucket (signalling, unreachable through arithmetic, which quiets them),
 # quiet NaNs of both signs and the largest finite floats.
 _SPECIAL_BITS = np.array(
     [
@@ -273,15 +273,23 @@ def test_nan_folded_into_the_table(name):
     want = np.asarray(reference.bnb_search(x, jnp.asarray(code)))
     np.testing.assert_array_equal(idx & 255, want)
     assert set(np.unique(idx[np.isnan(np.asarray(x))])) <= {0, 256}
+    # Only +inf's bucket and the NaN buckets above it differ from the plain table.
+    with jax.ensure_compile_time_eval():
+        plain = np.asarray(cb._bucket_table(code, lookup.shift, fold_nan=False))
+    inf = cb._inf_bucket(lookup.shift)
+    np.testing.assert_array_equal(table[:inf], plain[:inf])
+    assert table[inf] == 255 | 1 << 8 and plain[inf] & 255 == 255
+    assert np.all(table[inf + 1 :] == (1 << lookup.shift) << 8)
 
 
-@pytest.mark.parametrize("top", [np.inf, np.float32(3e38)])
-def test_unfoldable_code_keeps_the_nan_test(top):
-    """A code with a non-finite midpoint (an inf entry, or two that overflow) is not folded."""
+def test_unfoldable_code_keeps_the_nan_test():
+    """A code whose top two entries overflow their midpoint is not folded."""
     code = np.sort(np.random.default_rng(9).uniform(-1, 1, 256)).astype(np.float32)
-    code[-2:] = [np.float32(2.5e38), top]
+    code[-2:] = [np.float32(2.5e38), np.float32(3e38)]
     table, lookup = cb._table_for(code)
     assert not lookup.nan_folded
+    with pytest.raises(ValueError, match="finite"):
+        cb._bucket_table(code, cb._COARSE, fold_nan=True)
     x = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.5, 3e38, -1.0, 0.0], np.float32)
     X = jnp.asarray(np.tile(x, 8).reshape(1, -1))
     want = ref("quantize", X, jnp.asarray(code))[0]
@@ -417,6 +425,11 @@ def test_argument_validation():
         cb.quantize(A, code[:128])
     with pytest.raises(TypeError, match="code"):
         cb.fake_quant_global(A, code.astype(jnp.float16))
+    for bad_value in (np.inf, np.nan):
+        bad = np.array(E4M3)
+        bad[-1] = bad_value
+        with pytest.raises(ValueError, match=r"finite.*index 255"):
+            cb.quantize_blockwise(A, bad, 64)
     q = jnp.zeros((4, 8), jnp.uint8)
     blockwise = QuantState(jnp.ones((1,)), code, 64, jnp.float32, (4, 8))
     with pytest.raises(ValueError, match="shape"):

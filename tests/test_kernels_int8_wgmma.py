@@ -73,9 +73,16 @@ def test_dispatch_rules(monkeypatch):
         ]:
             assert bad in wg.wgmma_reason(m, n, k)
         assert "m=0" in wg.wgmma_reason(0, 256, 128)
+        assert "shared memory" in wg.wgmma_reason(128, 256, 128, wg.WgmmaConfig(stages=6))
     blackwell = types.SimpleNamespace(compute_capability="10.0", core_count=148)
     monkeypatch.setattr(wg, "_device", lambda: blackwell)
     assert "Hopper" in wg.wgmma_reason(128, 256, 128)
+
+
+@pytest.mark.parametrize("bad", [{"tile_k": 64}, {"tile_m": 96}, {"epi_n": 48}, {"stages": 0}])
+def test_config_validation(bad):
+    with pytest.raises(ValueError):
+        wg.WgmmaConfig(**bad)
 
 
 def test_falls_back_and_validates():

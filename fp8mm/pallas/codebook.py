@@ -168,14 +168,22 @@ def _inf_bucket(shift: int) -> int:
     return 0xFF800000 >> shift
 
 
+def _midpoints_finite(code: np.ndarray) -> bool:
+    """Whether NaN can be folded into the table: every float32 midpoint finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.all(np.isfinite((code[:-1] + code[1:]) * np.float32(0.5))))
+
+
 def _bucket_table(
     code: jax.Array | np.ndarray, shift: int = _COARSE, fold_nan: bool = False
 ) -> jax.Array:
     """int32 [_num_buckets(shift)]: base | offset << 8 | _CROWDED (see the module docstring).
 
-    With `fold_nan` (only for codes whose midpoints are all finite, so +inf's
+    With `fold_nan` (a concrete code whose midpoints are all finite, so +inf's
     bucket has base 255 and no midpoint) NaN keys look up 0 or 256.
     """
+    if fold_nan and not _midpoints_finite(np.asarray(code, np.float32)):
+        raise ValueError("NaN folding needs a code whose midpoints are all finite")
     num_buckets = _num_buckets(shift)
     code = jnp.asarray(code, jnp.float32)
     mids = (code[:-1] + code[1:]) * np.float32(0.5)
@@ -261,8 +269,7 @@ class _Lookup:
 def _host_table(code_bytes: bytes, backend: str) -> tuple[np.ndarray, _Lookup]:
     del backend  # part of the key: built on that platform, with its float semantics
     code = np.frombuffer(code_bytes, np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        fold = bool(np.all(np.isfinite((code[:-1] + code[1:]) * np.float32(0.5))))
+    fold = _midpoints_finite(code)
     with jax.ensure_compile_time_eval():
         table = np.asarray(_bucket_table(code, _COARSE, fold))
         if np.any(table >= _CROWDED):

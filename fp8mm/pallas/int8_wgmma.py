@@ -21,7 +21,9 @@ memory by TMA in 64x64 pieces.
 Measured on an H200 (benchmarks/NOTES.md, session 4), bf16 output, against XLA's
 plain int8 dot (int32 output) of the same shape: 1.01-1.08x its throughput at
 8192x4096x4096, 8192x16384x4096 and 16384x4096x4096, and 1.10-1.16x the Triton kernel.
-Exact: the int32 sums are exact and the epilogue rounds as the Triton kernel does.
+Exact: the int32 sums are exact and, without a bias, the epilogue rounds as the
+Triton kernel does (tested bit for bit); with a bias both stay within one float16
+ulp of the reference (either compiler may contract the fused bias add into an FMA).
 """
 
 from __future__ import annotations
@@ -80,9 +82,22 @@ class WgmmaConfig:
     epi_m: int = 64
     epi_n: int = 64
 
+    def __post_init__(self):
+        if self.tile_k != 128:
+            raise ValueError(f"tile_k must be 128 (the 128-byte swizzle), got {self.tile_k}")
+        if self.tile_m % 64 or self.tile_n % 64 or self.stages < 1:
+            raise ValueError(f"tiles must be multiples of 64 and stages >= 1, got {self}")
+        if self.tile_m % self.epi_m or self.tile_n % self.epi_n:
+            raise ValueError(f"the epilogue pieces must divide the tile, got {self}")
+
     @property
     def block_n(self) -> int:
         return 2 * self.tile_n
+
+    def smem_bytes(self, out_bytes: int) -> int:
+        """Shared memory: the operand slots plus two double-buffered epilogue pieces."""
+        operands = self.stages * (self.tile_m + self.block_n) * self.tile_k
+        return operands + 2 * 2 * self.epi_m * self.epi_n * out_bytes
 
 
 def choose_config(m: int, n: int, k: int) -> WgmmaConfig:
@@ -96,12 +111,18 @@ def choose_config(m: int, n: int, k: int) -> WgmmaConfig:
     return WgmmaConfig()
 
 
+# Hopper's shared memory per block (227 KiB).
+_SMEM_LIMIT = 227 * 1024
+
+
 def _device():
-    return jax.devices()[0]
+    """The GPU computations land on: a `jax.default_device` GPU, else the first local one."""
+    device = jax.config.jax_default_device
+    return device if hasattr(device, "compute_capability") else jax.local_devices()[0]
 
 
 def wgmma_reason(m: int, n: int, k: int, cfg: WgmmaConfig | None = None) -> str | None:
-    """None when this kernel serves an [m, k] x [n, k] product on the default device, else why."""
+    """None when this kernel serves an [m, k] x [n, k] product on `_device()`, else why."""
     cfg = cfg or choose_config(m, n, k)
     if plgpu is None:
         return "jax.experimental.pallas.mosaic_gpu is not available"
@@ -111,17 +132,27 @@ def wgmma_reason(m: int, n: int, k: int, cfg: WgmmaConfig | None = None) -> str 
     for name, size, tile in (("m", m, cfg.tile_m), ("n", n, cfg.block_n), ("k", k, cfg.tile_k)):
         if size == 0 or size % tile:
             return f"{name}={size} is not a positive multiple of the {tile}-wide tile"
+    if cfg.smem_bytes(4) > _SMEM_LIMIT:
+        return f"{cfg} needs {cfg.smem_bytes(4)} bytes of shared memory (> {_SMEM_LIMIT})"
     return None
 
 
 def _load_vector(ref, layout):
     # jax 0.11 deprecates plgpu.load's index argument, which 0.10 requires.
-    if inspect.signature(plgpu.load).parameters["idx"].default is inspect.Parameter.empty:
+    idx = inspect.signature(plgpu.load).parameters.get("idx")
+    if idx is not None and idx.default is inspect.Parameter.empty:
         return plgpu.load(ref, (), layout=layout, optimized=False)
     return plgpu.load(ref, layout=layout, optimized=False)
 
 
 def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype):
+    """One persistent program: loops over its output tiles (see the module docstring).
+
+    Refs: a_gmem int8 [m, k], b_gmem int8 [n, k], then (dequant) row_gmem f32 [m],
+    col_gmem f32 [n], (bias) bias_gmem f32 [n], then out_gmem [m, n] (out_dtype,
+    int32 without dequant) and out_smem [2, slots, epi_m, epi_n] (the epilogue
+    buffers of the two consumer warpgroups).
+    """
     row_gmem = col_gmem = bias_gmem = None
     if dequant:
         row_gmem, col_gmem, *rest = rest
@@ -164,6 +195,7 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype):
 
         @plgpu.nd_loop((grid_m * grid_n,), collective_axes="sm")
         def _tile_loop(info):
+            # jax 0.10 passes the index tuple, 0.11 an NDLoopInfo holding it.
             (tile,) = getattr(info, "index", info)
             i, j = plgpu.planar_snake(tile, (grid_m, grid_n), 0, cfg.snake_width)
             rows = pl.ds(i * tm, tm)
