@@ -94,10 +94,15 @@ class WgmmaConfig:
     def block_n(self) -> int:
         return 2 * self.tile_n
 
+    @property
+    def epilogue_slots(self) -> int:
+        """Epilogue buffers per warpgroup: two, unless the tile is one piece."""
+        return min(2, (self.tile_m // self.epi_m) * (self.tile_n // self.epi_n))
+
     def smem_bytes(self, out_bytes: int) -> int:
-        """Shared memory: the operand slots plus two double-buffered epilogue pieces."""
+        """Shared memory: the operand slots plus both warpgroups' epilogue buffers."""
         operands = self.stages * (self.tile_m + self.block_n) * self.tile_k
-        return operands + 2 * 2 * self.epi_m * self.epi_n * out_bytes
+        return operands + 2 * self.epilogue_slots * self.epi_m * self.epi_n * out_bytes
 
 
 def choose_config(m: int, n: int, k: int) -> WgmmaConfig:
@@ -137,10 +142,17 @@ def wgmma_reason(m: int, n: int, k: int, cfg: WgmmaConfig | None = None) -> str 
     return None
 
 
-def _load_vector(ref, layout):
+def _load_needs_index() -> bool:
     # jax 0.11 deprecates plgpu.load's index argument, which 0.10 requires.
-    idx = inspect.signature(plgpu.load).parameters.get("idx")
-    if idx is not None and idx.default is inspect.Parameter.empty:
+    idx = None if plgpu is None else inspect.signature(plgpu.load).parameters.get("idx")
+    return idx is not None and idx.default is inspect.Parameter.empty
+
+
+_LOAD_NEEDS_INDEX = _load_needs_index()
+
+
+def _load_vector(ref, layout):
+    if _LOAD_NEEDS_INDEX:
         return plgpu.load(ref, (), layout=layout, optimized=False)
     return plgpu.load(ref, layout=layout, optimized=False)
 
@@ -263,7 +275,7 @@ def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_
         plgpu.TilingTransform((8, out_swizzle // out_bytes)),
         plgpu.SwizzleTransform(out_swizzle),
     )
-    slots = min(2, (cfg.tile_m // cfg.epi_m) * (cfg.tile_n // cfg.epi_n))
+    slots = cfg.epilogue_slots
     kernel = functools.partial(
         _kernel, m=m, n=n, k=k, cfg=cfg, dequant=dequant, bias_mode=bias_mode, out_dtype=out_dtype
     )
@@ -330,9 +342,10 @@ def int8_linear_matmul_dequant(
 ) -> jax.Array:
     """int8 matmul with the dequant epilogue fused, by s8 wgmma where it applies.
 
-    Same arguments and results as `fp8mm.pallas.int8.int8_linear_matmul_dequant`,
-    bit for bit; runs that Triton kernel when `wgmma_reason` names a reason
-    (or when interpreting: Mosaic GPU kernels run only compiled).
+    Same arguments and results as `fp8mm.pallas.int8.int8_linear_matmul_dequant`
+    (bit for bit without a bias, within one float16 ulp of the reference with
+    one); runs that Triton kernel when `wgmma_reason` names a reason (or when
+    interpreting: Mosaic GPU kernels run only compiled).
 
     Args:
       A: int8 [..., k].
