@@ -25,6 +25,7 @@ during one call, inputs included.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -186,10 +187,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     alt = tuple(int(x) for x in a.alt_dtype_tokens.split(","))
     timing = common.SMOKE_TIMING if a.smoke else TimingConfig()
-    if a.batches:
-        timing = TimingConfig(a.batches, timing.batch_s, timing.max_reps, timing.warmup)
-    if a.batch_ms is not None:
-        timing = TimingConfig(timing.batches, a.batch_ms / 1e3, timing.max_reps, timing.warmup)
+    timing = dataclasses.replace(
+        timing,
+        batches=a.batches or timing.batches,
+        batch_s=timing.batch_s if a.batch_ms is None else a.batch_ms / 1e3,
+    )
     r = Runner(timing, t0 + a.budget_s)
     r.log(f"bnb: bitsandbytes {meta['bitsandbytes']}, torch {meta['torch']} on {meta['device']}")
     for section in (run_quant, lambda *x: run_linear(*x, alt)):

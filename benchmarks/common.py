@@ -42,16 +42,20 @@ class TimingConfig:
       batch_s: lower bound on the wall time of one batch (sets calls per batch).
       max_reps: upper bound on calls per batch.
       warmup: calls (each synchronised) before the calibration.
+      warmup_s: then back-to-back calls for at least this long, so the SM clock
+        has ramped up again after the compilation's idle time (an H200 idles at
+        345 MHz and runs at 1980 MHz under load).
     """
 
     batches: int = 20
     batch_s: float = 0.004
     max_reps: int = 200
     warmup: int = 2
+    warmup_s: float = 0.05
 
 
 # --smoke: one call per batch and two batches; CPU numbers mean nothing anyway.
-SMOKE_TIMING = TimingConfig(batches=2, batch_s=0.0, max_reps=1, warmup=1)
+SMOKE_TIMING = TimingConfig(batches=2, batch_s=0.0, max_reps=1, warmup=1, warmup_s=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +80,9 @@ def time_calls(call: Callable[[], Any], sync: Callable[[Any], Any], cfg: TimingC
       A `Timing`; median_s is the median over batches of (batch time / calls).
     """
     for _ in range(max(cfg.warmup, 1)):
+        sync(call())
+    t_end = time.perf_counter() + cfg.warmup_s
+    while time.perf_counter() < t_end:
         sync(call())
     reps = 1
     if cfg.max_reps > 1 and cfg.batch_s > 0:

@@ -3,14 +3,15 @@
     PYTHONPATH=. python -m benchmarks.probe_codebook
 
 Variants of the blockwise kernel (e4m3, bf16, 4096-blocks and 256-blocks) beside a
-device copy of the same tensor. Only `base` is exact; the others remove or change
-one part of it to see what the time is bound by:
-  folded   the library kernel (key, bucket gather, compare, code gather when fake;
-           NaN folded into the table)
-  nan-test the library kernel on an unfolded table, with the per-element NaN test
-           (session 3's kernel up to a cheaper bucket formula)
-  nogather the table gather replaced by integer arithmetic of the same count
-  nolookup no key, no table: codes from the top bits of x (load/absmax/store floor)
+device copy of the same tensor. Only the first two are exact; the last removes the
+lookup to see what the time is bound by:
+  folded     the library kernel (key, bucket gather, compare, code gather when fake;
+             NaN folded into the table; absmax by Triton's NaN-dropping max)
+  nan-filter the library kernel with session 4's absmax: NaN zeroed per element
+             before the max (a compare and a select per element)
+  nolookup   no key, no table: codes from the top bits of x (load/absmax/store floor)
+Session 4 also timed `nan-test` (an unfolded table with the per-element NaN test)
+and `nogather` (the table gather replaced by arithmetic): see benchmarks/NOTES.md.
 Tried in session 4 and dropped (slower by 10-20%): a sign-folded lookup in which
 |x| indexes the positive half of the table (half the table lines per warp, five
 more integer operations per element).
@@ -33,18 +34,15 @@ TC = TimingConfig(batches=12, batch_s=0.02, max_reps=200, warmup=2)
 OUT = os.environ.get("OUT", "/tmp")
 
 
-def _kernel(x_ref, code_ref, table_ref, out_ref, *, cfg, fake, variant):
+def _kernel(x_ref, code_ref, table_ref, out_ref, *, cfg, fake, variant, lookup):
     offs, _ = cb._tile_offsets(cfg, cfg.size)
     x = _backend.load(x_ref.at[offs]).astype(jnp.float32)
     absmax = jnp.max(jnp.where(x != x, 0.0, jnp.abs(x)), axis=1)
     scaled = x * _backend.recip_rn(absmax, False)[:, None]
-    bits = lax.bitcast_convert_type(scaled, jnp.int32)
-    if variant == "nogather":
-        bucket, local = cb._bucket_and_local(cb._key(bits), cb._COARSE)
-        entry = (bucket * 40503) ^ (bucket >> 3)
-        q = (entry & 255) + (local >= (entry >> 8)).astype(jnp.int32)
+    if variant == "nan-filter":
+        q = cb._nearest_code(scaled, code_ref, table_ref, lookup, False)
     else:  # nolookup
-        q = (bits >> 19) & 255
+        q = (lax.bitcast_convert_type(scaled, jnp.int32) >> 19) & 255
     if fake:
         out = (code_ref[q & 255] * absmax[:, None]).astype(out_ref.dtype)
     else:
@@ -52,12 +50,12 @@ def _kernel(x_ref, code_ref, table_ref, out_ref, *, cfg, fake, variant):
     _backend.store(out_ref.at[offs], out)
 
 
-@functools.partial(jax.jit, static_argnames=("bs", "fake", "variant"))
-def _call(A, code, table, bs, fake, variant):
+@functools.partial(jax.jit, static_argnames=("bs", "fake", "variant", "lookup"))
+def _call(A, code, table, bs, fake, variant, lookup):
     cfg = cb.choose_tiles(bs, fake)
     n = A.size
     return _backend.pallas_call(
-        functools.partial(_kernel, cfg=cfg, fake=fake, variant=variant),
+        functools.partial(_kernel, cfg=cfg, fake=fake, variant=variant, lookup=lookup),
         name=f"probe_{variant}",
         interpret=False,
         num_warps=cfg.num_warps,
@@ -74,9 +72,6 @@ def main():
     code = jnp.asarray(e4m3)
     table, lookup = cb._table_for(e4m3)
     assert lookup.nan_folded
-    with jax.ensure_compile_time_eval():
-        plain = jnp.asarray(cb._bucket_table(e4m3, cb._COARSE, fold_nan=False))
-    plain_lookup = cb._Lookup(cb._COARSE, search=False, nan_folded=False)
     table = jnp.asarray(table)
     rows = []
     for shape in ((8192, 16384), (16384, 4096), (8192, 4096)):
@@ -86,17 +81,20 @@ def main():
         for bs in (4096, 256):
             for fake in (False, True):
                 ref = None
-                for variant in ("folded", "nan-test", "nogather", "nolookup"):
-                    tab = plain if variant == "nan-test" else table
-                    if variant in ("folded", "nan-test"):
-                        lk = lookup if variant == "folded" else plain_lookup
+                for variant in ("folded", "nan-filter", "nolookup"):
+                    tab = table
+                    if variant == "folded":
                         f = jax.jit(
-                            lambda x, c, t, bs=bs, fake=fake, lk=lk: cb._blockwise_call(
-                                x, c, t, bs, fake, lk, False
+                            lambda x, c, t, bs=bs, fake=fake: cb._blockwise_call(
+                                x, c, t, bs, fake, lookup, False
                             )[0]
                         )
                     else:
-                        f = jax.jit(functools.partial(_call, bs=bs, fake=fake, variant=variant))
+                        f = jax.jit(
+                            functools.partial(
+                                _call, bs=bs, fake=fake, variant=variant, lookup=lookup
+                            )
+                        )
                     c = f.lower(x, code, tab).compile()
                     t = time_calls(lambda c=c: c(x, code, tab), jax_sync, TC).median_s
                     out = np.asarray(c(x, code, tab)).view(np.uint8)

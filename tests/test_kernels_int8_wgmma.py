@@ -9,6 +9,7 @@ reference (within one float16 ulp, as the Triton kernel is).
 
 from __future__ import annotations
 
+import functools
 import types
 
 import jax
@@ -106,7 +107,7 @@ def test_falls_back_and_validates():
 
 
 @hopper_only
-@pytest.mark.parametrize(("bias_dtype", "out_dtype"), MODES)
+@pytest.mark.parametrize(("bias_dtype", "out_dtype"), [*MODES, (None, jnp.float32)])
 @pytest.mark.parametrize(("a_shape", "n"), [((256, 384), 512), ((2, 384, 1024), 768)])
 def test_matches_triton_and_reference(bias_dtype, out_dtype, a_shape, n):
     k = a_shape[-1]
@@ -114,9 +115,8 @@ def test_matches_triton_and_reference(bias_dtype, out_dtype, a_shape, n):
     row = _stats(int(np.prod(a_shape[:-1])), 3).reshape(a_shape[:-1])
     col, bias = _stats(n, 4) / 64, _bias(n, bias_dtype)
     got = wg.int8_linear_matmul_dequant(A, B, row, col, bias, out_dtype)
-    if bias is None:
-        tri = k8.int8_linear_matmul_dequant(A, B, row, col, bias, out_dtype)
-        assert_equal(got, tri)
+    # Both kernels run the same epilogue (int8._dequant_math) on the same int32 sums.
+    assert_equal(got, k8.int8_linear_matmul_dequant(A, B, row, col, bias, out_dtype))
     want = ref(reference.int8_linear_matmul_dequant, A, B, row, col, bias).astype(out_dtype)
     ulp_dtype = jnp.bfloat16 if out_dtype == jnp.bfloat16 else jnp.float16
     assert_within_ulp(got, want, ulp_dtype, bias)
@@ -139,3 +139,37 @@ def test_large_matches_triton():
         wg.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16),
         k8.int8_linear_matmul_dequant(A, B, row, col, None, jnp.bfloat16),
     )
+
+
+@hopper_only
+@pytest.mark.parametrize("b_batched", [False, True])
+def test_vmap_matches_unbatched_calls(b_batched):
+    """vmap over the wgmma kernel (Pallas adds a batch axis) equals a loop of calls."""
+    m, n, k = 256, 512, 384
+    A, row = _int8((2, m, k), 1), _stats(2 * m, 3).reshape(2, m)
+    B = _int8((2, n, k) if b_batched else (n, k), 2)
+    col = _stats(n, 4) / 64
+    f = functools.partial(wg.int8_linear_matmul_dequant, out_dtype=jnp.bfloat16)
+    got = jax.vmap(f, in_axes=(0, 0 if b_batched else None, 0, None))(A, B, row, col)
+    for i in range(2):
+        Bi = B[i] if b_batched else B
+        want = k8.int8_linear_matmul_dequant(A[i], Bi, row[i], col, None, jnp.bfloat16)
+        assert_equal(got[i], want)
+    got32 = jax.vmap(wg.int8_linear_matmul, in_axes=(0, 0 if b_batched else None))(A, B)
+    for i in range(2):
+        Bi = B[i] if b_batched else B
+        assert_equal(got32[i], ref(reference.int8_linear_matmul, A[i], Bi))
+
+
+@hopper_only
+@pytest.mark.parametrize(("m", "n", "k"), [(100, 256, 128), (128, 200, 128), (128, 256, 96)])
+def test_ragged_shapes_fall_back_compiled(m, n, k):
+    """Off the tile grid the compiled Triton kernel answers, on the GPU, not interpreted."""
+    assert wg.wgmma_reason(m, n, k) is not None
+    A, B = _int8((m, k), 1), _int8((n, k), 2)
+    row, col, bias = _stats(m, 3), _stats(n, 4) / 64, _bias(n, jnp.float16)
+    assert_equal(
+        wg.int8_linear_matmul_dequant(A, B, row, col, bias, jnp.bfloat16),
+        k8.int8_linear_matmul_dequant(A, B, row, col, bias, jnp.bfloat16),
+    )
+    assert_equal(wg.int8_linear_matmul(A, B), ref(reference.int8_linear_matmul, A, B))
