@@ -3,8 +3,9 @@
 Mosaic GPU kernels run only compiled, so on the CPU the kernel is traced and
 lowered for CUDA (every bias mode and output dtype: catches tracing, layout and
 lowering errors) and the dispatch rules are checked; on a Hopper GPU it is
-compared with the Triton kernel (bit for bit without a bias) and with the CPU
-reference (within one float16 ulp, as the Triton kernel is).
+compared with the Triton kernel (bit for bit, except within one float16 ulp for
+a fused float16 bias) and with the CPU reference (within one float16 ulp, as the
+Triton kernel is).
 """
 
 from __future__ import annotations
@@ -115,10 +116,17 @@ def test_matches_triton_and_reference(bias_dtype, out_dtype, a_shape, n):
     row = _stats(int(np.prod(a_shape[:-1])), 3).reshape(a_shape[:-1])
     col, bias = _stats(n, 4) / 64, _bias(n, bias_dtype)
     got = wg.int8_linear_matmul_dequant(A, B, row, col, bias, out_dtype)
-    # Both kernels run the same epilogue (int8._dequant_math) on the same int32 sums.
-    assert_equal(got, k8.int8_linear_matmul_dequant(A, B, row, col, bias, out_dtype))
-    want = ref(reference.int8_linear_matmul_dequant, A, B, row, col, bias).astype(out_dtype)
+    tri = k8.int8_linear_matmul_dequant(A, B, row, col, bias, out_dtype)
     ulp_dtype = jnp.bfloat16 if out_dtype == jnp.bfloat16 else jnp.float16
+    # Both kernels run the same epilogue (int8._dequant_math) on the same int32 sums.
+    # Only a fused float16 bias (t * c + bias) differs: the two compilers contract it
+    # into an FMA in different places (H200: 1 of 131072 and 21 of 589824 elements).
+    if k8._bias_mode(bias) == "fused":
+        assert_within_ulp(got, tri, ulp_dtype, bias)
+        assert np.mean(np.asarray(got) != np.asarray(tri)) < 1e-3
+    else:
+        assert_equal(got, tri)
+    want = ref(reference.int8_linear_matmul_dequant, A, B, row, col, bias).astype(out_dtype)
     assert_within_ulp(got, want, ulp_dtype, bias)
 
 

@@ -21,9 +21,11 @@ memory by TMA in 64x64 pieces.
 Measured on an H200 (benchmarks/NOTES.md, session 4), bf16 output, against XLA's
 plain int8 dot (int32 output) of the same shape: 1.01-1.08x its throughput at
 8192x4096x4096, 8192x16384x4096 and 16384x4096x4096, and 1.10-1.16x the Triton kernel.
-Exact: the int32 sums are exact and, without a bias, the epilogue rounds as the
-Triton kernel does (tested bit for bit); with a bias both stay within one float16
-ulp of the reference (either compiler may contract the fused bias add into an FMA).
+Exact: the int32 sums are exact and the epilogue rounds as the Triton kernel does
+(tested bit for bit on an H200), except with a fused float16 bias, where the two
+compilers contract `t * c + bias` into an FMA in different places (1 in 10^4 to
+10^5 elements differ by one float16 ulp); both stay within one float16 ulp of the
+reference.
 """
 
 from __future__ import annotations
@@ -343,8 +345,8 @@ def int8_linear_matmul_dequant(
     """int8 matmul with the dequant epilogue fused, by s8 wgmma where it applies.
 
     Same arguments and results as `fp8mm.pallas.int8.int8_linear_matmul_dequant`
-    (bit for bit without a bias, within one float16 ulp of the reference with
-    one); runs that Triton kernel when `wgmma_reason` names a reason (or when
+    (bit for bit except with a float16 bias, within one float16 ulp with one);
+    runs that Triton kernel when `wgmma_reason` names a reason (or when
     interpreting: Mosaic GPU kernels run only compiled).
 
     Args:
