@@ -45,6 +45,7 @@ class TimingConfig:
       warmup_s: then back-to-back calls for at least this long, so the SM clock
         has ramped up again after the compilation's idle time (an H200 idles at
         345 MHz and runs at 1980 MHz under load).
+      device: whether cases that ask for it also get a profiler-traced device time.
     """
 
     batches: int = 20
@@ -52,10 +53,13 @@ class TimingConfig:
     max_reps: int = 200
     warmup: int = 2
     warmup_s: float = 0.05
+    device: bool = True
 
 
 # --smoke: one call per batch and two batches; CPU numbers mean nothing anyway.
-SMOKE_TIMING = TimingConfig(batches=2, batch_s=0.0, max_reps=1, warmup=1, warmup_s=0.0)
+SMOKE_TIMING = TimingConfig(
+    batches=2, batch_s=0.0, max_reps=1, warmup=1, warmup_s=0.0, device=False
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +105,55 @@ def time_calls(call: Callable[[], Any], sync: Callable[[Any], Any], cfg: TimingC
         sync(out)
         per_call.append((time.perf_counter() - t0) / reps)
     return Timing(statistics.median(per_call), min(per_call), reps, len(per_call))
+
+
+def device_events(call: Callable[[], Any], n: int = 20) -> list[tuple[str, int, int]]:
+    """(name, start ns, duration ns) of the GPU stream events of `n` traced calls, by start.
+
+    Read from a jax.profiler trace (CUPTI), so launch gaps and host overhead are
+    left out and every copy, memset or kernel of the program shows. Empty
+    without a GPU (the trace then has no device plane).
+    """
+    import glob
+    import os
+    import tempfile
+
+    import jax
+
+    jax_sync(call())
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            for _ in range(n):
+                out = call()
+            jax_sync(out)
+        paths = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+        data = jax.profiler.ProfileData.from_file(paths[0]) if paths else None
+    events = []
+    for plane in data.planes if data is not None else ():
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            # Stream lines hold the kernels and copies; other lines summarise them.
+            if "stream" in line.name.lower():
+                events += [(e.name, e.start_ns, e.duration_ns) for e in line.events]
+    return sorted(events, key=lambda e: e[1])
+
+
+def device_time(call: Callable[[], Any], n: int = 20) -> float | None:
+    """Median device busy seconds per call over `n` traced calls (None without a GPU).
+
+    A call's busy time is the sum of its events' durations; the events split
+    into calls evenly when every call runs the same number of them (otherwise
+    the mean over calls is returned).
+    """
+    events = device_events(call, n)
+    if not events:
+        return None
+    durations = [e[2] for e in events]
+    if len(durations) % n:
+        return sum(durations) / n / 1e9
+    k = len(durations) // n
+    return statistics.median(sum(durations[i : i + k]) for i in range(0, len(durations), k)) / 1e9
 
 
 def jax_sync(x: Any) -> Any:
@@ -230,6 +283,8 @@ class Row:
     batches: int | None = None
     rate: float | None = None
     unit: str = ""
+    device_ms: float | None = None
+    device_rate: float | None = None
     mem: dict[str, int] | None = None
     time_ratio: float | None = None
     rate_ratio: float | None = None
@@ -410,8 +465,13 @@ class Runner:
         work: float | None,
         unit: str,
         sync: Callable[[Any], Any] = jax_sync,
+        device: bool = False,
     ) -> Row | None:
         """Times one case; `build()` compiles and returns (call, memory dict or None).
+
+        With `device`, the row also gets the device busy time per call from a
+        profiler trace (`device_time`; not in smoke runs): for short kernels,
+        whose wall time per call can be bound by the host's dispatch.
 
         Returns the row (also appended to self.rows), or None when `include` drops it.
         """
@@ -427,6 +487,15 @@ class Runner:
         try:
             call, row.mem = build()
             record_timing(row, time_calls(call, sync, self.timing), work, unit)
+            if device and self.timing.device:
+                try:
+                    dev = device_time(call, self.timing.batches)
+                except Exception as exc:  # the wall-clock timing stands without it
+                    dev, row.note = None, f"no device time: {error_text(exc)}"
+                if dev:
+                    row.device_ms = dev * 1e3
+                    if work is not None:
+                        row.device_rate = work / dev / _UNIT_SCALE.get(unit, 1e12)
         except Exception as exc:
             row.error = error_text(exc)
             self.log(f"{label}: ERROR {row.error}")
@@ -434,6 +503,8 @@ class Runner:
             return row
         rate = f" {fmt(row.rate)} {row.unit}" if row.rate is not None else ""
         mem = f" mem {mib(row.mem_bytes)} MiB" if row.mem_bytes is not None else ""
+        if row.device_ms is not None:
+            mem += f" device {row.device_ms:.4f} ms"
         self.log(
             f"{label}: {row.ms:.4f} ms{rate}{mem} (x{row.reps}, {time.perf_counter() - t0:.1f}s)"
         )
@@ -447,6 +518,7 @@ class Runner:
         work: float | None,
         unit: str,
         context: Callable[[], Any] | None = None,
+        device: bool = False,
     ) -> Row | None:
         """`case` for a JAX function: compiled once (inside `context()` if given), then timed."""
 
@@ -458,7 +530,7 @@ class Runner:
                     compiled, mem = compile_jax(fn, args)
             return (lambda: compiled(*args)), mem
 
-        return self.case(row, build, work, unit)
+        return self.case(row, build, work, unit, device=device)
 
 
 @dataclasses.dataclass(frozen=True)

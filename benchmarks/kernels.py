@@ -52,7 +52,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
         x = jnp.asarray(host_normal((t, f), 1)).astype(dt)
         size, xb = t * f, nbytes(x)
         copy = Row("kernels", "copy", "jnp", "-", shape, dt, is_baseline=True)
-        r.jax_case(copy, lambda x: x * 1, (x,), 2 * xb, "GB/s")
+        r.jax_case(copy, lambda x: x * 1, (x,), 2 * xb, "GB/s", device=True)
         # Inputs of the dequantize primitives, made once with the reference.
         qb, stb = fp8mm.quantize_blockwise(x, code, BLOCK, implementation="xla")
         qg, stg = fp8mm.quantize(x, code, implementation="xla")
@@ -71,6 +71,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                     (x,),
                     xb + size,
                     "GB/s",
+                    device=True,
                 )
                 r.jax_case(
                     row(f"fake_quant_blockwise({bs})", impl),
@@ -80,6 +81,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                     (x,),
                     2 * xb,
                     "GB/s",
+                    device=True,
                 )
             r.jax_case(
                 row(f"dequantize_blockwise({BLOCK})", impl),
@@ -87,6 +89,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                 (qb, stb),
                 size + xb,
                 "GB/s",
+                device=True,
             )
             r.jax_case(
                 row("quantize", impl),
@@ -94,6 +97,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                 (x,),
                 xb + size,
                 "GB/s",
+                device=True,
             )
             r.jax_case(
                 row("dequantize", impl),  # float32 output
@@ -101,6 +105,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                 (qg, stg),
                 size + 4 * size,
                 "GB/s",
+                device=True,
             )
             r.jax_case(
                 row("fake_quant_global", impl),
@@ -108,6 +113,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                 (x,),
                 2 * xb,
                 "GB/s",
+                device=True,
             )
             r.jax_case(
                 row("int8_vectorwise_quant", impl),
@@ -115,6 +121,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                 (x,),
                 xb + size,
                 "GB/s",
+                device=True,
             )
             r.jax_case(
                 row("int8_double_quant", impl),
@@ -122,6 +129,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                 (x,),
                 xb + 2 * size,
                 "GB/s",
+                device=True,
             )
             r.jax_case(
                 row("int8_vectorwise_quant_t", impl),
@@ -129,6 +137,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                 (x,),
                 xb + size,
                 "GB/s",
+                device=True,
             )
 
 

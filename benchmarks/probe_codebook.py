@@ -9,6 +9,8 @@ clock and thermal drift hit every variant alike). All but `nolookup` are exact:
   noabs      the same kernel without the absmax output (what the store costs)
   abs-block  noabs plus absmax stored through the program's block of the absmax
              output (`ref[...] = v`) instead of the library's indexed store
+  abs-2d     the same into a [blocks, 1] output, stored as absmax[:, None]
+  abs-masked the same through a [rows, cols] index in x's layout, masked to column 0
   lib-alt    the library kernel on other tiles: 4096-blocks on 4 warps (1 x 4096),
              256-blocks on 2 warps (8 x 256)
   nolookup   no key, no table: codes from the top bits of x (load/absmax/store floor)
@@ -25,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import pallas as pl
 
 import fp8mm
 from benchmarks.common import jax_sync
@@ -46,8 +49,16 @@ def _kernel(x_ref, code_ref, table_ref, out_ref, *absmax_ref, cfg, fake, variant
     else:
         out = q.astype(jnp.uint8)
     _backend.store(out_ref.at[offs], out)
-    if absmax_ref:
+    if variant == "abs-block":
         absmax_ref[0][...] = absmax
+    elif variant == "abs-2d":
+        absmax_ref[0][...] = absmax[:, None]
+    elif variant == "abs-masked":
+        # In x's own layout: the thread holding column 0 of a row stores its absmax.
+        rows = lax.broadcasted_iota(jnp.int32, (cfg.rows, cfg.cols), 0)
+        first = lax.broadcasted_iota(jnp.int32, (cfg.rows, cfg.cols), 1) == 0
+        wide = jnp.broadcast_to(absmax[:, None], (cfg.rows, cfg.cols))
+        _backend.store(absmax_ref[0].at[rows], wide, mask=first)
 
 
 @functools.partial(jax.jit, static_argnames=("bs", "fake", "variant", "lookup"))
@@ -56,9 +67,12 @@ def _call(A, code, table, bs, fake, variant, lookup):
     n = A.size
     out_specs = [cb._tiled(cfg.size)]
     out_shape = [jax.ShapeDtypeStruct((n,), A.dtype if fake else jnp.uint8)]
-    if variant == "abs-block":
+    if variant in ("abs-block", "abs-masked"):
         out_specs.append(cb._tiled(cfg.rows))
         out_shape.append(jax.ShapeDtypeStruct((n // bs,), jnp.float32))
+    elif variant == "abs-2d":
+        out_specs.append(pl.BlockSpec((cfg.rows, 1), lambda i: (i, 0)))
+        out_shape.append(jax.ShapeDtypeStruct((n // bs, 1), jnp.float32))
     return _backend.pallas_call(
         functools.partial(_kernel, cfg=cfg, fake=fake, variant=variant, lookup=lookup),
         name=f"probe_{variant}",
@@ -110,7 +124,7 @@ def main():
                 calls["copy"] = lambda copy=copy: copy(x)
                 variants = ("lib", "nolookup")
                 if not fake:
-                    variants = ("lib", "lib-alt", "noabs", "abs-block", "nolookup")
+                    variants = ("lib", "noabs", "abs-block", "abs-2d", "abs-masked", "nolookup")
                 for variant in variants:
                     if variant.startswith("lib"):
                         alt = cb.TileConfig(1, 4096, 4) if bs == 4096 else cb.TileConfig(8, 256, 2)
@@ -128,7 +142,7 @@ def main():
                         )
                     c = f.lower(x, code, table).compile()
                     calls[variant] = lambda c=c: c(x, code, table)
-                    outs[variant] = np.asarray(c(x, code, table)[0]).view(np.uint8)
+                    outs[variant] = np.asarray(c(x, code, table)[0]).view(np.uint8).reshape(-1)
                 med = _interleaved(calls, 15, 0.02)
                 for variant in variants:
                     by = (4 if fake else 3) * x.size

@@ -115,3 +115,22 @@ def test_targets_pass_and_miss(bench):
     )
     assert "| MISS |" in md and "| PASS |" in md
     assert sys.modules["benchmarks.common"] is common
+
+    # Where device times exist the copy check uses them (wall: 1600/2000 passes).
+    copy.device_rate, quant.device_rate = 4000.0, 2800.0
+    run.finalize(rows)
+    assert quant.checks[0]["target"].endswith("(device time)")
+    assert quant.checks[0]["value"] == pytest.approx(0.7) and common.status(quant) == "MISS"
+
+
+def test_device_time_splits_events_into_calls(bench, monkeypatch):
+    _, common = bench
+    # Three calls of two events each (busy 3, 5 and 40 us), then a ragged trace.
+    events = [("a", 0, 1000), ("b", 1, 2000), ("a", 9, 2000), ("b", 10, 3000)]
+    events += [("a", 20, 10000), ("b", 21, 30000)]
+    monkeypatch.setattr(common, "device_events", lambda call, n: events)
+    assert common.device_time(lambda: None, 3) == pytest.approx(5e-6)
+    monkeypatch.setattr(common, "device_events", lambda call, n: events[:5])
+    assert common.device_time(lambda: None, 3) == pytest.approx(18e-6 / 3)
+    monkeypatch.setattr(common, "device_events", lambda call, n: [])
+    assert common.device_time(lambda: None, 3) is None

@@ -457,16 +457,18 @@ def test_kernel_registry():
 
 
 def test_tile_heuristic():
-    for fake in (False, True):
+    for fake, dequant in ((False, False), (True, False), (False, True)):
         for blocksize in (None, *(2**i for i in range(5, 13))):
-            cfg = cb.choose_tiles(blocksize, fake)
+            cfg = cb.choose_tiles(blocksize, fake, dequant)
             assert cfg.cols == (blocksize or cfg.cols)
             assert cfg.size >= 2048 and cfg.size & (cfg.size - 1) == 0
             assert 4 <= cfg.num_warps <= 16
     assert cb.choose_tiles(256, fake=True) == cb.TileConfig(16, 256, 4)
     assert cb.choose_tiles(256) == cb.TileConfig(8, 256, 4)
     assert cb.choose_tiles(4096, fake=True) == cb.TileConfig(1, 4096, 4)
-    assert cb.choose_tiles(4096) == cb.TileConfig(1, 4096, 8)
+    assert cb.choose_tiles(4096) == cb.TileConfig(1, 4096, 4)
+    assert cb.choose_tiles(4096, dequant=True) == cb.TileConfig(1, 4096, 8)
+    assert cb.choose_tiles(None) == cb.TileConfig(2, 1024, 4)
 
 
 # ----------------------------------------------------------------------------

@@ -115,25 +115,27 @@ class TileConfig:
         return self.rows * self.cols
 
 
-def choose_tiles(blocksize: int | None, fake: bool = False) -> TileConfig:
+def choose_tiles(blocksize: int | None, fake: bool = False, dequant: bool = False) -> TileConfig:
     """Tile heuristic for every kernel of this module.
 
     Measured on an H200 (bf16, e4m3, 8192x16384, 16384x4096 and 8192x4096,
-    sessions 3 and 4 of benchmarks/NOTES.md): quantizing, one 4096-block a
-    program with 8 warps (16 elements a thread), small blocks 2048 elements with
-    4 warps; fake-quantizing, 4096 elements a program on 4 warps (32 a thread)
-    whatever the blocksize (4096 on 8 warps, session 3's choice, was 0-3.6%
-    slower after NaN folding; 2048 elements 1-3% slower); global quantization
-    is flat across tilings.
+    sessions 3-5 of benchmarks/NOTES.md): blockwise kernels run on 4 warps,
+    quantizing one 4096-block a program (32 elements a thread: 6-8% less device
+    time than 16 a thread on 8 warps, session 5) or 2048 elements of small
+    blocks, fake-quantizing 4096 elements a program whatever the blocksize
+    (2048 elements 1-3% slower). Dequantizing keeps session 2's tiles (8 warps
+    for 4096-blocks; not re-swept). Global quantization is flat across tilings.
 
     Args:
       blocksize: the quantization blocksize, or None for global quantization
         (no row structure: any row width serves).
       fake: the tile is for fused quantize-dequantize.
+      dequant: the tile is for dequantization.
     """
     cols = 1024 if blocksize is None else blocksize
     size = max(cols, 4096 if fake and blocksize is not None else 2048)
-    warps = 4 if fake and blocksize is not None else max(4, size // 512)
+    blockwise_quant = blocksize is not None and not dequant
+    warps = 4 if blockwise_quant else max(4, size // 512)
     return TileConfig(rows=size // cols, cols=cols, num_warps=warps)
 
 
@@ -457,7 +459,7 @@ def _global_call(A, code, table, fake, lookup, interpret, cfg=None):
 
 @functools.partial(jax.jit, static_argnames=("blocksize", "dtype", "interpret"))
 def _dequant_call(q, absmax, code, blocksize, dtype, interpret):
-    cfg = choose_tiles(blocksize)
+    cfg = choose_tiles(blocksize, dequant=True)
     n = q.size
     nscales = absmax.size
     kernel = functools.partial(
