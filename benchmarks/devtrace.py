@@ -5,13 +5,14 @@
 Traces a few calls with jax.profiler and reads the device planes of the trace
 (jax.profiler.ProfileData), so launch gaps and host overhead are left out and
 extra device work (copies, memsets, a second kernel) shows by name. The main
-program times the blockwise quantize kernel on several tiles, and without its absmax
-output (benchmarks.probe_codebook's `noabs`), beside a device copy.
+program times the library's blockwise quantize kernel beside its one-tile-a-program
+form, the session-5 prefetch prototype (`_prefetch_call`) and a device copy.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 
 import jax
@@ -28,9 +29,58 @@ def events_by_name(call, n: int = 20) -> dict[str, tuple[float, float]]:
     return {k: (len(v) / n, sum(v) / len(v)) for k, v in stats.items()}
 
 
+def _prefetch_kernel(x_ref, code_ref, table_ref, out_ref, absmax_ref, *, cfg, steps, lookup):
+    """The library quantize kernel over `steps` tiles a program, loading tile t+1
+    before working on tile t (a register double buffer: software prefetch)."""
+    from jax import lax
+
+    from fp8mm.pallas import _backend
+    from fp8mm.pallas import codebook as cb
+
+    local, _ = cb._tile_offsets(cfg, cfg.size)
+    rows = lax.broadcasted_iota(jnp.int32, (cfg.rows,), 0)
+
+    def load(t, valid):
+        mask = jnp.broadcast_to(valid, local.shape)
+        return _backend.load(x_ref.at[local + t * cfg.size], mask=mask, other=0)
+
+    def body(t, x_raw):
+        nxt = load(t + 1, t + 1 < steps)
+        x = x_raw.astype(jnp.float32)
+        absmax = cb._block_absmax(x, False)
+        q = cb._nearest_code(x * _backend.recip_rn(absmax, False)[:, None], code_ref, table_ref,
+                             lookup, False)  # fmt: skip
+        _backend.store(out_ref.at[local + t * cfg.size], q.astype(jnp.uint8))
+        _backend.store(absmax_ref.at[rows + t * cfg.rows], absmax)
+        return nxt
+
+    lax.fori_loop(0, steps, body, load(0, True))
+
+
+@functools.partial(jax.jit, static_argnames=("bs", "steps", "lookup"))
+def _prefetch_call(A, code, table, bs, steps, lookup):
+    from fp8mm.pallas import _backend
+    from fp8mm.pallas import codebook as cb
+
+    cfg = cb.choose_tiles(bs)
+    n, big = A.size, cfg.size * steps
+    return _backend.pallas_call(
+        functools.partial(_prefetch_kernel, cfg=cfg, steps=steps, lookup=lookup),
+        name=f"prefetch_{steps}",
+        interpret=False,
+        num_warps=cfg.num_warps,
+        grid=(n // big,),
+        in_specs=[cb._tiled(big), cb._whole(256), cb._whole(table.shape[0])],
+        out_specs=[cb._tiled(big), cb._tiled(cfg.rows * steps)],
+        out_shape=[
+            jax.ShapeDtypeStruct((n,), jnp.uint8),
+            jax.ShapeDtypeStruct((n // bs,), jnp.float32),
+        ],
+    )(A.reshape(-1), code, table)
+
+
 def main() -> None:
     import fp8mm
-    from benchmarks import probe_codebook as probe
     from fp8mm.pallas import codebook as cb
 
     print(jax.devices()[0].device_kind, jax.__version__, flush=True)
@@ -42,23 +92,27 @@ def main() -> None:
         for bs in (4096, 256):
             cases = {
                 "copy": lambda x, c, t: x * 1,
-                "noabs": functools.partial(
-                    probe._call, bs=bs, fake=False, variant="noabs", lookup=lookup
-                ),
+                "lib": lambda x, c, t, bs=bs: cb._blockwise_call(x, c, t, bs, False, lookup, False),
             }
-            tiles = [(1, 4096, 8), (1, 4096, 4), (1, 4096, 2), (2, 4096, 4), (2, 4096, 8)]
-            if bs == 256:
-                tiles = [(8, 256, 4), (16, 256, 4), (32, 256, 4), (8, 256, 2), (16, 256, 2)]
-            for tile in tiles:
-                cfg = cb.TileConfig(*tile)
-                cases[f"q{tile}"] = lambda x, c, t, bs=bs, cfg=cfg: cb._blockwise_call(
-                    x, c, t, bs, False, lookup, False, cfg
-                )
+            one = cb.TileConfig(*dataclasses.astuple(cb.choose_tiles(bs))[:3], steps=1)
+            cases["one-tile"] = lambda x, c, t, bs=bs, one=one: cb._blockwise_call(
+                x, c, t, bs, False, lookup, False, one
+            )
+            cases["prefetch4"] = functools.partial(_prefetch_call, bs=bs, steps=4, lookup=lookup)
             res = {}
+            cases_lib = jax.jit(cases["lib"])
             for name, f in cases.items():
                 c = jax.jit(f).lower(x, code, table).compile()
-                ev = device_events(lambda c=c: c(x, code, table))
+                ev = events_by_name(lambda c=c: c(x, code, table))
                 res[name] = sum(cnt * us for cnt, us in ev.values())
+                if name != "copy":
+                    got = jax.tree.leaves(c(x, code, table))
+                    want = jax.tree.leaves(cases_lib(x, code, table))
+                    same = all(
+                        bool(jnp.array_equal(g.reshape(-1), w.reshape(-1)))
+                        for g, w in zip(got[:2], want[:2], strict=True)
+                    )
+                    print(f"{shape} bs={bs} {name}: equal to lib: {same}", flush=True)
                 line = "; ".join(f"{k} x{cnt:g} {us:.1f}us" for k, (cnt, us) in sorted(ev.items()))
                 print(f"{shape} bs={bs} {name}: {line}", flush=True)
             ratios = {k: round(3 / 4 * res["copy"] / v, 3) for k, v in res.items() if k != "copy"}

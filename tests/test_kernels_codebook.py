@@ -152,6 +152,36 @@ def test_blockwise_matches_reference(dtype, shape, blocksize):
     check_blockwise(A, E4M3, blocksize)
 
 
+# Multi-tile programs (TileConfig.steps): spans covered exactly (no masks), the
+# last program holding one real tile and three empty ones, and a span cut mid-tile.
+@pytest.mark.parametrize("n", [3 * 8192, 8192 + 2048, 8192 + 2048 + 300])
+def test_blockwise_multi_tile_programs(n):
+    assert cb.choose_tiles(256).steps == 4 and cb.choose_tiles(256).span == 8192
+    A = with_specials(heavy_tailed((n,), jnp.bfloat16, seed=n), 256)
+    check_blockwise(A, E4M3, 256)
+
+
+@pytest.mark.parametrize("steps", [2, 4])
+def test_blockwise_steps_on_any_tile(steps):
+    """A prefetching loop over 4096-blocks (not the heuristic's choice) is exact too."""
+    A = with_specials(heavy_tailed((5, 4096), jnp.float32, seed=steps), 4096)
+    table, lookup = cb._table_for(E4M3)
+    cfg = cb.TileConfig(1, 4096, 4, steps=steps)
+    q, absmax = cb._blockwise_call(A, jnp.asarray(E4M3), table, 4096, False, lookup, INTERPRET, cfg)
+    q_ref, state_ref = ref("quantize_blockwise", A, jnp.asarray(E4M3), 4096)
+    assert_bits_equal(q, q_ref, "codes")
+    assert_bits_equal(absmax, state_ref.absmax, "absmax")
+    fake, _ = cb._blockwise_call(A, jnp.asarray(E4M3), table, 4096, True, lookup, INTERPRET, cfg)
+    assert_bits_equal(fake, ref("fake_quant_blockwise", A, jnp.asarray(E4M3), 4096), "fake")
+
+
+def test_tile_config_validation():
+    with pytest.raises(ValueError, match="steps"):
+        cb.TileConfig(1, 4096, 4, steps=3)
+    with pytest.raises(ValueError, match="num_warps"):
+        cb.TileConfig(1, 4096, 0)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_blockwise_all_zero_nan_inf_blocks(dtype):
     blocksize = 64
@@ -464,7 +494,7 @@ def test_tile_heuristic():
             assert cfg.size >= 2048 and cfg.size & (cfg.size - 1) == 0
             assert 4 <= cfg.num_warps <= 16
     assert cb.choose_tiles(256, fake=True) == cb.TileConfig(16, 256, 4)
-    assert cb.choose_tiles(256) == cb.TileConfig(8, 256, 4)
+    assert cb.choose_tiles(256) == cb.TileConfig(8, 256, 4, steps=4)
     assert cb.choose_tiles(4096, fake=True) == cb.TileConfig(1, 4096, 4)
     assert cb.choose_tiles(4096) == cb.TileConfig(1, 4096, 4)
     assert cb.choose_tiles(4096, dequant=True) == cb.TileConfig(1, 4096, 8)
