@@ -24,7 +24,10 @@ error row and the run goes on; past --budget-s the remaining cases become
 
 Each case is compiled once (jit.lower.compile); the compiled memory analysis
 gives its peak device memory (temp + argument + output bytes) and the same
-executable is timed (see `benchmarks.common.time_calls`). After every section
+executable is timed (see `benchmarks.common.time_calls`); the quantization
+kernels, short enough for the host's dispatch to bound their wall time, also
+get their device time from a profiler trace (`benchmarks.common.device_time`),
+which their copy-bandwidth check uses. After every section
 the JSON (all raw numbers) and Markdown files are rewritten, so a run cut short
 still leaves its results: `<out>/<card-slug>.json` and `.md`, with `<out>`
 benchmarks/results by default and a fresh temporary folder under --smoke.
@@ -450,7 +453,8 @@ def render_markdown(meta: dict[str, Any], rows: Sequence[Row]) -> str:
         f"{meta['timing']['max_reps']} calls) after warm-up; one compilation per case, whose "
         "memory analysis gives peak MiB (temp + argument + output). Ratios are to the "
         "baseline row of the same shape and dtype in the same run "
-        "(time: lower is better; rate: higher is better).",
+        "(time: lower is better; rate: higher is better). The quantization kernels also "
+        "report device ms: the median GPU busy time per call in a profiler trace.",
         f"Wall time {meta.get('wall_s', 0):.0f} s.",
         "",
     ]
