@@ -42,7 +42,7 @@ class TimingConfig:
       batch_s: lower bound on the wall time of one batch (sets calls per batch).
       max_reps: upper bound on calls per batch.
       warmup: calls (each synchronised) before the calibration.
-      warmup_s: then back-to-back calls for at least this long, so the SM clock
+      warmup_s: then calls (each synchronised) for at least this long, so the SM clock
         has ramped up again after the compilation's idle time (an H200 idles at
         345 MHz and runs at 1980 MHz under load).
       device: whether cases that ask for it also get a profiler-traced device time.
@@ -57,9 +57,8 @@ class TimingConfig:
 
 
 # --smoke: one call per batch and two batches; CPU numbers mean nothing anyway.
-SMOKE_TIMING = TimingConfig(
-    batches=2, batch_s=0.0, max_reps=1, warmup=1, warmup_s=0.0, device=False
-)
+# Device tracing stays on: on a CPU it finds no GPU events in ~0.05 s a case.
+SMOKE_TIMING = TimingConfig(batches=2, batch_s=0.0, max_reps=1, warmup=1, warmup_s=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,21 +138,34 @@ def device_events(call: Callable[[], Any], n: int = 20) -> list[tuple[str, int, 
     return sorted(events, key=lambda e: e[1])
 
 
-def device_time(call: Callable[[], Any], n: int = 20) -> float | None:
-    """Median device busy seconds per call over `n` traced calls (None without a GPU).
+@dataclasses.dataclass(frozen=True)
+class DeviceTime:
+    """Result of `device_time`.
 
-    A call's busy time is the sum of its events' durations; the events split
-    into calls evenly when every call runs the same number of them (otherwise
-    the mean over calls is returned).
+    Attributes:
+      median_s: median device busy seconds per call (the sum of its events'
+        durations; overlapping streams would count twice).
+      events_per_call: GPU events per call.
+      split: whether the events split evenly into calls; if not (a one-off
+        event), median_s is the mean over calls instead.
     """
+
+    median_s: float
+    events_per_call: float
+    split: bool
+
+
+def device_time(call: Callable[[], Any], n: int = 20) -> DeviceTime | None:
+    """Device busy time per call over `n` traced calls (None when no GPU event was seen)."""
     events = device_events(call, n)
     if not events:
         return None
     durations = [e[2] for e in events]
     if len(durations) % n:
-        return sum(durations) / n / 1e9
+        return DeviceTime(sum(durations) / n / 1e9, len(durations) / n, split=False)
     k = len(durations) // n
-    return statistics.median(sum(durations[i : i + k]) for i in range(0, len(durations), k)) / 1e9
+    per_call = [sum(durations[i : i + k]) for i in range(0, len(durations), k)]
+    return DeviceTime(statistics.median(per_call) / 1e9, k, split=True)
 
 
 def jax_sync(x: Any) -> Any:
@@ -488,14 +500,7 @@ class Runner:
             call, row.mem = build()
             record_timing(row, time_calls(call, sync, self.timing), work, unit)
             if device and self.timing.device:
-                try:
-                    dev = device_time(call, self.timing.batches)
-                except Exception as exc:  # the wall-clock timing stands without it
-                    dev, row.note = None, f"no device time: {error_text(exc)}"
-                if dev:
-                    row.device_ms = dev * 1e3
-                    if work is not None:
-                        row.device_rate = work / dev / _UNIT_SCALE.get(unit, 1e12)
+                self._device_time(row, call, work, unit)
         except Exception as exc:
             row.error = error_text(exc)
             self.log(f"{label}: ERROR {row.error}")
@@ -505,10 +510,28 @@ class Runner:
         mem = f" mem {mib(row.mem_bytes)} MiB" if row.mem_bytes is not None else ""
         if row.device_ms is not None:
             mem += f" device {row.device_ms:.4f} ms"
+        if row.note:
+            mem += f" [{row.note}]"
         self.log(
             f"{label}: {row.ms:.4f} ms{rate}{mem} (x{row.reps}, {time.perf_counter() - t0:.1f}s)"
         )
         return row
+
+    def _device_time(self, row: Row, call: Callable[[], Any], work: float | None, unit: str):
+        """Fills row.device_ms / device_rate; says in row.note why not, or how it split."""
+        try:
+            dev = device_time(call, self.timing.batches)
+        except Exception as exc:  # the wall-clock timing stands without it
+            row.note = f"no device time: {error_text(exc)}"
+            return
+        if dev is None:
+            row.note = "no device time: no GPU events in the trace"
+            return
+        if not dev.split:
+            row.note = f"device time: mean ({dev.events_per_call:g} events a call, uneven)"
+        row.device_ms = dev.median_s * 1e3
+        if work is not None:
+            row.device_rate = work / dev.median_s / _UNIT_SCALE.get(unit, 1e12)
 
     def jax_case(
         self,

@@ -129,8 +129,27 @@ def test_device_time_splits_events_into_calls(bench, monkeypatch):
     events = [("a", 0, 1000), ("b", 1, 2000), ("a", 9, 2000), ("b", 10, 3000)]
     events += [("a", 20, 10000), ("b", 21, 30000)]
     monkeypatch.setattr(common, "device_events", lambda call, n: events)
-    assert common.device_time(lambda: None, 3) == pytest.approx(5e-6)
+    assert common.device_time(lambda: None, 3) == common.DeviceTime(pytest.approx(5e-6), 2, True)
     monkeypatch.setattr(common, "device_events", lambda call, n: events[:5])
-    assert common.device_time(lambda: None, 3) == pytest.approx(18e-6 / 3)
+    uneven = common.device_time(lambda: None, 3)
+    assert uneven == common.DeviceTime(pytest.approx(18e-6 / 3), pytest.approx(5 / 3), False)
     monkeypatch.setattr(common, "device_events", lambda call, n: [])
     assert common.device_time(lambda: None, 3) is None
+
+
+def test_device_time_failure_keeps_the_wall_clock_row(bench, monkeypatch):
+    _, common = bench
+
+    def broken(call, n):
+        raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setattr(common, "device_time", broken)
+    r = common.Runner(common.SMOKE_TIMING, deadline=float("inf"))
+    row = common.Row("kernels", "copy", "jnp", "-", "4", "float32", is_baseline=True)
+    r.case(row, lambda: ((lambda: 1.0), None), 8.0, "GB/s", sync=lambda x: x, device=True)
+    assert row.error is None and row.ms is not None and row.device_ms is None
+    assert "CUPTI unavailable" in row.note
+    monkeypatch.setattr(common, "device_time", lambda call, n: None)
+    row2 = common.Row("kernels", "copy", "jnp", "-", "8", "float32", is_baseline=True)
+    r.case(row2, lambda: ((lambda: 1.0), None), 8.0, "GB/s", sync=lambda x: x, device=True)
+    assert row2.ms is not None and "no GPU events" in row2.note

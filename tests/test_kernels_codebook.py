@@ -152,8 +152,32 @@ def test_blockwise_matches_reference(dtype, shape, blocksize):
     check_blockwise(A, E4M3, blocksize)
 
 
+@pytest.fixture()
+def loud_padding(monkeypatch):
+    """Interpret mode pads out-of-bounds float loads with the dtype's largest value.
+
+    Its default NaN padding is dropped by the NaN-ignoring absmax, so a missing
+    load mask would go unseen on the CPU; a huge finite value becomes the block's
+    absmax and moves every code of the block.
+    """
+    from jax._src.pallas import primitives
+
+    default = primitives.uninitialized_value
+
+    def loud(shape, dtype):
+        if jnp.issubdtype(dtype, jnp.floating):
+            return jnp.full(shape, jnp.finfo(dtype).max, dtype)
+        return default(shape, dtype)
+
+    monkeypatch.setattr(primitives, "uninitialized_value", loud)
+    jax.clear_caches()  # programs traced with the default padding must not be reused
+    yield
+    jax.clear_caches()
+
+
 # Multi-tile programs (TileConfig.steps): spans covered exactly (no masks), the
 # last program holding one real tile and three empty ones, and a span cut mid-tile.
+@pytest.mark.usefixtures("loud_padding")
 @pytest.mark.parametrize("n", [3 * 8192, 8192 + 2048, 8192 + 2048 + 300])
 def test_blockwise_multi_tile_programs(n):
     assert cb.choose_tiles(256).steps == 4 and cb.choose_tiles(256).span == 8192
@@ -161,13 +185,16 @@ def test_blockwise_multi_tile_programs(n):
     check_blockwise(A, E4M3, 256)
 
 
+@pytest.mark.usefixtures("loud_padding")
 @pytest.mark.parametrize("steps", [2, 4])
 def test_blockwise_steps_on_any_tile(steps):
     """A prefetching loop over 4096-blocks (not the heuristic's choice) is exact too."""
-    A = with_specials(heavy_tailed((5, 4096), jnp.float32, seed=steps), 4096)
+    A = with_specials(heavy_tailed((5, 4096 + 100), jnp.float32, seed=steps), 4096)
     table, lookup = cb._table_for(E4M3)
     cfg = cb.TileConfig(1, 4096, 4, steps=steps)
     q, absmax = cb._blockwise_call(A, jnp.asarray(E4M3), table, 4096, False, lookup, INTERPRET, cfg)
+    with pytest.raises(ValueError, match="cols"):
+        cb._blockwise_call(A, jnp.asarray(E4M3), table, 256, False, lookup, INTERPRET, cfg)
     q_ref, state_ref = ref("quantize_blockwise", A, jnp.asarray(E4M3), 4096)
     assert_bits_equal(q, q_ref, "codes")
     assert_bits_equal(absmax, state_ref.absmax, "absmax")
@@ -180,6 +207,10 @@ def test_tile_config_validation():
         cb.TileConfig(1, 4096, 4, steps=3)
     with pytest.raises(ValueError, match="num_warps"):
         cb.TileConfig(1, 4096, 0)
+    with pytest.raises(ValueError, match="2\\*\\*16"):
+        cb.TileConfig(1, 4096, 4, steps=16)
+    with pytest.raises(ValueError, match="dequantization"):
+        cb.choose_tiles(256, fake=True, dequant=True)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

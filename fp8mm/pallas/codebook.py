@@ -98,7 +98,8 @@ _MAX_ELEMENTS = 2**31 - 2**16  # flat int32 indexing inside the kernels
 
 @dataclasses.dataclass(frozen=True)
 class TileConfig:
-    """The tile one program handles: `rows` x `cols` elements of the flat tensor.
+    """How a kernel tiles the flat tensor: tiles of `rows` x `cols` elements,
+    `steps` consecutive tiles a program.
 
     Attributes:
       rows: rows per tile (blockwise: quantization blocks per tile).
@@ -119,6 +120,9 @@ class TileConfig:
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"TileConfig.{name} must be a positive power of two, got {v}")
+        # In-kernel int32 offsets reach n + span + size; _MAX_ELEMENTS leaves 2**16.
+        if self.span + self.size > 2**16:
+            raise ValueError(f"TileConfig span {self.span} + tile {self.size} exceeds 2**16")
 
     @property
     def size(self) -> int:
@@ -152,6 +156,8 @@ def choose_tiles(blocksize: int | None, fake: bool = False, dequant: bool = Fals
       fake: the tile is for fused quantize-dequantize.
       dequant: the tile is for dequantization.
     """
+    if fake and dequant:
+        raise ValueError("choose_tiles: a tile is for fake quantization or dequantization")
     cols = 1024 if blocksize is None else blocksize
     size = max(cols, 4096 if fake and blocksize is not None else 2048)
     blockwise_quant = blocksize is not None and not dequant
@@ -376,7 +382,10 @@ def _blockwise_kernel(
 ):
     local = _local_offsets(cfg)
     rows = lax.broadcasted_iota(jnp.int32, (cfg.rows,), 0)
+    # program_id is read here, outside the loop body (interpret mode needs it so).
     start = pl.program_id(0) * cfg.span
+    blocks_per_program = cfg.rows * cfg.steps
+    first_block = pl.program_id(0) * blocks_per_program
 
     def tile_mask(t, more=None):
         # None when the programs cover n exactly: unmasked loads and stores.
@@ -402,8 +411,7 @@ def _blockwise_kernel(
         _backend.store(out_ref.at[local + t * cfg.size], out, mask=tile_mask(t))
         if absmax_ref is not None:
             row = rows + t * cfg.rows
-            per_program = cfg.rows * cfg.steps
-            row_valid = start // cfg.cols + row < nblocks if nblocks % per_program else None
+            row_valid = first_block + row < nblocks if nblocks % blocks_per_program else None
             _backend.store(absmax_ref.at[row], absmax, mask=row_valid)
 
     if cfg.steps == 1:
@@ -461,6 +469,8 @@ def _tiled(size: int) -> pl.BlockSpec:
 @functools.partial(jax.jit, static_argnames=("blocksize", "fake", "lookup", "interpret", "cfg"))
 def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg=None):
     cfg = cfg or choose_tiles(blocksize, fake)
+    if cfg.cols != blocksize:
+        raise ValueError(f"blockwise tiles need cols == blocksize, got {cfg} for {blocksize}")
     n = A.size
     nblocks = -(-n // blocksize)
     grid = -(-n // cfg.span)
