@@ -385,7 +385,6 @@ def _blockwise_kernel(
     # program_id is read here, outside the loop body (interpret mode needs it so).
     start = pl.program_id(0) * cfg.span
     blocks_per_program = cfg.rows * cfg.steps
-    first_block = pl.program_id(0) * blocks_per_program
 
     def tile_mask(t, more=None):
         # None when the programs cover n exactly: unmasked loads and stores.
@@ -411,7 +410,7 @@ def _blockwise_kernel(
         _backend.store(out_ref.at[local + t * cfg.size], out, mask=tile_mask(t))
         if absmax_ref is not None:
             row = rows + t * cfg.rows
-            row_valid = first_block + row < nblocks if nblocks % blocks_per_program else None
+            row_valid = start // cfg.cols + row < nblocks if nblocks % blocks_per_program else None
             _backend.store(absmax_ref.at[row], absmax, mask=row_valid)
 
     if cfg.steps == 1:
