@@ -524,7 +524,8 @@ def test_tile_heuristic():
             assert cfg.cols == (blocksize or cfg.cols)
             assert cfg.size >= 2048 and cfg.size & (cfg.size - 1) == 0
             assert 4 <= cfg.num_warps <= 16
-    assert cb.choose_tiles(256, fake=True) == cb.TileConfig(16, 256, 4)
+    assert cb.choose_tiles(256, fake=True) == cb.TileConfig(8, 256, 4, steps=4)
+    assert cb.choose_tiles(1024, fake=True) == cb.TileConfig(2, 1024, 4, steps=4)
     assert cb.choose_tiles(256) == cb.TileConfig(8, 256, 4, steps=4)
     assert cb.choose_tiles(4096, fake=True) == cb.TileConfig(1, 4096, 4)
     assert cb.choose_tiles(4096) == cb.TileConfig(1, 4096, 4)

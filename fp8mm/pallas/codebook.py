@@ -138,16 +138,16 @@ class TileConfig:
 def choose_tiles(blocksize: int | None, fake: bool = False, dequant: bool = False) -> TileConfig:
     """Tile heuristic for every kernel of this module.
 
-    Measured on an H200 (bf16, e4m3, 8192x16384, 16384x4096 and 8192x4096,
-    sessions 3-5 of benchmarks/NOTES.md): blockwise kernels run on 4 warps,
-    quantizing one 4096-block a program (32 elements a thread: 6-8% less device
-    time than 16 a thread on 8 warps, session 5) or 2048 elements of small
-    blocks, fake-quantizing 4096 elements a program whatever the blocksize
-    (2048 elements 1-3% slower). Quantizing small blocks, a program loops over
-    4 tiles with a prefetch of the next (4-6% less device time than one tile a
-    program; slower for 4096-blocks, whose 32 elements a thread leave no
-    registers for the next tile's). Dequantizing keeps session 2's tiles (8
-    warps for 4096-blocks; not re-swept). Global quantization is flat across
+    Measured on an H200 (bf16, e4m3; device time against a same-shape copy at
+    8192x4096, 16384x4096, 8192x16384, 16384x512 and 16384x2048, sessions 3-6
+    of benchmarks/NOTES.md). Blockwise quantize and fake quant run on 4 warps:
+    4096-blocks one block a program (32 elements a thread: 6-8% less device
+    time than 16 a thread on 8 warps, and a prefetch loop at either width is
+    3-8% slower, session 6); smaller blocks in 2048-element tiles, 4 tiles a
+    program with a prefetch of the next (quantize 256-blocks 4-6%, fake 256- to
+    1024-blocks 0.5-6% less device time than one 4096-element tile a program;
+    2048-blocks within 1-3% either way). Dequantizing keeps session 2's tiles
+    (8 warps for 4096-blocks; not re-swept). Global quantization is flat across
     tilings.
 
     Args:
@@ -158,13 +158,14 @@ def choose_tiles(blocksize: int | None, fake: bool = False, dequant: bool = Fals
     """
     if fake and dequant:
         raise ValueError("choose_tiles: a tile is for fake quantization or dequantization")
+    if blocksize is not None and not dequant:
+        # 16 elements a thread leave registers for the next tile's; 32 do not (session 5).
+        if blocksize >= 4096:
+            return TileConfig(rows=1, cols=blocksize, num_warps=4)
+        return TileConfig(rows=2048 // blocksize, cols=blocksize, num_warps=4, steps=4)
     cols = 1024 if blocksize is None else blocksize
-    size = max(cols, 4096 if fake and blocksize is not None else 2048)
-    blockwise_quant = blocksize is not None and not dequant
-    warps = 4 if blockwise_quant else max(4, size // 512)
-    # 16 elements a thread leave registers for the next tile's; 32 do not (session 5).
-    steps = 4 if blockwise_quant and not fake and size == 2048 else 1
-    return TileConfig(rows=size // cols, cols=cols, num_warps=warps, steps=steps)
+    size = max(cols, 2048)
+    return TileConfig(rows=size // cols, cols=cols, num_warps=max(4, size // 512))
 
 
 # ----------------------------------------------------------------------------
