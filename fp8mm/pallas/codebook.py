@@ -145,7 +145,7 @@ def choose_tiles(blocksize: int | None, fake: bool = False, dequant: bool = Fals
     time than 16 a thread on 8 warps, and a prefetch loop at either width is
     3-8% slower, session 6); smaller blocks in 2048-element tiles, 4 tiles a
     program with a prefetch of the next (quantize 256-blocks 4-6%, fake 256- to
-    1024-blocks 0.5-6% less device time than one 4096-element tile a program;
+    1024-blocks 0.3-6% less device time than one 4096-element tile a program;
     2048-blocks within 1-3% either way). Dequantizing keeps session 2's tiles
     (8 warps for 4096-blocks; not re-swept). Global quantization is flat across
     tilings.
