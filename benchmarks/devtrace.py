@@ -115,5 +115,38 @@ def main(rounds: int = 2) -> None:
             )
 
 
+def data_probe(rounds: int = 2) -> None:
+    """Is fake quant of 512+ blocks slower than of 256-blocks because of the data or
+    the tile shape? Times both (and 4096-blocks) on normal data and on data whose every
+    256-element chunk starts with the same peak, so all blocksizes see one absmax and
+    the same scaled values (the same lookups)."""
+    import fp8mm
+    from fp8mm.pallas import codebook as cb
+
+    code = jnp.asarray(fp8mm.e4m3_code())
+    table, lookup = cb._table_for(fp8mm.e4m3_code())
+    table = jnp.asarray(table)
+    shape = (8192, 4096)
+    normal = jax.random.normal(jax.random.key(1), shape).astype(jnp.bfloat16)
+    flat = normal.reshape(-1, 256).at[:, 0].set(8.0).reshape(shape)
+    cases = {}
+    for name, x in (("normal", normal), ("peaked", flat)):
+        for bs in (256, 512, 4096):
+            cfg = cb.choose_tiles(bs, True)
+            f = functools.partial(
+                cb._blockwise_call, blocksize=bs, fake=True, lookup=lookup, interpret=False,
+                cfg=cfg,
+            )  # fmt: skip
+            cases[name, bs] = (jax.jit(f).lower(x, code, table).compile(), x)
+    best = collections.defaultdict(lambda: float("inf"))
+    for _ in range(rounds):
+        for k, (c, x) in cases.items():
+            best[k] = min(best[k], _busy_us(lambda c=c, x=x: c(x, code, table)))
+    for (name, bs), us in best.items():
+        print(f"data probe {name} bs={bs}: {us:.1f} us", flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    data_probe() if sys.argv[1:] == ["data"] else main()
