@@ -30,16 +30,18 @@ def events_by_name(call, n: int = 20) -> dict[str, tuple[float, float]]:
 
 
 # Tile configurations to sweep: (rows, cols, warps, steps) by (fake, blocksize); the
-# first of each list is the library's choice (checked in main).
+# first of each list is the library's choice (checked in main). Session 6 swept
+# warps/steps/rows (results/nvidia-h200-devtrace-session6.log); this list is the next
+# one, not yet run: one-warp programs, which keep each block's max inside one warp
+# (NOTES session 6: every fast case had one warp per row, every slow one a row over
+# several warps). The 256-block entry is the fast reference.
 SWEEP = {
-    (True, 256): [(16, 256, 4, 1), (8, 256, 4, 4), (8, 256, 4, 8), (4, 256, 4, 8)],
-    (True, 512): [(8, 512, 4, 1), (4, 512, 4, 4), (4, 512, 4, 8)],
-    (True, 1024): [(4, 1024, 4, 1), (2, 1024, 4, 4)],
-    (True, 2048): [(2, 2048, 4, 1), (1, 2048, 4, 4)],
-    (True, 4096): [(1, 4096, 4, 1), (1, 4096, 2, 1)],
-    (False, 256): [(8, 256, 4, 4), (8, 256, 4, 8), (4, 256, 4, 8)],
-    (False, 2048): [(1, 2048, 4, 4), (2, 2048, 4, 1)],
-    (False, 4096): [(1, 4096, 4, 1), (1, 4096, 2, 1)],
+    (True, 256): [(8, 256, 4, 4)],
+    (True, 512): [(4, 512, 4, 4), (1, 512, 1, 4), (4, 512, 1, 1), (2, 512, 1, 2)],
+    (True, 2048): [(1, 2048, 4, 4), (1, 2048, 1, 1), (1, 2048, 1, 2)],
+    (True, 4096): [(1, 4096, 4, 1), (1, 4096, 1, 1), (1, 4096, 2, 1)],
+    (False, 512): [(4, 512, 4, 4), (1, 512, 1, 4)],
+    (False, 4096): [(1, 4096, 4, 1), (1, 4096, 1, 1)],
 }
 # The suite's 4096-wide shapes, and the train step's (gpu preset: 64x256 tokens, d512, MLP 2048).
 SHAPES = ((8192, 4096), (16384, 4096), (8192, 16384), (16384, 512), (16384, 2048))
@@ -83,7 +85,11 @@ def main(rounds: int = 2) -> None:
                     cb._blockwise_call, blocksize=bs, fake=fake, lookup=lookup,
                     interpret=interpret, cfg=cfg,
                 )  # fmt: skip
-                c = jax.jit(f).lower(x, code, table).compile()
+                try:
+                    c = jax.jit(f).lower(x, code, table).compile()
+                except Exception as e:  # a config that cannot compile is a result too
+                    print(f"FAILED {shape} fake={fake} bs={bs} {t}: {e!r}"[:300], flush=True)
+                    continue
                 got = [a for a in c(x, code, table) if a is not None]
                 if want is None:
                     want = got
@@ -99,7 +105,8 @@ def main(rounds: int = 2) -> None:
         for (shape, case), c in compiled.items():
             args = (xs[shape],) if case == "copy" else (xs[shape], code, table)
             best[shape, case] = min(best[shape, case], _busy_us(lambda c=c, a=args: c(*a)))
-        fastest = max(2 * nbytes[s] / best[s, "copy"] for s in SHAPES)
+        # Copies that fit in L2 (16384x512: 16 MiB) would inflate the "fastest" copy.
+        fastest = max(2 * nbytes[s] / best[s, "copy"] for s in SHAPES if nbytes[s] >= 2**26)
         print(f"after round {r + 1}: fastest copy {fastest / 1e3:.0f} GB/s", flush=True)
         for (shape, case), us in best.items():
             if case == "copy":
