@@ -47,6 +47,25 @@ SWEEP = {
 SHAPES = ((8192, 4096), (16384, 4096), (8192, 16384), (16384, 512), (16384, 2048))
 
 
+def _e4m3_lookup():
+    """(code, bucket table, lookup) of the e4m3 grid, as the kernels take them."""
+    import fp8mm
+    from fp8mm.pallas import codebook as cb
+
+    table, lookup = cb._table_for(fp8mm.e4m3_code())
+    return jnp.asarray(fp8mm.e4m3_code()), jnp.asarray(table), lookup
+
+
+def _compile_blockwise(x, code, table, lookup, bs: int, fake: bool, cfg, interpret: bool = False):
+    """The blockwise kernel for one tile config, compiled for x."""
+    from fp8mm.pallas import codebook as cb
+
+    f = functools.partial(
+        cb._blockwise_call, blocksize=bs, fake=fake, lookup=lookup, interpret=interpret, cfg=cfg
+    )
+    return jax.jit(f).lower(x, code, table).compile()
+
+
 def _busy_us(call, n: int = 20) -> float:
     """Device busy µs per call (all events), NaN without a GPU."""
     ev = events_by_name(call, n)
@@ -62,15 +81,13 @@ def main(rounds: int = 2) -> None:
     fastest copy of the call ("fastest"). Every config is checked bit for bit
     against the library's choice.
     """
-    import fp8mm
     from fp8mm.pallas import codebook as cb
 
     print(jax.devices()[0].device_kind, jax.__version__, flush=True)
     interpret = jax.default_backend() == "cpu"  # a CPU run only checks the script
-    code = jnp.asarray(fp8mm.e4m3_code())
-    table, lookup = cb._table_for(fp8mm.e4m3_code())
-    table = jnp.asarray(table)
+    code, table, lookup = _e4m3_lookup()
     compiled, xs, best = {}, {}, collections.defaultdict(lambda: float("inf"))
+    problems = 0
     for (fake, bs), cfgs in SWEEP.items():
         lib = dataclasses.astuple(cb.choose_tiles(bs, fake))
         assert tuple(cfgs[0]) == lib, (fake, bs, lib, cfgs[0])
@@ -81,14 +98,11 @@ def main(rounds: int = 2) -> None:
             want = None
             for t in cfgs:
                 cfg = cb.TileConfig(*t)
-                f = functools.partial(
-                    cb._blockwise_call, blocksize=bs, fake=fake, lookup=lookup,
-                    interpret=interpret, cfg=cfg,
-                )  # fmt: skip
                 try:
-                    c = jax.jit(f).lower(x, code, table).compile()
+                    c = _compile_blockwise(x, code, table, lookup, bs, fake, cfg, interpret)
                 except Exception as e:  # a config that cannot compile is a result too
                     print(f"FAILED {shape} fake={fake} bs={bs} {t}: {e!r}"[:300], flush=True)
+                    problems += 1
                     continue
                 got = [a for a in c(x, code, table) if a is not None]
                 if want is None:
@@ -96,9 +110,10 @@ def main(rounds: int = 2) -> None:
                 same = all(bool(jnp.array_equal(g, w)) for g, w in zip(got, want, strict=True))
                 if not same:
                     print(f"MISMATCH {shape} fake={fake} bs={bs} {t}", flush=True)
+                    problems += 1
                 compiled[shape, (fake, bs, t)] = c
     if interpret:
-        print("CPU: every config ran (interpret mode) and matched; no device times", flush=True)
+        print(f"CPU (interpret mode): {problems} configs failed or mismatched; no device times")
         return
     nbytes = {s: s[0] * s[1] * 2 for s in SHAPES}
     for r in range(rounds):
@@ -127,12 +142,9 @@ def data_probe(rounds: int = 2) -> None:
     the tile shape? Times both (and 4096-blocks) on normal data and on data whose every
     256-element chunk starts with the same peak, so all blocksizes see one absmax and
     the same scaled values (the same lookups)."""
-    import fp8mm
     from fp8mm.pallas import codebook as cb
 
-    code = jnp.asarray(fp8mm.e4m3_code())
-    table, lookup = cb._table_for(fp8mm.e4m3_code())
-    table = jnp.asarray(table)
+    code, table, lookup = _e4m3_lookup()
     shape = (8192, 4096)
     normal = jax.random.normal(jax.random.key(1), shape).astype(jnp.bfloat16)
     flat = normal.reshape(-1, 256).at[:, 0].set(8.0).reshape(shape)
@@ -140,11 +152,7 @@ def data_probe(rounds: int = 2) -> None:
     for name, x in (("normal", normal), ("peaked", flat)):
         for bs in (256, 512, 4096):
             cfg = cb.choose_tiles(bs, True)
-            f = functools.partial(
-                cb._blockwise_call, blocksize=bs, fake=True, lookup=lookup, interpret=False,
-                cfg=cfg,
-            )  # fmt: skip
-            cases[name, bs] = (jax.jit(f).lower(x, code, table).compile(), x)
+            cases[name, bs] = (_compile_blockwise(x, code, table, lookup, bs, True, cfg), x)
     best = collections.defaultdict(lambda: float("inf"))
     for _ in range(rounds):
         for k, (c, x) in cases.items():

@@ -4,7 +4,7 @@
 # call), then a short summary. Run from the repository root on the GPU machine with
 # `.whl` carried (pytest/hypothesis wheels, see the closing notes):
 #   bash tools/gpu_check.sh [scale]
-# FILES="test_ops:220 ..." picks the files (name:seconds) to run; default all five.
+# FILES="test_ops:220 ..." picks the files (name:seconds) to run; default all six.
 # Each file has its own limit (seconds measured on an H200, session 2: int8 46,
 # ops 215, codebook 57 (75 in session 6), golden 38, primitives 31), multiplied by `scale` (default 1.3; 526 s at most).
 # Logs go to $OUT (or /tmp/fp8mm-gpu) as <file>.log; the last lines are a table.
