@@ -23,6 +23,10 @@ import os
 from collections.abc import Iterator
 from typing import Literal
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from fp8mm import _host, reference
 
 __all__ = ["Impl", "call", "default_implementation", "resolve", "use_implementation"]
@@ -115,6 +119,11 @@ def resolve(name: str, implementation: Impl, *args) -> str:
         return "xla"
     kernel = _kernel(name)
     why = "no Pallas kernel exists for it" if kernel is None else kernel.unsupported(*args)
+    if why is None and not on_gpu() and jax.config.jax_enable_x64:
+        # Compiled kernels are traced without x64 (see `call`), but Pallas interpret
+        # mode lowers them again under the caller's x64 setting, where JAX's
+        # interpreter mixes int64 into their int32 indexing and is not bit-exact.
+        why = "Pallas interpret mode (no GPU) does not support jax_enable_x64"
     if impl == "pallas":
         if why is not None:
             raise NotImplementedError(
@@ -124,10 +133,88 @@ def resolve(name: str, implementation: Impl, *args) -> str:
     return "pallas" if (why is None and on_gpu()) else "xla"
 
 
+# Fake quantization is differentiable with the straight-through estimator (identity
+# through the rounding, as qwix and AQT train with it); the primitives returning codes
+# have no gradient.
+STRAIGHT_THROUGH = ("fake_quant_blockwise", "fake_quant_global")
+
+
+def _x64(enabled: bool):
+    # `jax.enable_x64` is the context manager of current JAX; older releases spell it
+    # `jax.experimental.enable_x64` / `disable_x64`.
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(enabled)
+    from jax import experimental
+
+    return experimental.enable_x64() if enabled else experimental.disable_x64()
+
+
+def _zero_cotangent(x):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros(x.shape, x.dtype)
+    return np.zeros(x.shape, jax.dtypes.float0)
+
+
+def _with_gradient_rule(name: str, run, args: tuple):
+    """run(*args) with fp8mm's gradient rule for primitive `name`.
+
+    Only tracers can be differentiated, so only they become inputs of the
+    custom VJP; concrete values (a numpy codebook in particular, which the
+    kernels turn into a lookup table on the host) stay as they are.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    traced = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.core.Tracer)]
+    if not traced:
+        return run(*args)
+
+    def rebuild(values):
+        full = list(leaves)
+        for i, v in zip(traced, values, strict=True):
+            full[i] = v
+        return jax.tree_util.tree_unflatten(treedef, full)
+
+    @jax.custom_vjp
+    def primitive(*values):
+        return run(*rebuild(values))
+
+    def fwd(*values):
+        return primitive(*values), values
+
+    def bwd(values, cts):
+        if name not in STRAIGHT_THROUGH:
+            raise TypeError(
+                f"fp8mm.{name} has no gradient: it returns integer codes and their "
+                "scales. For a differentiable quantize->dequantize use "
+                "fake_quant_blockwise / fake_quant_global (straight-through gradient), "
+                "or wrap the input in jax.lax.stop_gradient."
+            )
+        # Straight through: the cotangent of A (the first argument) is the output's;
+        # the codebook and everything else get zeros.
+        grads = [_zero_cotangent(v) for v in values]
+        if traced and traced[0] == 0:
+            grads[0] = cts.astype(values[0].dtype)
+        return tuple(grads)
+
+    primitive.defvjp(fwd, bwd)
+    return primitive(*(leaves[i] for i in traced))
+
+
 def call(name: str, implementation: Impl, *args):
-    """Runs primitive `name` with the implementation chosen for these arguments."""
+    """Runs primitive `name` with the implementation chosen for these arguments.
+
+    Gradients: `fake_quant_*` pass the output cotangent straight through to A;
+    every other primitive raises a TypeError when differentiated.
+    """
     if name not in PRIMITIVES:
         raise KeyError(f"unknown primitive {name!r}")
     if resolve(name, implementation, *args) == "pallas":
-        return _kernel(name).fn(*args, interpret=not on_gpu())
-    return getattr(reference, name)(*args)
+        kernel = _kernel(name).fn
+
+        def run(*a):
+            # The kernels index in int32; under jax_enable_x64 their index arithmetic
+            # would mix int32 and int64, so they are always traced without x64.
+            with _x64(False):
+                return kernel(*a, interpret=not on_gpu())
+    else:
+        run = getattr(reference, name)
+    return _with_gradient_rule(name, run, args)

@@ -109,9 +109,46 @@ def _div(x: jax.Array, y: jax.Array) -> jax.Array:
     return x / jax.lax.optimization_barrier(jnp.broadcast_to(y, x.shape))
 
 
-def _abs_ignoring_nan(x: jax.Array) -> jax.Array:
-    # CUDA's fmaxf drops NaN operands, so NaN never becomes an absmax.
-    return jnp.where(jnp.isnan(x), 0.0, jnp.abs(x))
+def absmax_nan(x: jax.Array, axis=None) -> jax.Array:
+    """max |x| along `axis` (0 when empty), NaN where a NaN is reduced over.
+
+    bitsandbytes' CUDA kernels reduce with fmaxf, which drops NaN, so a NaN
+    input comes out of its matmuls as a finite number. fp8mm deviates on
+    purpose: a NaN makes its block's (row's) scale NaN and so reaches every
+    value it touches. The NaN test is explicit because XLA's max does not
+    propagate NaN for every shape on every backend.
+    """
+    nan = jnp.isnan(x)
+    m = jnp.max(jnp.where(nan, 0.0, jnp.abs(x)), axis=axis, initial=0.0)
+    return jnp.where(jnp.any(nan, axis=axis), np.float32(np.nan), m).astype(jnp.float32)
+
+
+# Above 2**126 the float32 reciprocal is subnormal, which GPUs and XLA's CPU runtime flush
+# to zero: those scales are taken through a power-of-two prescale instead.
+BIG_ABSMAX = np.float32(2.0**126)
+_PRESCALE = np.float32(2.0**-64)
+
+
+def block_prescale(absmax: jax.Array) -> jax.Array:
+    """1 for ordinary absmax, 2**-64 for absmax >= 2**126 (exact powers of two)."""
+    return jnp.where(absmax >= BIG_ABSMAX, _PRESCALE, np.float32(1.0))
+
+
+def normalise_blocks(blocks: jax.Array, absmax: jax.Array) -> jax.Array:
+    """blocks * (1/absmax) per row, as CUDA does, without a flushed subnormal reciprocal.
+
+    (x*s) * (1/(absmax*s)) with s a power of two: s = 1 gives bitsandbytes' product
+    bit for bit; s = 2**-64 keeps the reciprocal of a huge absmax normal.
+    """
+    s = block_prescale(absmax)
+    # CUDA multiplies by the float32 reciprocal (0 -> inf, and 0*inf = NaN -> code 0).
+    return (blocks * s[:, None]) * (np.float32(1.0) / (absmax * s))[:, None]
+
+
+def row_scale(stats: jax.Array) -> jax.Array:
+    """127 * (1/stats) (bitsandbytes' int8 row scale), prescaled for stats >= 2**126."""
+    s = block_prescale(stats)
+    return (np.float32(127.0) * s) * (np.float32(1.0) / (stats * s))
 
 
 def _blocks(A: jax.Array, blocksize: int) -> jax.Array:
@@ -138,9 +175,8 @@ def quantize_blockwise(
       [ceil(A.size / blocksize)].
     """
     blocks = _blocks(A, blocksize)
-    absmax = jnp.max(_abs_ignoring_nan(blocks), axis=1, initial=0.0)
-    # CUDA multiplies by the float32 reciprocal (0 -> inf, and 0*inf = NaN -> code 0).
-    q = nearest_code(blocks * (np.float32(1.0) / absmax)[:, None], code)
+    absmax = absmax_nan(blocks, axis=1)
+    q = nearest_code(normalise_blocks(blocks, absmax), code)
     q = q.reshape(-1)[: A.size].reshape(A.shape)
     return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
 
@@ -168,8 +204,8 @@ def dequantize_blockwise(q: jax.Array, state: QuantState) -> jax.Array:
 def fake_quant_blockwise(A: jax.Array, code: jax.Array, blocksize: int) -> jax.Array:
     """`dequantize_blockwise(*quantize_blockwise(A, code, blocksize))` in A's dtype."""
     blocks = _blocks(A, blocksize)
-    absmax = jnp.max(_abs_ignoring_nan(blocks), axis=1, initial=0.0)
-    q = nearest_code(blocks * (np.float32(1.0) / absmax)[:, None], code)
+    absmax = absmax_nan(blocks, axis=1)
+    q = nearest_code(normalise_blocks(blocks, absmax), code)
     vals = code[q.astype(jnp.int32)] * absmax[:, None]
     return vals.reshape(-1)[: A.size].reshape(A.shape).astype(A.dtype)
 
@@ -190,7 +226,7 @@ def quantize(A: jax.Array, code: jax.Array) -> tuple[jax.Array, QuantState]:
       and state.dtype float32.
     """
     a = A.astype(jnp.float32)
-    absmax = jnp.max(_abs_ignoring_nan(a), initial=0.0)
+    absmax = absmax_nan(a)
     # Global quantization divides (torch `A / absmax`); blockwise multiplies.
     q = nearest_code(_div(a, absmax), code)
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
@@ -214,9 +250,13 @@ def fake_quant_global(A: jax.Array, code: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------
 
 
+F16_OVERFLOW = np.float32(65520.0)  # the smallest float32 magnitude that rounds to float16 inf
+
+
 def _to_int8(x: jax.Array) -> jax.Array:
-    # CUDA float->int conversion: NaN gives 0 and out-of-range values saturate.
-    x = jnp.where(jnp.isnan(x), 0.0, jnp.clip(x, -128.0, 127.0))
+    # NaN gives 0 (as CUDA's conversion); codes stay in bitsandbytes' [-127, 127] even for
+    # infinite quotients, where CUDA's saturating cast would give -128.
+    x = jnp.where(jnp.isnan(x), 0.0, jnp.clip(x, -127.0, 127.0))
     return x.astype(jnp.int8)
 
 
@@ -230,9 +270,22 @@ def _to_f16_values(x: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(x.astype(jnp.float16)).astype(jnp.float32)
 
 
+def f16_or_wide(x: jax.Array) -> jax.Array:
+    """x rounded to float16 as float32, except where that overflows: there x itself.
+
+    bitsandbytes casts int8 inputs to float16, which turns bf16/float32 values
+    above 65504 into inf (and the row's output into NaN). fp8mm keeps the cast
+    wherever it is finite, so it agrees with bitsandbytes bit for bit there, and
+    quantizes the values the cast cannot hold from their own dtype.
+    """
+    x = x.astype(jnp.float32)
+    r = _to_f16_values(x)
+    return jnp.where(jnp.abs(x) >= F16_OVERFLOW, x, r)
+
+
 def _rows(A: jax.Array) -> jax.Array:
-    """A's float16 values as float32 [rows, cols] (explicit row count: cols may be 0)."""
-    return _to_f16_values(A).reshape(int(np.prod(A.shape[:-1])), A.shape[-1])
+    """A's float16 values (see `f16_or_wide`) as float32 [rows, cols] (cols may be 0)."""
+    return f16_or_wide(A).reshape(int(np.prod(A.shape[:-1])), A.shape[-1])
 
 
 def _outliers(a16: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array]:
@@ -244,11 +297,24 @@ def _outliers(a16: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array]:
     return elem, jnp.any(elem, axis=0)
 
 
+def _row_codes(a16: jax.Array, threshold: float):
+    elem, cols = _outliers(a16, threshold)
+    # NaN is never an outlier (|NaN| >= t is false), so it reaches the row absmax.
+    row_stats = absmax_nan(jnp.where(elem, 0.0, a16), axis=1)
+    # __fdividef(127, absmax) is a reciprocal-multiply on the GPU.
+    ca = _to_int8(jnp.round(a16 * row_scale(row_stats)[:, None]))
+    ca = jnp.where(elem | cols[None, :], jnp.int8(0), ca)
+    return ca, row_stats, elem, cols
+
+
 @functools.partial(jax.jit, static_argnames=("threshold",))
 def int8_vectorwise_quant(
     A: jax.Array, threshold: float = 0.0
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Row-wise int8 quantization of A cast to float16 (bitsandbytes `int8_vectorwise_quant`).
+
+    Values whose float16 cast would overflow are quantized from A's own dtype
+    (see `f16_or_wide`); a NaN makes its row's absmax NaN.
 
     Args:
       A: float array [..., k].
@@ -256,21 +322,24 @@ def int8_vectorwise_quant(
         left out of the row absmax, and their whole columns are zeroed in CA.
 
     Returns:
-      CA: int8 [..., k], round-half-even(x * 127/row_absmax).
+      CA: int8 [..., k], round-half-even(x * 127/row_absmax), in [-127, 127].
       row_stats: float32 [...], the row absmax.
       outlier_cols: bool [k], True for columns holding an outlier (all False
         when threshold == 0). `fp8mm.outlier_indices` turns it into indices.
     """
-    a16 = _rows(A)
-    elem, cols = _outliers(a16, threshold)
-    # The kernel reduces with fmaxf in float16, which drops NaN, from -FLT_MIN (-0 in float16).
-    absval = _abs_ignoring_nan(a16)
-    row_stats = jnp.max(jnp.where(elem, 0.0, absval), axis=1, initial=0.0).astype(jnp.float32)
-    # __fdividef(127, absmax) is a reciprocal-multiply on the GPU.
-    scale = np.float32(127.0) * (np.float32(1.0) / row_stats)
-    ca = _to_int8(jnp.round(a16 * scale[:, None]))
-    ca = jnp.where(elem | cols[None, :], jnp.int8(0), ca)
+    ca, row_stats, _, cols = _row_codes(_rows(A), threshold)
     return ca.reshape(A.shape), row_stats.reshape(A.shape[:-1]), cols
+
+
+def column_numerator(a16: jax.Array) -> jax.Array:
+    """torch's `A.mul(127.0)` in float16, as float32; 127*x itself where float16 overflows.
+
+    The product of a float16 value and 127 is exact in float32, so where the
+    float16 rounding overflows (|x| > 65504/127) the quotient by the column
+    absmax gives the intended code round(127*x / col_absmax); bitsandbytes
+    gives garbage there (its cast of inf to int8 yields -1 or 0).
+    """
+    return f16_or_wide(a16 * np.float32(127.0))
 
 
 @functools.partial(jax.jit, static_argnames=("threshold",))
@@ -280,7 +349,7 @@ def int8_double_quant(
     """Row-wise and column-wise int8 quantization (bitsandbytes `int8_double_quant`).
 
     Args:
-      A: float array [..., k] (cast to float16).
+      A: float array [..., k] (cast to float16, see `int8_vectorwise_quant`).
       threshold: outlier threshold, as in `int8_vectorwise_quant`; outliers are
         also left out of the column absmax and zeroed in CAt.
 
@@ -291,16 +360,13 @@ def int8_double_quant(
       col_stats: float32 [k].
       outlier_cols: bool [k].
     """
-    ca, row_stats, cols = int8_vectorwise_quant(A, threshold)
     a16 = _rows(A)
-    elem, _ = _outliers(a16, threshold)
+    ca, row_stats, elem, cols = _row_codes(a16, threshold)
     masked = jnp.where(elem, np.float32(0), a16)
-    # torch.amax propagates NaN (unlike the row kernel's fmaxf).
-    col_stats = jnp.max(jnp.abs(masked), axis=0, initial=0.0).astype(jnp.float32)
+    col_stats = absmax_nan(masked, axis=0)
     # torch: round(A.mul(127.0) / col_stats) with the product rounded to float16 first.
-    scaled = _to_f16_values(masked * np.float32(127.0))
-    cat = _to_int8(jnp.round(_div(scaled, col_stats[None, :])))
-    return ca, cat.reshape(A.shape), row_stats, col_stats, cols
+    cat = _to_int8(jnp.round(_div(column_numerator(masked), col_stats[None, :])))
+    return ca.reshape(A.shape), cat.reshape(A.shape), row_stats.reshape(A.shape[:-1]), col_stats, cols
 
 
 @jax.jit
@@ -333,6 +399,28 @@ def int8_linear_matmul(A: jax.Array, B: jax.Array) -> jax.Array:
     )
 
 
+def dequant_values(acc, row_stats, col_stats, bias, out_dtype) -> jax.Array:
+    """((acc*row)*col)*(1/127²) (+ bias) rounded to float16, then cast to out_dtype.
+
+    For a float16 out_dtype this is bitsandbytes' result bit for bit. For
+    bfloat16/float32 it is the same wherever the float16 rounding is finite; a
+    value beyond float16 range is cast from float32 directly instead of becoming
+    inf (bf16 activations above 65504 give such outputs).
+    """
+    t = acc.astype(jnp.float32) * row_stats[..., None].astype(jnp.float32)
+    t = t * col_stats.astype(jnp.float32)
+    fused = bias is not None and np.dtype(bias.dtype) == np.dtype(jnp.float16)
+    wide = np.dtype(out_dtype) != np.dtype(jnp.float16)
+    round16 = f16_or_wide if wide else _to_f16_values
+    if fused:
+        out = round16(t * MM_DEQUANT_CONST + bias.astype(jnp.float32))
+    else:
+        out = round16(t * MM_DEQUANT_CONST)
+    if bias is not None and not fused:
+        out = round16(out + bias.astype(jnp.float32))
+    return out.astype(out_dtype)
+
+
 @jax.jit
 def int8_mm_dequant(
     acc: jax.Array,
@@ -354,16 +442,7 @@ def int8_mm_dequant(
     Returns:
       float16 [..., n].
     """
-    t = acc.astype(jnp.float32) * row_stats[..., None].astype(jnp.float32)
-    t = t * col_stats.astype(jnp.float32)
-    fused = bias is not None and np.dtype(bias.dtype) == np.dtype(jnp.float16)
-    if fused:
-        out = (t * MM_DEQUANT_CONST + bias.astype(jnp.float32)).astype(jnp.float16)
-    else:
-        out = (t * MM_DEQUANT_CONST).astype(jnp.float16)
-    if bias is not None and not fused:
-        out = (_to_f16_values(out) + bias.astype(jnp.float32)).astype(jnp.float16)
-    return out
+    return dequant_values(acc, row_stats, col_stats, bias, jnp.float16)
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype",))
@@ -378,8 +457,8 @@ def int8_linear_matmul_dequant(
     """`int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias).astype(out_dtype)`.
 
     The fused form the Pallas kernel implements in one pass (the int32 product
-    never reaches memory); here it is the two reference steps. The result is
-    rounded to float16 first, as bitsandbytes does, then cast to out_dtype.
+    never reaches memory). The result is rounded to float16 first, as
+    bitsandbytes does, then cast to out_dtype; for a wider out_dtype, values
+    beyond float16 range keep their float32 value (see `dequant_values`).
     """
-    out = int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias)
-    return out.astype(out_dtype)
+    return dequant_values(int8_linear_matmul(A, B), row_stats, col_stats, bias, out_dtype)

@@ -1,6 +1,7 @@
 """fp8mm.nn.linen: drop-in nn.Dense layers, dot_general injection, interception, int8, sow."""
 
 import dataclasses
+import warnings
 
 import flax.linen as nn
 import jax
@@ -174,3 +175,92 @@ def test_outlier_statistics_are_sown():
     # Without a threshold nothing is sown.
     _, inter = MLP(L.SwitchBackDense).apply(params, x, mutable=["intermediates"])
     assert not inter
+
+
+class SwitchBackWithHead(nn.Module):
+    """A SwitchBack layer feeding a plain nn.Dense head (which int8 weights do not fit)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(8, name="head")(nn.relu(L.SwitchBackDense(48)(x)))
+
+
+def test_train_float_parts_of_int8_model():
+    # jax.grad(allow_int=True) gives CB a float0 gradient, which optax cannot apply;
+    # split_int8_params keeps the int8 leaves out of what is differentiated.
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((16, 64)), jnp.float32)
+    y = jnp.asarray(rng.standard_normal((16, 8)), jnp.float32)
+    model = SwitchBackWithHead()
+    params = model.init(jax.random.key(0), x)
+    int8, _ = L.int8_inference_params(params, model, x, filter=lambda p: "head" not in p)
+    trainable, frozen = fnn.split_int8_params(int8)
+    assert set(frozen["params"]["Dense_0"]) == {"CB", "SCB"} and not frozen["params"]["head"]
+    assert set(trainable["params"]["Dense_0"]) == {"bias"}
+    assert set(trainable["params"]["head"]) == {"kernel", "bias"}
+    tx = optax.adamw(1e-2, weight_decay=0.1)  # decay would move SCB, were it trained
+    opt = tx.init(trainable)
+
+    @jax.jit
+    def step(trainable, opt):
+        def loss(t):
+            return jnp.mean((model.apply(fnn.merge_int8_params(t, frozen), x) - y) ** 2)
+
+        value, g = jax.value_and_grad(loss)(trainable)
+        upd, opt = tx.update(g, opt, trainable)
+        return optax.apply_updates(trainable, upd), opt, value
+
+    t, losses = trainable, []
+    for _ in range(5):
+        t, opt, value = step(t, opt)
+        losses.append(float(value))
+    assert losses[-1] < losses[0]
+    merged = fnn.merge_int8_params(t, frozen)
+    assert jax.tree.structure(merged) == jax.tree.structure(int8)
+    for name in ("CB", "SCB"):
+        got, want = merged["params"]["Dense_0"][name], int8["params"]["Dense_0"][name]
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    for path in (("Dense_0", "bias"), ("head", "kernel"), ("head", "bias")):
+        a, b = merged["params"][path[0]][path[1]], int8["params"][path[0]][path[1]]
+        assert not np.array_equal(a, b), path
+
+
+def test_int8_inference_params_checks_layers_with_model():
+    x = rand((4, 64))
+    model = SwitchBackWithHead()
+    params = model.init(jax.random.key(0), x)
+    # Converting the plain Dense used to fail only later, inside apply.
+    with pytest.raises(ValueError, match=r"\['params/head'\] do not run as SwitchBack"):
+        L.int8_inference_params(params, model, x)
+    with pytest.raises(ValueError, match=r"\['head'\]"):  # a bare 'params' collection
+        L.int8_inference_params(params["params"], model, x)
+    _, report = L.int8_inference_params(params, model, x, filter=lambda p: "head" not in p)
+    assert report.layers == ("params/Dense_0",)
+    # Stock nn.Dense layers run as SwitchBack inside the context: all of them convert.
+    plain = MLP().init(jax.random.key(0), x)
+    with L.quantize_dense("switchback"):
+        _, report = L.int8_inference_params(plain, MLP(), x)
+    assert report.layers == ("params/Dense_0", "params/Dense_1")
+    with pytest.raises(ValueError, match="do not run as SwitchBack"):
+        L.int8_inference_params(plain, MLP(), x)
+
+
+def test_quantize_dense_warns_when_the_function_was_traced_before(monkeypatch):
+    monkeypatch.setattr(L, "_specs_that_traced", set())
+    x = rand((3, 64))
+    params = MLP().init(jax.random.key(0), x)
+    stale = jax.jit(lambda p, x: MLP().apply(p, x))
+    plain = stale(params, x)
+    with pytest.warns(UserWarning, match="exited without tracing any nn.Dense"):
+        with L.quantize_dense("fp8_mixed"):
+            got = stale(params, x)
+    np.testing.assert_array_equal(got, plain)  # the cached plain trace ran: the documented rule
+    # Traced inside the context: quantized, and later calls of that trace do not warn.
+    fresh = jax.jit(lambda p, x: MLP().apply(p, x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            with L.quantize_dense("fp8_mixed"):
+                got = fresh(params, x)
+    assert not np.array_equal(got, plain)

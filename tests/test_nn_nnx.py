@@ -9,7 +9,9 @@ import optax
 import pytest
 from flax import nnx
 
+import fp8mm
 import fp8mm.nn as fnn
+from fp8mm.codebooks import create_fp8_map
 from fp8mm.nn import nnx as N
 
 KINDS = fnn.KINDS
@@ -145,3 +147,54 @@ def test_outlier_statistics_are_sown():
     np.testing.assert_array_equal(np.flatnonzero(stats["outlier_cols"].get_value()[0]), [3, 17])
     assert int(stats["outlier_count"].get_value()[0]) == 2
     assert not nnx.state(model, nnx.Intermediate)  # nothing left on the model
+
+
+@pytest.mark.parametrize("array", [np.asarray, jnp.asarray], ids=["numpy", "jax"])
+def test_custom_code_forward_and_grad(array):
+    # Array codes used to be rejected by nnx.static; now they are kept as static host copies.
+    code = array(create_fp8_map(True, 3, 4, 8))  # e3m4: not the default e4m3
+    x = rand((6, 64), seed=4)
+    layer = N.Fp8MixedLinear(64, 32, fw_code=code, bw_code=code, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(layer.fw_code), np.asarray(code))
+    assert len(jax.tree.leaves(nnx.state(layer))) == 2  # the codes are not state
+
+    @nnx.jit
+    def value_and_grad(model):
+        return nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2))(model)
+
+    loss, grads = value_and_grad(layer)
+    kernel, bias = layer.kernel[...], layer.bias[...]
+
+    def want_loss(kernel, bias):
+        return jnp.sum((fp8mm.matmul_fp8_mixed(x, kernel, code, code) + bias) ** 2)
+
+    want, (gk, gb) = jax.jit(jax.value_and_grad(want_loss, (0, 1)))(kernel, bias)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    np.testing.assert_allclose(grads["kernel"][...], gk, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads["bias"][...], gb, rtol=1e-5, atol=1e-6)
+    default = N.Fp8MixedLinear(64, 32, rngs=nnx.Rngs(0))
+    assert not np.array_equal(nnx.jit(lambda m: m(x))(default), nnx.jit(lambda m: m(x))(layer))
+
+    # quantize_model takes the same codes; split/merge and an optimizer step work with them.
+    converted = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "fp8_global", fw_code=code)
+    direct = MLP(
+        lambda i, o, rngs: N.Fp8GlobalLinear(i, o, fw_code=code, rngs=rngs), rngs=nnx.Rngs(0)
+    )
+    got, ref = value_and_grad(nnx.merge(*nnx.split(converted))), value_and_grad(direct)
+    np.testing.assert_array_equal(got[0], ref[0])
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(got[1]), nnx.state(ref[1]))
+    opt = nnx.Optimizer(converted, optax.sgd(1e-3), wrt=nnx.Param)
+    nnx.jit(lambda m, o, g: o.update(m, g))(converted, opt, got[1])
+
+
+def test_quantize_model_twice():
+    model = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "switchback", threshold=6.0)
+    first = model.layers[0]
+    # The same kind and options again: nothing to do.
+    assert fnn.quantize_model(model, "switchback", threshold=6.0).layers[0] is first
+    # Other options or another kind: refused, unless the filter leaves those layers out.
+    with pytest.raises(ValueError, match=r"already holds fp8mm layers.*SwitchBackLinear"):
+        fnn.quantize_model(model, "switchback")
+    mixed = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "switchback", filter=lambda p, m: p[-1] == 0)
+    fnn.quantize_model(mixed, "fp8_mixed", filter=lambda p, m: p[-1] == 1)
+    assert [type(m) for m in mixed.layers] == [N.SwitchBackLinear, N.Fp8MixedLinear]

@@ -105,17 +105,20 @@ def test_int8_inf_and_nan_inputs():
     CA, CAt, rs, cs, _ = fp8mm.int8_double_quant(A)
     # row 0 absmax is inf: 127/inf = 0, so finite entries give 0 and inf*0 = NaN gives 0.
     assert np.isinf(rs[0]) and np.all(np.asarray(CA)[0] == 0)
-    # a NaN entry converts to 0, as CUDA's float->int conversion does.
-    assert CA[1, 0] == 0 and CA[1, 2] == -127
+    # a NaN makes its row's scale NaN (fp8mm's NaN rule, not bnb's fmaxf): every code of
+    # the row is 0 and the NaN reaches the product through row_stats.
+    assert np.isnan(rs[1]) and np.all(np.asarray(CA)[1] == 0)
+    assert np.isnan(cs[0]) and np.all(np.asarray(CAt)[:, 0] == 0)
 
 
 def test_float16_overflow_in_column_quant():
-    # torch computes A.mul(127) in float16: |x| > 515.8 overflows to inf, and inf/col
-    # saturates. bitsandbytes' CAt for such a column entry is therefore +-127.
-    A = jnp.asarray([[600.0, 1.0], [-300.0, 2.0]], jnp.float16)
+    # torch computes A.mul(127) in float16: |x| > 515.8 overflows to inf (bitsandbytes
+    # then returns -1 or 0); fp8mm gives the intended round(127 x / col_absmax).
+    A = jnp.asarray([[600.0, 1.0, -1169.0], [-300.0, 2.0, 600.0], [2005.0, 0.0, 3.0]], jnp.float16)
     _, CAt, _, cs, _ = fp8mm.int8_double_quant(A)
-    assert float(cs[0]) == 600.0
-    np.testing.assert_array_equal(np.asarray(CAt)[:, 0], [127, -64])
+    assert float(cs[0]) == 2005.0
+    np.testing.assert_array_equal(np.asarray(CAt)[:, 0], [38, -19, 127])
+    np.testing.assert_array_equal(np.asarray(CAt)[:, 2], [-127, 65, 0])
 
 
 def test_dequant_bias_dtypes():

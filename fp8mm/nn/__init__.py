@@ -7,6 +7,10 @@
   (drop-in `nnx.Linear`), `quantize_model` and `to_int8_inference`.
 * `fp8_mixed_dot_general`, `fp8_global_dot_general`, `switchback_dot_general`:
   callables for stock `nn.Dense(dot_general=...)` / `nnx.Linear(dot_general=...)`.
+* `split_int8_params` / `merge_int8_params`: train the float parts of a linen
+  model holding int8 inference weights (see `fp8mm.nn.linen.int8_inference_params`).
+* `KINDS` and `OPTIONS` (kind -> its option names); every function here raises
+  TypeError/ValueError naming the argument for a wrong type or value.
 """
 
 from __future__ import annotations
@@ -14,21 +18,25 @@ from __future__ import annotations
 from typing import Any
 
 from fp8mm.nn import linen, nnx
-from fp8mm.nn._core import KINDS, QuantSpec, make_dot_general, quantized_dense
-from fp8mm.nn._int8 import Int8Report
+from fp8mm.nn._core import KINDS, OPTIONS, QuantSpec, make_dot_general, quantized_dense
+from fp8mm.nn._int8 import Int8Report, int8_inference_params, merge_int8_params, split_int8_params
 from fp8mm.nn.nnx import quantize_model, to_int8_inference
 
 __all__ = [
     "KINDS",
+    "OPTIONS",
     "Int8Report",
     "QuantSpec",
     "fp8_global_dot_general",
     "fp8_mixed_dot_general",
+    "int8_inference_params",
     "linen",
     "make_dot_general",
+    "merge_int8_params",
     "nnx",
     "quantize_model",
     "quantized_dense",
+    "split_int8_params",
     "switchback_dot_general",
     "to_int8_inference",
 ]

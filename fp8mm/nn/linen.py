@@ -6,7 +6,8 @@
   into the quantized model and back.
 * `quantize_dense(kind, ...)`: a context (through `nn.intercept_methods`) in
   which unchanged `nn.Dense` code runs quantized.
-* `int8_inference_params(params)`: SwitchBack int8 inference weights.
+* `int8_inference_params(params)`: SwitchBack int8 inference weights;
+  `split_int8_params` / `merge_int8_params` to train the float parts of such a model.
 
 With `threshold > 0`, SwitchBack layers sow 'outlier_cols' (bool [in]) and
 'outlier_count' (int32) into the 'intermediates' collection.
@@ -15,6 +16,7 @@ With `threshold > 0`, SwitchBack layers sow 'outlier_cols' (bool [in]) and
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,9 +28,26 @@ from flax.linen.dtypes import promote_dtype
 from flax.linen.linear import PromoteDtypeFn, default_kernel_init
 from flax.typing import Dtype, Initializer, PrecisionLike
 
+from fp8mm import _checks
 from fp8mm.dispatch import Impl
-from fp8mm.nn._core import QuantSpec, make_dot_general, quantized_dense
-from fp8mm.nn._int8 import Int8Report, int8_inference_params
+from fp8mm.nn._core import (
+    QuantSpec,
+    check_bool,
+    check_callable,
+    check_dtype_arg,
+    check_features,
+    check_kind,
+    check_options,
+    make_dot_general,
+    quantized_dense,
+)
+from fp8mm.nn._int8 import (
+    Int8Report,
+    int8_inference_params,
+    merge_int8_params,
+    record_switchback,
+    split_int8_params,
+)
 from fp8mm.state import MatmulLtState
 
 __all__ = [
@@ -38,7 +57,9 @@ __all__ = [
     "SwitchBackDense",
     "int8_inference_params",
     "make_dot_general",
+    "merge_int8_params",
     "quantize_dense",
+    "split_int8_params",
 ]
 
 
@@ -49,15 +70,11 @@ def _dense_call(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> jax.Ar
     nn.Dense), so parameters are created in the same order and with the same
     names and initializers as nn.Dense.
     """
+    _checks.check_array("inputs", inputs)
+    _checks.check_min_ndim("inputs", inputs, 1)
     int8_state = None
-    if spec.kind == "switchback" and module.has_variable("params", "CB"):
-        # Converted by int8_inference_params: the int8 weight replaces the kernel.
-        int8_state = MatmulLtState(
-            threshold=spec.threshold,
-            has_fp16_weights=False,
-            CB=module.get_variable("params", "CB"),
-            SCB=module.get_variable("params", "SCB"),
-        )
+    if module.has_variable("params", "CB"):
+        int8_state = _int8_state(module, inputs, spec)
         kernel = None
     else:
         kernel = module.param(
@@ -66,6 +83,8 @@ def _dense_call(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> jax.Ar
             (jnp.shape(inputs)[-1], module.features),
             module.param_dtype,
         )
+    if spec.kind == "switchback":
+        record_switchback(module.path)
     bias = None
     if module.use_bias:
         bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
@@ -75,6 +94,32 @@ def _dense_call(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> jax.Ar
         module.sow("intermediates", "outlier_cols", cols)
         module.sow("intermediates", "outlier_count", jnp.sum(cols, dtype=jnp.int32))
     return y
+
+
+def _int8_state(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> MatmulLtState:
+    """The int8 weight that int8_inference_params put in place of the kernel."""
+    where = "/".join(module.path) or type(module).__name__
+    if spec.kind != "switchback":
+        raise ValueError(
+            f"layer {where!r} holds SwitchBack int8 weights (CB/SCB from "
+            f"int8_inference_params) but runs as {spec.kind!r}; only SwitchBack layers take "
+            "them: convert only those (int8_inference_params(..., filter=...))"
+        )
+    if not module.has_variable("params", "SCB"):
+        raise ValueError(f"layer {where!r} has the int8 weight 'CB' but not its scales 'SCB'")
+    cb = module.get_variable("params", "CB")
+    if cb.ndim != 2 or cb.shape[0] != module.features or cb.shape[1] != jnp.shape(inputs)[-1]:
+        raise ValueError(
+            f"layer {where!r}: int8 weight CB {tuple(cb.shape)} does not fit inputs "
+            f"{tuple(jnp.shape(inputs))} and features={module.features}: need CB "
+            f"[{module.features}, {jnp.shape(inputs)[-1]}]"
+        )
+    return MatmulLtState(
+        threshold=spec.threshold,
+        has_fp16_weights=False,
+        CB=cb,
+        SCB=module.get_variable("params", "SCB"),
+    )
 
 
 class _QuantDense(nn.Module):
@@ -90,6 +135,16 @@ class _QuantDense(nn.Module):
     promote_dtype: PromoteDtypeFn = promote_dtype
 
     def __post_init__(self) -> None:
+        # Checked here, when the layer is built, rather than deep inside the first call.
+        check_features("features", self.features)
+        check_bool("use_bias", self.use_bias)
+        check_dtype_arg("dtype", self.dtype, allow_none=True)
+        check_dtype_arg("param_dtype", self.param_dtype, allow_none=False)
+        for name in ("kernel_init", "bias_init", "promote_dtype"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"{name} must be callable, got {getattr(self, name)!r}")
+        if type(self).spec is not _QuantDense.spec:
+            self.spec()  # validates the quantization options
         # Auto-name like nn.Dense ("Dense_0", sharing Dense's counter) so that swapping
         # the class in unchanged compact model code keeps the checkpoint's paths.
         parent = self.parent
@@ -201,6 +256,12 @@ LAYERS: dict[str, type[_QuantDense]] = {
 }
 
 
+# Dense calls seen by any quantize_dense interceptor, and the specs that have seen one:
+# how a context that traced nothing is told from one whose function was traced before.
+_seen_calls = 0
+_specs_that_traced: set[QuantSpec] = set()
+
+
 @contextlib.contextmanager
 def quantize_dense(
     kind: str,
@@ -214,27 +275,58 @@ def quantize_dense(
     `apply` work as before and checkpoints are interchangeable. A Dense's own
     `dot_general` is replaced too.
 
+    The context acts while the model's Python code runs, that is when a jitted
+    function is traced, not when its compiled version is called. A function
+    traced before the context was entered (e.g. `f = jax.jit(model.apply)`
+    called once outside it) keeps running plain nn.Dense inside it, because
+    `jax.jit` reuses its cached trace. Enter the context inside the function
+    being jitted, or trace it for the first time inside the context. When the
+    context exits without any nn.Dense having been traced inside it, and no
+    context with the same options ever traced one, it warns (`UserWarning`):
+    that is the stale-trace case. Contexts that only call a function traced
+    under an equal context before (a training loop) stay silent.
+
     Args:
       kind: "fp8_mixed", "fp8_global" or "switchback".
       filter: optional predicate on the (bound) nn.Dense; False leaves it as is
         (e.g. `lambda m: m.name != "lm_head"`).
-      **options: `QuantSpec` fields (fw_code, bw_code, bsz, bsz2, threshold,
-        outlier_capacity, implementation).
+      **options: the kind's `QuantSpec` fields (`fp8mm.nn.OPTIONS[kind]`):
+        fw_code, bw_code, bsz, bsz2, implementation for the fp8 kinds; threshold,
+        outlier_capacity, implementation for "switchback".
 
     Yields:
       the `QuantSpec` in use.
+
+    Raises:
+      ValueError: unknown kind or a bad option value.
+      TypeError: an option that `kind` does not have.
     """
+    check_kind(kind)
+    check_options("quantize_dense", kind, options)
+    check_callable("filter", filter)
     spec = QuantSpec(kind, **options)
 
     def interceptor(next_fun, args, kwargs, context):
+        global _seen_calls
         m = context.module
-        if (
-            isinstance(m, nn.Dense)
-            and context.method_name == "__call__"
-            and (filter is None or filter(m))
-        ):
-            return _dense_call(m, *args, spec=spec, **kwargs)
+        if isinstance(m, nn.Dense) and context.method_name == "__call__":
+            _seen_calls += 1
+            if filter is None or filter(m):
+                return _dense_call(m, *args, spec=spec, **kwargs)
         return next_fun(*args, **kwargs)
 
+    before = _seen_calls
     with nn.intercept_methods(interceptor):
         yield spec
+    # Not reached when the block raised: a warning would only hide that error.
+    if _seen_calls != before:
+        _specs_that_traced.add(spec)
+    elif spec not in _specs_that_traced:
+        warnings.warn(
+            f"quantize_dense({kind!r}) exited without tracing any nn.Dense: code run in it "
+            "was jitted and traced before the context was entered (jax.jit reuses that "
+            "plain trace), or uses no nn.Dense. Enter the context inside the jitted "
+            "function, or trace the function inside the context.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -8,6 +8,11 @@
 * `to_int8_inference(model)`: SwitchBack layers switch to int8 weights
   (`Int8Weight` Variables 'CB' [out, in] int8 and 'SCB' [out] float32).
 
+A custom fp8 code (`fw_code=`/`bw_code=`, float32 [256]) is kept on the layer
+as a compile-time constant, like a linen attribute: a `StaticCode` that
+`np.asarray` turns back into the array. It is not a Variable, so it is never
+trained, and it is not in `nnx.state(model)`.
+
 With `threshold > 0`, SwitchBack layers sow 'outlier_cols' (bool [in]) and
 'outlier_count' (int32) as `nnx.Intermediate`: run the model under
 `nnx.capture(model, nnx.Intermediate)` to get them (flax < 0.12: they stay on
@@ -16,20 +21,33 @@ the layer, `nnx.state(model, nnx.Intermediate)`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+import flax.linen
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax.nnx.nn import dtypes
 from flax.nnx.nn.linear import default_bias_init, default_kernel_init
 from flax.typing import Dtype, Initializer, PrecisionLike
 
-from fp8mm import ops
+from fp8mm import _checks, _host, ops
 from fp8mm.dispatch import Impl
-from fp8mm.nn._core import QuantSpec, quantized_dense
+from fp8mm.nn._core import (
+    QuantSpec,
+    _check_code,
+    check_bool,
+    check_callable,
+    check_dtype_arg,
+    check_features,
+    check_kind,
+    check_options,
+    quantized_dense,
+)
 from fp8mm.nn._int8 import Int8Report, tree_bytes
 from fp8mm.state import MatmulLtState
 
@@ -37,6 +55,7 @@ __all__ = [
     "Fp8GlobalLinear",
     "Fp8MixedLinear",
     "Int8Weight",
+    "StaticCode",
     "SwitchBackLinear",
     "quantize_model",
     "to_int8_inference",
@@ -45,6 +64,61 @@ __all__ = [
 
 class Int8Weight(nnx.Variable):
     """An int8 inference weight or its scales: not an `nnx.Param`, so never trained."""
+
+
+class StaticCode:
+    """A float32 [256] codebook held as static (compile-time) data of an nnx layer.
+
+    nnx treats arrays as state; a codebook is configuration, as it is in linen,
+    so the layer keeps this hashable read-only host copy instead (in its graph
+    definition, compared by value when `nnx.jit` looks up a compiled program).
+    `np.asarray(code)` gives the array.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, code: Any, *, name: str = "code"):
+        value = _host.concrete_float32(_check_code(name, code))
+        if value is None:
+            raise TypeError(
+                f"{name} must be a concrete array (an nnx layer keeps its code as a "
+                "compile-time constant), got a traced value: build the layer outside jit"
+            )
+        value = value.copy()
+        value.setflags(write=False)
+        self._value = value
+
+    @property
+    def value(self) -> np.ndarray:
+        return self._value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._value.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._value.dtype
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.array(self._value, dtype=dtype)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StaticCode) and self._value.tobytes() == other._value.tobytes()
+
+    def __hash__(self) -> int:
+        return hash(self._value.tobytes())
+
+    def __repr__(self) -> str:
+        return f"StaticCode(float32[256], min={self._value.min():.4g}, max={self._value.max():.4g})"
+
+
+def _static_code(name: str, code: Any) -> StaticCode | None:
+    return None if code is None or isinstance(code, StaticCode) else StaticCode(code, name=name)
+
+
+def _code_value(code: Any) -> Any:
+    return code.value if isinstance(code, StaticCode) else code
 
 
 class _QuantLinear(nnx.Module):
@@ -68,6 +142,24 @@ class _QuantLinear(nnx.Module):
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
         implementation: Impl = None,
     ):
+        check_features("in_features", in_features)
+        check_features("out_features", out_features)
+        check_bool("use_bias", use_bias)
+        check_dtype_arg("dtype", dtype, allow_none=True)
+        check_dtype_arg("param_dtype", param_dtype, allow_none=False)
+        check_dtype_arg("preferred_element_type", preferred_element_type, allow_none=True)
+        for name, fn in (
+            ("kernel_init", kernel_init),
+            ("bias_init", bias_init),
+            ("promote_dtype", promote_dtype),
+        ):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {fn!r}")
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
+        for name, meta in (("kernel_metadata", kernel_metadata), ("bias_metadata", bias_metadata)):
+            if not isinstance(meta, Mapping):
+                raise TypeError(f"{name} must be a mapping, got {type(meta).__name__}")
         # Same rng draws in the same order as nnx.Linear: equal seeds give equal weights.
         self.kernel = nnx.Param(
             kernel_init(rngs.params(), (in_features, out_features), param_dtype),
@@ -90,6 +182,8 @@ class _QuantLinear(nnx.Module):
         self.preferred_element_type = preferred_element_type
         self.implementation = implementation
 
+    _KIND: str
+
     def spec(self) -> QuantSpec:
         raise NotImplementedError
 
@@ -98,9 +192,19 @@ class _QuantLinear(nnx.Module):
         """The quantized layer sharing `linear`'s parameter Variables (no copy).
 
         Args:
-          linear: an `nnx.Linear` (or another fp8mm layer).
-          **options: this class's quantization options.
+          linear: an `nnx.Linear` (or another fp8mm layer with a float kernel).
+          **options: this class's quantization options (`fp8mm.nn.OPTIONS[kind]`).
         """
+        if not isinstance(linear, (nnx.Linear, _QuantLinear)):
+            raise TypeError(
+                f"{cls.__name__}.from_linear needs an nnx.Linear, got {type(linear).__name__}"
+            )
+        check_options(f"{cls.__name__}.from_linear", cls._KIND, options)
+        if getattr(linear, "kernel", None) is None:
+            raise ValueError(
+                f"{cls.__name__}.from_linear: this {type(linear).__name__} holds int8 inference "
+                "weights (to_int8) and no float kernel to quantize"
+            )
         kernel = linear.kernel
         layer = cls(
             linear.in_features,
@@ -134,11 +238,19 @@ class _QuantLinear(nnx.Module):
           [..., out_features] in the computation dtype (or preferred_element_type).
         """
         del out_sharding
+        _checks.check_array("inputs", inputs)
+        _checks.check_min_ndim("inputs", inputs, 1)
+        if inputs.shape[-1] != self.in_features:
+            raise ValueError(
+                f"inputs must have in_features={self.in_features} in their last axis, got "
+                f"shape {tuple(inputs.shape)}"
+            )
         int8_state = None
         kernel = None
+        spec = self.spec()
         if getattr(self, "CB", None) is not None:
             int8_state = MatmulLtState(
-                threshold=self.spec().threshold,
+                threshold=spec.threshold,
                 has_fp16_weights=False,
                 CB=self.CB[...],
                 SCB=self.SCB[...],
@@ -147,7 +259,7 @@ class _QuantLinear(nnx.Module):
             kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        y, cols = quantized_dense(self.spec(), inputs, kernel, bias, int8_state=int8_state)
+        y, cols = quantized_dense(spec, inputs, kernel, bias, int8_state=int8_state)
         # flax >= 0.12 sows only under nnx.capture (elsewhere sow is deprecated); older
         # flax has no capture and keeps sown values as Intermediate attributes.
         if cols is not None and (not hasattr(nnx, "capture") or hasattr(self, "__captures__")):
@@ -158,12 +270,34 @@ class _QuantLinear(nnx.Module):
         return y
 
 
+# nnx.Linear's keyword arguments, as _QuantLinear takes them (for the subclasses' errors).
+_LINEAR_KWARGS = tuple(
+    name
+    for name, p in inspect.signature(_QuantLinear.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
+
+
+def _check_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
+    # Without this, a misspelt or wrong-kind option is reported against _QuantLinear.
+    unknown = {k: v for k, v in kwargs.items() if k not in _LINEAR_KWARGS}
+    if unknown:
+        try:
+            check_options(f"{cls.__name__}()", cls._KIND, unknown)
+        except TypeError as e:
+            raise TypeError(f"{e} (besides nnx.Linear's arguments)") from None
+
+
 class Fp8MixedLinear(_QuantLinear):
     """nnx.Linear through `fp8mm.matmul_fp8_mixed` (bitsandbytes' LinearFP8Mixed).
 
-    Extra keyword arguments: fw_code (None: e4m3), bw_code (None: e5m2), bsz,
-    bsz2 (-1: `fp8mm.get_block_sizes`), implementation (None, "xla", "pallas").
+    Extra keyword arguments: fw_code (float32 [256] array, None: e4m3), bw_code
+    (None: e5m2), bsz, bsz2 (-1: `fp8mm.get_block_sizes`), implementation (None,
+    "xla", "pallas"). Codes must be concrete (not traced) and are kept as
+    `StaticCode` constants.
     """
+
+    _KIND = "fp8_mixed"
 
     def __init__(
         self,
@@ -176,19 +310,27 @@ class Fp8MixedLinear(_QuantLinear):
         bsz2: int = -1,
         **kwargs: Any,
     ):
+        _check_kwargs(type(self), kwargs)
+        # Validate (and normalize) the options before drawing any weights.
+        spec = QuantSpec(
+            self._KIND,
+            _code_value(fw_code),
+            _code_value(bw_code),
+            bsz,
+            bsz2,
+            implementation=kwargs.get("implementation"),
+        )
         super().__init__(in_features, out_features, **kwargs)
-        self.fw_code = nnx.static(fw_code) if fw_code is not None else None
-        self.bw_code = nnx.static(bw_code) if bw_code is not None else None
-        self.bsz = bsz
-        self.bsz2 = bsz2
-
-    _KIND = "fp8_mixed"
+        self.fw_code = _static_code("fw_code", spec.fw_code)
+        self.bw_code = _static_code("bw_code", spec.bw_code)
+        self.bsz = spec.bsz
+        self.bsz2 = spec.bsz2
 
     def spec(self) -> QuantSpec:
         return QuantSpec(
             self._KIND,
-            self.fw_code,
-            self.bw_code,
+            _code_value(self.fw_code),
+            _code_value(self.bw_code),
             self.bsz,
             self.bsz2,
             implementation=self.implementation,
@@ -209,6 +351,8 @@ class SwitchBackLinear(_QuantLinear):
     After `to_int8()` the layer holds `Int8Weight` 'CB'/'SCB' instead of 'kernel'.
     """
 
+    _KIND = "switchback"
+
     def __init__(
         self,
         in_features: int,
@@ -218,13 +362,20 @@ class SwitchBackLinear(_QuantLinear):
         outlier_capacity: int | None = None,
         **kwargs: Any,
     ):
+        _check_kwargs(type(self), kwargs)
+        spec = QuantSpec(
+            self._KIND,
+            threshold=threshold,
+            outlier_capacity=outlier_capacity,
+            implementation=kwargs.get("implementation"),
+        )
         super().__init__(in_features, out_features, **kwargs)
-        self.threshold = float(threshold)
-        self.outlier_capacity = outlier_capacity
+        self.threshold = spec.threshold
+        self.outlier_capacity = spec.outlier_capacity
 
     def spec(self) -> QuantSpec:
         return QuantSpec(
-            "switchback",
+            self._KIND,
             threshold=self.threshold,
             outlier_capacity=self.outlier_capacity,
             implementation=self.implementation,
@@ -260,39 +411,82 @@ def _replace(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
         setattr(parent, key, new)
 
 
+def _check_nnx_model(where: str, model: Any, linen_way: str) -> None:
+    if isinstance(model, flax.linen.Module):
+        raise TypeError(
+            f"{where} converts flax.nnx modules; {type(model).__name__} is a flax.linen "
+            f"module: {linen_way}"
+        )
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"{where} needs an nnx.Module, got {type(model).__name__}")
+
+
 def quantize_model(
     model: nnx.Module,
     kind: str,
     *,
-    filter: Callable[[tuple, nnx.Linear], bool] | None = None,
+    filter: Callable[[tuple, nnx.Module], bool] | None = None,
     **options: Any,
 ) -> nnx.Module:
     """Swaps each `nnx.Linear` of `model` for the `kind` layer, in place, keeping weights.
 
     The new layers share the old parameter Variables, so optimizer state built
     on them stays valid. A Linear reachable from several places is replaced by
-    one quantized layer everywhere.
+    one quantized layer everywhere. Layers that are already fp8mm layers of this
+    kind with these options are left as they are; fp8mm layers of another kind or
+    with other options raise (leave them out with `filter`).
 
     Args:
       model: an nnx Module (modified in place).
       kind: "fp8_mixed", "fp8_global" or "switchback".
-      filter: optional predicate on (path, layer); False keeps that layer.
-      **options: the layer's quantization options (e.g. threshold=6.0).
+      filter: optional predicate on (path, layer), called for every nnx.Linear and
+        fp8mm layer; False leaves that layer as it is.
+      **options: the kind's quantization options (`fp8mm.nn.OPTIONS[kind]`, e.g.
+        threshold=6.0; fw_code= accepts a float32 [256] numpy or jax array).
 
     Returns:
       `model` itself.
+
+    Raises:
+      TypeError: `model` is not an nnx Module (e.g. a linen one), or an option
+        that `kind` does not have.
+      ValueError: unknown kind, bad option value, or layers already quantized
+        differently.
     """
+    _check_nnx_model(
+        "quantize_model",
+        model,
+        "run its nn.Dense layers quantized inside `fp8mm.nn.linen.quantize_dense(kind)` "
+        "(around init/apply), or build it with the fp8mm.nn.linen layers "
+        "(Fp8MixedDense, Fp8GlobalDense, SwitchBackDense)",
+    )
+    check_kind(kind)
+    check_options("quantize_model", kind, options)
+    check_callable("filter", filter)
+    spec = QuantSpec(kind, **options)  # every value checked before the model is touched
     cls = LAYERS[kind]
-    if type(model) is nnx.Linear:
+    if isinstance(model, (nnx.Linear, _QuantLinear)):
         raise ValueError(
             "quantize_model swaps submodules; build the layer with "
             f"{cls.__name__}.from_linear(linear) instead"
         )
-    found = [
-        (path, m)
-        for path, m in nnx.iter_modules(model)
-        if type(m) is nnx.Linear and (filter is None or filter(path, m))
-    ]
+    found, other = [], []
+    for path, m in nnx.iter_modules(model):
+        if not (type(m) is nnx.Linear or isinstance(m, _QuantLinear)):
+            continue
+        if filter is not None and not filter(path, m):
+            continue
+        if type(m) is nnx.Linear:
+            found.append((path, m))
+        elif m.spec() != spec:
+            other.append(f"{'/'.join(map(str, path))} ({type(m).__name__}, {m.spec().kind})")
+    if other:
+        raise ValueError(
+            f"quantize_model(model, {kind!r}): the model already holds fp8mm layers quantized "
+            f"differently: {', '.join(other)}. It converts nnx.Linear layers only: quantize "
+            "the float model instead, leave those layers out with filter=, or convert one "
+            f"explicitly with {cls.__name__}.from_linear(layer)"
+        )
     swapped: dict[int, nnx.Module] = {}
     for path, m in found:
         if id(m) not in swapped:
@@ -307,6 +501,11 @@ def to_int8_inference(model: nnx.Module) -> Int8Report:
     Returns:
       `Int8Report` with the bytes of all Variables of the model before and after.
     """
+    _check_nnx_model(
+        "to_int8_inference",
+        model,
+        "convert its parameters with `fp8mm.nn.linen.int8_inference_params(params)`",
+    )
     before = tree_bytes(nnx.state(model))
     layers = []
     for path, m in list(nnx.iter_modules(model)):

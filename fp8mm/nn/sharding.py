@@ -73,8 +73,35 @@ class Partition:
     batch_axis: str | None = None
     model_axis: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_mesh(self.mesh)
+        for name in ("batch_axis", "model_axis"):
+            _check_axis(self.mesh, name, getattr(self, name), allow_none=True)
+        if self.batch_axis is not None and self.batch_axis == self.model_axis:
+            raise ValueError(
+                f"batch_axis and model_axis must be different mesh axes, both are "
+                f"{self.batch_axis!r}"
+            )
+
     def size(self, axis: str | None) -> int:
         return 1 if axis is None else int(self.mesh.shape[axis])
+
+
+_MESH_TYPES = tuple(t for t in (Mesh, getattr(jax.sharding, "AbstractMesh", None)) if t is not None)
+
+
+def _check_mesh(mesh: Any) -> None:
+    if not isinstance(mesh, _MESH_TYPES):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+
+
+def _check_axis(mesh: Mesh, name: str, axis: Any, *, allow_none: bool) -> None:
+    if axis is None and allow_none:
+        return
+    if not isinstance(axis, str):
+        raise TypeError(f"{name} must be a mesh axis name (str), got {axis!r}")
+    if axis not in mesh.shape:
+        raise ValueError(f"{name} must be one of the mesh axes {tuple(mesh.shape)}, got {axis!r}")
 
 
 _current: contextvars.ContextVar[Partition | None] = contextvars.ContextVar(
@@ -93,15 +120,16 @@ def partition(
 ) -> Iterator[Partition]:
     """Within this context (at trace time), fp8mm products run per shard in `shard_map`.
 
+    Like `fp8mm.nn.linen.quantize_dense`, it acts while the model is traced: enter
+    it inside the function given to `jax.jit`, not around a call of a jitted
+    function traced before (its cached, unpartitioned trace would run).
+
     Args:
       mesh: device mesh.
       batch_axis: mesh axis sharding the activations' leading dimension (None: replicated).
       model_axis: mesh axis sharding the kernels' output features (None: replicated).
     """
-    for axis in (batch_axis, model_axis):
-        if axis is not None and axis not in mesh.shape:
-            raise ValueError(f"mesh has axes {tuple(mesh.shape)}, not {axis!r}")
-    token = _current.set(Partition(mesh, batch_axis, model_axis))
+    token = _current.set(Partition(mesh, batch_axis, model_axis))  # validates the arguments
     try:
         yield _current.get()
     finally:
@@ -110,6 +138,8 @@ def partition(
 
 def batch_sharding(mesh: Mesh, batch_axis: str = "data") -> NamedSharding:
     """Data parallelism: the leading (batch) dimension split over `batch_axis`."""
+    _check_mesh(mesh)
+    _check_axis(mesh, "batch_axis", batch_axis, allow_none=False)
     return NamedSharding(mesh, P(batch_axis))
 
 
@@ -120,6 +150,12 @@ def dense_param_shardings(params: Any, mesh: Mesh, model_axis: str | None = None
     output features over `model_axis` (tensor parallelism); everything else,
     and all leaves when model_axis is None, is replicated.
     """
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"params must be a linen parameter tree (nested dicts), got {type(params).__name__}"
+        )
+    _check_mesh(mesh)
+    _check_axis(mesh, "model_axis", model_axis, allow_none=True)
 
     def walk(tree):
         if not isinstance(tree, Mapping):

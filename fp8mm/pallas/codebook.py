@@ -365,17 +365,23 @@ def _nearest_code(x: jax.Array, code_ref, table_ref, lookup: _Lookup, interpret:
 
 
 def _block_absmax(x: jax.Array, interpret: bool) -> jax.Array:
-    """max |x| along axis 1 ignoring NaN, 0 for an all-NaN row, as CUDA's fmaxf from 0.
+    """max |x| along axis 1, NaN for a row holding a NaN (`reference.absmax_nan`).
 
-    Triton lowers float max to `maxnumf` (PTX `max.f32`), which already drops a
-    NaN operand, so compiled kernels reduce |x| directly and clamp the row result
-    at 0 (an all-NaN row reduces to NaN); that spares a compare and a select per
-    element. XLA's max (interpret mode) propagates NaN, so there NaN is zeroed
-    first. The GPU tests with NaN inputs catch a Triton lowering that changes this.
+    Triton lowers float max to `maxnumf` (PTX `max.f32`), which drops a NaN
+    operand, so compiled kernels reduce |x| directly (clamped at 0, for an
+    all-NaN row) and detect NaN with a sum of |x|, which is NaN exactly when a
+    NaN is summed (the terms are non-negative, so inf - inf cannot occur): one
+    add per element instead of a compare and a select. XLA's max (interpret
+    mode) does not propagate NaN for every shape, so there NaN is tested
+    explicitly. The GPU tests with NaN inputs catch a lowering that changes this.
     """
+    a = jnp.abs(x)
     if interpret:
-        return jnp.max(jnp.where(x != x, 0.0, jnp.abs(x)), axis=1)
-    return jnp.maximum(jnp.max(jnp.abs(x), axis=1), 0.0)
+        nan = x != x
+        m = jnp.max(jnp.where(nan, 0.0, a), axis=1)
+        return jnp.where(jnp.any(nan, axis=1), np.float32(np.nan), m)
+    total = jnp.sum(a, axis=1)
+    return jnp.where(total != total, np.float32(np.nan), jnp.maximum(jnp.max(a, axis=1), 0.0))
 
 
 def _blockwise_kernel(
@@ -401,8 +407,10 @@ def _blockwise_kernel(
     def work(t, x):
         x = x.astype(jnp.float32)
         absmax = _block_absmax(x, interpret)
-        # 0 -> inf, and 0 * inf = NaN -> code 0, as on CUDA.
-        scaled = x * _backend.recip_rn(absmax, interpret)[:, None]
+        # 0 -> inf, and 0 * inf = NaN -> code 0, as on CUDA; the power-of-two prescale
+        # keeps the reciprocal of an absmax >= 2**126 normal (reference.normalise_blocks).
+        s = reference.block_prescale(absmax)
+        scaled = (x * s[:, None]) * _backend.recip_rn(absmax * s, interpret)[:, None]
         q = _nearest_code(scaled, code_ref, table_ref, lookup, interpret)
         if fake:
             out = (code_ref[q & 255] * absmax[:, None]).astype(out_ref.dtype)
@@ -505,8 +513,7 @@ def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg=None
 
 @functools.partial(jax.jit, static_argnames=("fake", "lookup", "interpret", "cfg"))
 def _global_call(A, code, table, fake, lookup, interpret, cfg=None):
-    a = A.astype(jnp.float32)
-    absmax = jnp.max(jnp.where(jnp.isnan(a), 0.0, jnp.abs(a)), initial=0.0)
+    absmax = reference.absmax_nan(A.astype(jnp.float32))
     cfg = cfg or choose_tiles(None)
     n = A.size
     kernel = functools.partial(

@@ -213,12 +213,32 @@ def _round_half_even(q: jax.Array) -> jax.Array:
 
 def _clip_nan(q: jax.Array) -> jax.Array:
     # NaN first: Triton's max/min drop NaN operands (maxnumf) instead of propagating.
+    # [-127, 127]: no code is ever -128, even for an infinite quotient.
     q = jnp.where(q != q, 0.0, q)
-    return jnp.minimum(jnp.maximum(q, -128.0), 127.0)
+    return jnp.minimum(jnp.maximum(q, -127.0), 127.0)
+
+
+def _f16_or_wide(x: jax.Array, dtype) -> jax.Array:
+    """`reference.f16_or_wide` of a float32 tile loaded from a `dtype` array."""
+    r = x.astype(jnp.float16).astype(_F32)
+    if np.dtype(dtype) == np.dtype(jnp.float16):
+        return r
+    big = (x >= reference.F16_OVERFLOW) | (x <= -reference.F16_OVERFLOW)
+    return jnp.where(big, x, r)
+
+
+def _any_nan_max(a: jax.Array, axis: int) -> jax.Array:
+    """max of non-negative a along axis, NaN where a NaN is reduced over.
+
+    Triton's max drops NaN operands, so the NaN test is a separate int32 reduction.
+    """
+    nan = a != a
+    m = jnp.max(jnp.where(nan, 0.0, a), axis=axis)
+    return jnp.where(_any(nan, axis) > 0, np.float32(np.nan), m)
 
 
 def _to_int8(q: jax.Array) -> jax.Array:
-    """CUDA's float->int8 of round-half-even(q): NaN -> 0, saturating."""
+    """CUDA's float->int8 of round-half-even(q): NaN -> 0, saturating at ±127."""
     # Clipping before rounding gives the same integers as after, and keeps
     # floor() away from infinities.
     return _round_half_even(_clip_nan(q)).astype(jnp.int8)
@@ -262,13 +282,17 @@ def _dequant_math(acc, row, col, bias, *, bias_mode: str, out_dtype):
     t = t * reference.MM_DEQUANT_CONST
     if bias_mode == "fused":
         t = t + bias
-    out = t.astype(jnp.float16)
-    if bias_mode == "after":
-        out = (out.astype(_F32) + bias).astype(jnp.float16)
     if np.dtype(out_dtype) == np.dtype(jnp.float16):
+        out = t.astype(jnp.float16)
+        if bias_mode == "after":
+            out = (out.astype(_F32) + bias).astype(jnp.float16)
         return out
+    # A wider output keeps values beyond float16 range (reference.dequant_values).
     # Through float32 (exact) rounds as a direct cast; Mosaic GPU has no f16 -> bf16.
-    return out.astype(_F32).astype(out_dtype)
+    out = _f16_or_wide(t, out_dtype)
+    if bias_mode == "after":
+        out = _f16_or_wide(out + bias, out_dtype)
+    return out.astype(out_dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -276,7 +300,7 @@ def _dequant_math(acc, row, col, bias, *, bias_mode: str, out_dtype):
 # ----------------------------------------------------------------------------
 
 
-def _stats_kernel(a_ref, *out_refs, m, k, cfg, threshold, rows, cols, col_nan, flags):
+def _stats_kernel(a_ref, *out_refs, m, k, cfg, threshold, rows, cols, flags):
     bm, bk = cfg.block_m, cfg.block_k
     i = pl.program_id(0)
     refs = iter(out_refs)
@@ -286,12 +310,13 @@ def _stats_kernel(a_ref, *out_refs, m, k, cfg, threshold, rows, cols, col_nan, f
     row_ok = _range_mask(i * bm, bm, m, m % bm != 0)
     thr = float(np.float16(threshold))  # the reference compares in float16
 
-    def body(kk, rmax):
+    def body(kk, carry):
+        rmax, rnan = carry
         start = kk * bk
         col_ok = _range_mask(start, bk, k, k % bk != 0)
         mask = _and_masks(row_ok, col_ok)
         x = _load(a_ref.at[pl.ds(i * bm, bm), pl.ds(start, bk)], mask, 0.0)
-        a = jnp.abs(x.astype(_F32))
+        a = jnp.abs(_f16_or_wide(x.astype(_F32), a_ref.dtype))
         nan = a != a
         if threshold > 0.0:
             outlier = a >= thr
@@ -299,18 +324,19 @@ def _stats_kernel(a_ref, *out_refs, m, k, cfg, threshold, rows, cols, col_nan, f
         a = jnp.where(nan, 0.0, a)
         if rows:
             rmax = jnp.maximum(rmax, jnp.max(a, axis=1))
+            rnan = jnp.maximum(rnan, _any(nan, 1))
         if cols:
-            cmax = jnp.max(a, axis=0)
-            if col_nan:
-                cmax = jnp.where(_any(nan, 0) > 0, np.float32(np.nan), cmax)
+            cmax = jnp.where(_any(nan, 0) > 0, np.float32(np.nan), jnp.max(a, axis=0))
             _backend.store(col_ref.at[i, pl.ds(start, bk)], cmax, mask=col_ok)
         if flags:
             hit = _any(outlier, 0).astype(jnp.int8)
             _backend.store(flag_ref.at[i, pl.ds(start, bk)], hit, mask=col_ok)
-        return rmax
+        return rmax, rnan
 
-    rmax = jax.lax.fori_loop(0, pl.cdiv(k, bk), body, jnp.zeros((bm,), _F32))
+    init = (jnp.zeros((bm,), _F32), jnp.zeros((bm,), jnp.int32))
+    rmax, rnan = jax.lax.fori_loop(0, pl.cdiv(k, bk), body, init)
     if rows:
+        rmax = jnp.where(rnan > 0, np.float32(np.nan), rmax)
         _backend.store(row_ref.at[pl.ds(i * bm, bm)], rmax, mask=row_ok)
 
 
@@ -331,7 +357,7 @@ def _quant_kernel(*refs, m, k, cfg, threshold, double):
     mask = _and_masks(row_ok, col_ok)
     rs, cs = pl.ds(i * bm, bm), pl.ds(j * bk, bk)
 
-    x = _load(a_ref.at[rs, cs], mask, 0.0).astype(_F32)
+    x = _f16_or_wide(_load(a_ref.at[rs, cs], mask, 0.0).astype(_F32), a_ref.dtype)
     scale = _load(scale_ref.at[rs], row_ok, 0.0)
     ca = _to_int8(x * scale[:, None])
     if threshold > 0.0:
@@ -345,8 +371,9 @@ def _quant_kernel(*refs, m, k, cfg, threshold, double):
 
     c = _load(cstat_ref.at[cs], col_ok, 1.0)[None, :]
     rc = _load(crcp_ref.at[cs], col_ok, 1.0)[None, :]
-    # torch rounds x*127 to float16 before dividing; the float32 product is exact.
-    s = (x * 127.0).astype(jnp.float16).astype(_F32)
+    # torch rounds x*127 to float16 before dividing (the float32 product is exact);
+    # where that overflows, the exact product gives the intended code.
+    s = _f16_or_wide(x * 127.0, jnp.float32)
     q = s * rc
     n = _round_half_even(_clip_nan(q))
     # Exact ties s/c = n ± 1/2: (n ± 1/2)*c has at most 19 significant bits, so
@@ -356,7 +383,7 @@ def _quant_kernel(*refs, m, k, cfg, threshold, double):
     hi_tie = finite & (s == (n + 0.5) * c)
     n = jnp.where(lo_tie, jnp.where(_is_even(n), n, n - 1.0), n)
     n = jnp.where(hi_tie, jnp.where(_is_even(n), n, n + 1.0), n)
-    cat = jnp.minimum(jnp.maximum(n, -128.0), 127.0).astype(jnp.int8)
+    cat = jnp.minimum(jnp.maximum(n, -127.0), 127.0).astype(jnp.int8)
     _backend.store(cat_ref.at[rs, cs], cat, mask=mask)
 
 
@@ -367,13 +394,16 @@ def _row_quant_kernel(a_ref, ca_ref, stats_ref, *, m, k, cfg, interpret):
     row_ok = _range_mask(i * bm, bm, m, m % bm != 0)
     col_ok = _range_mask(0, cfg.block_k, k, k != cfg.block_k)
     mask = _and_masks(row_ok, col_ok)
-    rs, cs = pl.ds(i * bm, bm), pl.ds(0, cfg.block_k)
-    # bitsandbytes quantizes A as float16: round once, whatever A's dtype.
-    x = _load(a_ref.at[rs, cs], mask, 0.0).astype(jnp.float16).astype(_F32)
-    a = jnp.abs(x)
-    absmax = jnp.max(jnp.where(a != a, 0.0, a), axis=1)
-    # 127 * (1/absmax) with a correctly rounded reciprocal, as the reference.
-    scale = np.float32(127.0) * _backend.recip_rn(absmax, interpret)
+    # An int32 start, not the literal 0: interpret mode under jax_enable_x64 would make
+    # a Python 0 int64 next to the int32 program id.
+    rs, cs = pl.ds(i * bm, bm), pl.ds(np.int32(0), cfg.block_k)
+    # bitsandbytes quantizes A as float16: round once, whatever A's dtype (unless the
+    # cast overflows: reference.f16_or_wide).
+    x = _f16_or_wide(_load(a_ref.at[rs, cs], mask, 0.0).astype(_F32), a_ref.dtype)
+    absmax = _any_nan_max(jnp.abs(x), 1)
+    # 127 * (1/absmax) with a correctly rounded reciprocal, prescaled as reference.row_scale.
+    s = reference.block_prescale(absmax)
+    scale = (np.float32(127.0) * s) * _backend.recip_rn(absmax * s, interpret)
     _backend.store(ca_ref.at[rs, cs], _to_int8(x * scale[:, None]), mask=mask)
     _backend.store(stats_ref.at[rs], absmax, mask=row_ok)
 
@@ -385,6 +415,7 @@ def _quant_t_kernel(w_ref, scale_ref, cb_ref, *, k, n, cfg):
     k_ok = _range_mask(j * bk, bk, k, k % bk != 0)
     ns, ks = pl.ds(i * bn, bn), pl.ds(j * bk, bk)
     w = _load(w_ref.at[ks, ns], _and_masks(k_ok, n_ok), 0.0).astype(_F32)
+    w = _f16_or_wide(w, w_ref.dtype)
     scale = _load(scale_ref.at[ns], n_ok, 0.0)
     codes = _to_int8(w * scale[None, :])
     _backend.store(cb_ref.at[ns, ks], codes.T, mask=_and_masks(n_ok, k_ok))
@@ -460,13 +491,13 @@ def _dequant_kernel(*refs, m, n, cfg, bias_mode, out_dtype):
 # ----------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("threshold", "rows", "cols", "col_nan", "interpret"))
-def _stats(a16, *, threshold, rows, cols, col_nan, interpret):
+@functools.partial(jax.jit, static_argnames=("threshold", "rows", "cols", "interpret"))
+def _stats(a16, *, threshold, rows, cols, interpret):
     """(row_stats [m] | None, col_stats [k] | None, outlier_cols [k] bool).
 
-    NaN never becomes a row absmax (bitsandbytes' CUDA row kernel reduces with
-    fmaxf); a NaN in a column makes its absmax NaN when `col_nan` (bitsandbytes
-    takes column stats with torch's amax, which propagates NaN).
+    a16 is A in its own dtype; the kernel rounds it with `_f16_or_wide`. A NaN
+    makes its row's and its column's absmax NaN (fp8mm's NaN rule; bitsandbytes'
+    row kernel drops NaN with fmaxf, its column amax keeps it).
     """
     m, k = a16.shape
     cfg = _stats_config(m, k)
@@ -487,7 +518,6 @@ def _stats(a16, *, threshold, rows, cols, col_nan, interpret):
         threshold=threshold,
         rows=rows,
         cols=cols,
-        col_nan=col_nan,
         flags=flags,
     )
     outs = iter(
@@ -521,25 +551,31 @@ def _reciprocal_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lookup(table: np.ndarray, stats: jax.Array) -> jax.Array:
-    # Every absmax is a float16 value (or NaN/inf), so its float16 bits index exactly.
+    # An absmax within float16 range is a float16 value (or NaN), so its float16 bits
+    # index exactly; the callers compute the few above it.
     bits = jax.lax.bitcast_convert_type(stats.astype(jnp.float16), jnp.uint16)
     return jnp.take(jnp.asarray(table), (bits & 0x7FFF).astype(jnp.int32), axis=0)
 
 
+_F16_MAX = np.float32(np.finfo(np.float16).max)
+
+
 def _scale(stats: jax.Array) -> jax.Array:
     """127 * (1/stats) with a correctly rounded reciprocal, as the reference."""
-    return _lookup(_reciprocal_tables()[1], stats)
+    wide = stats > _F16_MAX
+    return jnp.where(wide, reference.row_scale(stats), _lookup(_reciprocal_tables()[1], stats))
 
 
 def _reciprocal(stats: jax.Array) -> jax.Array:
-    return _lookup(_reciprocal_tables()[0], stats)
+    wide = stats > _F16_MAX
+    return jnp.where(wide, np.float32(1.0) / stats, _lookup(_reciprocal_tables()[0], stats))
 
 
 @functools.partial(jax.jit, static_argnames=("threshold", "double", "interpret"))
 def _quant_2d(a16, *, threshold, double, interpret):
     m, k = a16.shape
     row_stats, col_stats, outlier_cols = _stats(
-        a16, threshold=threshold, rows=True, cols=double, col_nan=True, interpret=interpret
+        a16, threshold=threshold, rows=True, cols=double, interpret=interpret
     )
     args = [a16, _scale(row_stats)]
     if threshold > 0.0:
@@ -580,9 +616,7 @@ def _row_quant_2d(a, *, cfg, interpret):
 @functools.partial(jax.jit, static_argnames=("interpret",))
 def _quant_t_2d(w16, *, interpret):
     k, n = w16.shape
-    _, scb, _ = _stats(
-        w16, threshold=0.0, rows=False, cols=True, col_nan=False, interpret=interpret
-    )
+    _, scb, _ = _stats(w16, threshold=0.0, rows=False, cols=True, interpret=interpret)
     cfg = _quant_t_config(k, n)
     cb = pallas_call(
         functools.partial(_quant_t_kernel, k=k, n=n, cfg=cfg),
@@ -735,7 +769,7 @@ def int8_vectorwise_quant(
         cols = jnp.zeros((A.shape[-1],), jnp.bool_)
     else:
         (ca,), row_stats, _, cols = _quant_2d(
-            a2.astype(jnp.float16), threshold=threshold, double=False, interpret=interpret
+            a2, threshold=threshold, double=False, interpret=interpret
         )
     return ca.reshape(A.shape), row_stats.reshape(A.shape[:-1]), cols
 
@@ -761,7 +795,7 @@ def int8_double_quant(
     threshold = _check_threshold(threshold)
     if A.size == 0:
         return reference.int8_double_quant(A, threshold)
-    a16 = A.astype(jnp.float16).reshape(-1, A.shape[-1])
+    a16 = A.reshape(-1, A.shape[-1])
     (ca, cat), row_stats, col_stats, cols = _quant_2d(
         a16, threshold=threshold, double=True, interpret=interpret
     )
@@ -799,7 +833,7 @@ def int8_vectorwise_quant_t(
         raise ValueError(f"W must be 2-D [k, n], got shape {W.shape}")
     if W.size == 0:
         return int8_vectorwise_quant_t_reference(W)
-    return _quant_t_2d(W.astype(jnp.float16), interpret=interpret)
+    return _quant_t_2d(W, interpret=interpret)
 
 
 def _check_matmul(A, B) -> None:
