@@ -1,7 +1,7 @@
 """Pure-jnp reference of every fp8mm primitive: the test oracle and the XLA path.
 
 Each function reproduces the arithmetic of bitsandbytes 0.49.2 on CUDA step by
-step (see DESIGN §2), so its results agree bit for bit with the golden outputs:
+step (docs/exactness.md), so finite inputs agree bit for bit with the golden outputs:
 
 * codebook quantization finds codes with the same 7-step binary search and
   midpoint comparisons as bitsandbytes' `dQuantize`; blockwise quantization
@@ -11,6 +11,12 @@ step (see DESIGN §2), so its results agree bit for bit with the golden outputs:
   quantization rounds `(A*127 in float16) / col_absmax` as PyTorch does;
 * the int8 dequant computes ((acc*row)*col)*1/127² (+ bias) in float32 and
   rounds once to float16.
+
+The deliberate deviations (docs/exactness.md): a NaN makes its block's (row's,
+column's) scale NaN instead of vanishing; int8 column codes where torch's
+float16 product overflows are the intended round(127x/col_absmax); int8 inputs
+beyond float16 range are quantized from their own dtype; block maxima above
+2**126 are prescaled so their reciprocal is not flushed.
 
 Arguments are validated by the public wrappers in `fp8mm.functional`; these
 functions assume well-formed input. Each is jitted (configuration arguments
@@ -366,7 +372,13 @@ def int8_double_quant(
     col_stats = absmax_nan(masked, axis=0)
     # torch: round(A.mul(127.0) / col_stats) with the product rounded to float16 first.
     cat = _to_int8(jnp.round(_div(column_numerator(masked), col_stats[None, :])))
-    return ca.reshape(A.shape), cat.reshape(A.shape), row_stats.reshape(A.shape[:-1]), col_stats, cols
+    return (
+        ca.reshape(A.shape),
+        cat.reshape(A.shape),
+        row_stats.reshape(A.shape[:-1]),
+        col_stats,
+        cols,
+    )
 
 
 @jax.jit

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# One device call that checks fp8mm on a GPU: the tests that exercise compiled Pallas
-# kernels, file by file (each with its own time limit so one slow file cannot eat the
-# call), then a short summary. Run from the repository root on the GPU machine with
-# `.whl` carried (pytest/hypothesis wheels, see the closing notes):
-#   bash tools/gpu_check.sh [scale]
-# FILES="test_ops:220 ..." picks the files (name:seconds) to run; default all six.
-# Each file has its own limit (seconds measured on an H200, session 2: int8 46,
-# ops 215, codebook 57 (75 in session 6), golden 38, primitives 31), multiplied by `scale` (default 1.3; 526 s at most).
-# Logs go to $OUT (or /tmp/fp8mm-gpu) as <file>.log; the last lines are a table.
+# One device call that checks fp8mm on a GPU: every test file that exercises compiled
+# Pallas kernels, run to completion, then a short table of passed/failed per file.
+# Run from the repository root on the GPU machine:
+#   bash tools/gpu_check.sh [jobs] [limit_s]
+# Triton and Mosaic GPU compiles are CPU-bound and the files are independent, so up to
+# `jobs` files (default 4) run at once, each as its own pytest process with its own
+# share of GPU memory; every file gets `limit_s` seconds (default 540) to finish.
+# FILES="test_ops test_numerics" picks the files. Logs go to $OUT (or /tmp/fp8mm-gpu):
+# one <file>.log each, a summary.txt; the last lines printed are the table.
 set -u
-scale=${1:-1.3}
+jobs=${1:-4}
+limit=${2:-540}
 out=${OUT:-/tmp/fp8mm-gpu}
 mkdir -p "$out"
 if ls .whl/pytest-*.whl >/dev/null 2>&1; then
@@ -19,19 +20,27 @@ if ls .whl/pytest-*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+# Several processes share the card: no preallocation, a bounded share each.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.2
 python3 -c "import jax; print('jax', jax.__version__, jax.devices()[0].device_kind)" | tee "$out/device.txt"
-summary=()
-files=${FILES:-test_kernels_int8:50 test_kernels_int8_wgmma:40 test_ops:220 test_kernels_codebook:80 test_golden_primitives:40 test_primitives:35}
-for entry in $files; do
-  name=${entry%%:*}
-  f=tests/$name.py
-  per_file=$(python3 -c "print(int(${entry##*:} * $scale))")
-  timeout "$per_file" python3 -m pytest -q -p no:cacheprovider -rf --tb=short "$f" \
+# Slowest first, so the long files start at once.
+files=${FILES:-test_ops test_kernels_codebook test_numerics test_kernels_int8 test_kernels_int8_wgmma test_golden_primitives test_primitives test_properties}
+run_one() {
+  local name=$1 start=$SECONDS
+  timeout "$limit" python3 -m pytest -q -p no:cacheprovider -rf --tb=short "tests/$name.py" \
     > "$out/$name.log" 2>&1
-  rc=$?
+  local rc=$?
+  local line
   line=$(grep -E "[0-9]+ (passed|failed)" "$out/$name.log" | tail -1)
-  [ $rc -eq 124 ] && line="TIMED OUT after ${per_file}s: $(grep -c . "$out/$name.log") lines"
-  summary+=("$name: $line")
-  grep -E "^FAILED" "$out/$name.log" | head -5
+  [ $rc -eq 124 ] && line="TIMED OUT after ${limit}s: $(grep -c . "$out/$name.log") lines"
+  echo "$name ($((SECONDS - start)) s): $line" > "$out/$name.sum"
+}
+for name in $files; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
+  run_one "$name" &
 done
-printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+wait
+for name in $files; do
+  grep -E "^FAILED" "$out/$name.log" | head -8
+done
+cat "$out"/*.sum | tee "$out/summary.txt"

@@ -39,9 +39,9 @@ built from `floor` and comparisons; nothing but comparisons consumes a product
 that must stay rounded, since the GPU compiler contracts a multiply feeding an
 add into an FMA.
 
-NaN follows bitsandbytes: it never becomes a row absmax (the CUDA row kernel
-reduces with fmaxf) but makes its column's absmax NaN in double quant (torch's
-amax); every NaN code is 0.
+NaN (docs/exactness.md): a NaN makes its row's and its column's absmax NaN, so
+it reaches every product it touches; every NaN code is 0 and no code is -128.
+Inputs whose float16 cast overflows keep their own value (`reference.f16_or_wide`).
 """
 
 from __future__ import annotations
