@@ -1,14 +1,27 @@
 """Argument validation shared by the reference, the kernels and the public API.
 
 Every check raises `TypeError` (wrong dtype or type) or `ValueError` (wrong
-shape or value) with a message naming the argument and the offending value, so
-bad input fails at the call site and never deep inside XLA.
+shape or value) with a message naming the argument and the offending value and
+saying what to pass instead, so bad input fails at the call site and never deep
+inside XLA.
+
+Conventions (the same for every public function):
+
+* Array operands must be arrays (jax or NumPy) of a supported dtype. float64
+  NumPy arrays are rejected rather than silently computed in float32 (JAX
+  without x64 would narrow them); cast them first. Python lists are rejected
+  as operands; only codebooks may be given as lists (see `fp8mm.functional`).
+* Configuration arguments (block sizes, thresholds) select the compiled
+  program, so they must be static Python numbers: a traced value under
+  `jax.jit` is refused with a hint to mark it static.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,27 +29,45 @@ from fp8mm import _host
 
 FLOAT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 VALID_BLOCKSIZES = tuple(2**i for i in range(5, 13))  # 32 ... 4096
+# int8 x int8 products are at most 128**2 in magnitude (-128 * -128); an int32 sum of k of
+# them cannot overflow while k * 128**2 <= 2**31 - 1.
+MAX_INT8_K = (2**31 - 1) // 128**2  # 131071
 
 
-def dtype_of(x) -> np.dtype:
-    return np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype)
+def dtype_of(x, name: str = "x") -> np.dtype:
+    """x's dtype as np.dtype; a TypeError naming `name` when it is not a NumPy/JAX dtype."""
+    dt = getattr(x, "dtype", None)
+    try:
+        return np.dtype(dt) if dt is not None else np.asarray(x).dtype
+    except TypeError:
+        raise TypeError(
+            f"{name} has dtype {dt!r}, which is not a NumPy/JAX dtype; pass a jax.Array or a "
+            "NumPy array"
+        ) from None
 
 
 def check_array(name: str, x) -> None:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+        hint = " (convert it with jnp.asarray)" if isinstance(x, (list, tuple)) else ""
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}{hint}")
 
 
 def check_float(name: str, x) -> None:
     check_array(name, x)
-    if dtype_of(x) not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got dtype {x.dtype}")
+    dt = dtype_of(x, name)
+    if dt not in FLOAT_DTYPES:
+        hint = ""
+        if dt == np.float64:
+            # JAX without x64 would narrow it anyway; make the narrowing the caller's choice.
+            hint = "; cast it first, e.g. x.astype(np.float32) (fp8mm does not compute in float64)"
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got dtype {dt.name}{hint}")
 
 
 def check_dtype(name: str, x, dtype) -> None:
     check_array(name, x)
-    if dtype_of(x) != np.dtype(dtype):
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}")
+    dt = dtype_of(x, name)
+    if dt != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {dt.name}")
 
 
 def check_min_ndim(name: str, x, ndim: int) -> None:
@@ -51,44 +82,121 @@ def check_ndim(name: str, x, ndim: int) -> None:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")
 
 
-def check_code(code) -> None:
-    check_array("code", code)
+def check_int8_k(k: int, where: str) -> None:
+    """Refuses an inner dimension whose int32 accumulation could wrap around."""
+    if k > MAX_INT8_K:
+        raise ValueError(
+            f"{where}: inner dimension k = {k} exceeds {MAX_INT8_K} = (2**31 - 1) // 128**2, "
+            "the largest k for which an int32 sum of int8 x int8 products cannot overflow "
+            "(it would wrap silently); split k into chunks of at most "
+            f"{MAX_INT8_K} and add the dequantized partial products"
+        )
+
+
+def check_static(name: str, value, kind: str) -> None:
+    """Refuses a traced value for an argument that selects the compiled program."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be a static Python {kind}, got a traced value {value!r}; it selects "
+            f"the compiled program, so under jax.jit mark it static (e.g. "
+            f"jax.jit(f, static_argnames=({name!r},))) or close over a Python constant"
+        )
+
+
+def check_code(code, name: str = "code") -> None:
+    """A float32 [256] codebook; a concrete one must also be finite and sorted.
+
+    Only a concrete code can be checked for its values: a traced code (an
+    argument of a jitted function) is taken as it is, and an unsorted or
+    non-finite one then gives implementation-dependent garbage.
+    """
+    check_array(name, code)
     if tuple(code.shape) != (256,):
-        raise ValueError(f"code must have shape (256,), got {tuple(code.shape)}")
-    if dtype_of(code) != np.dtype(np.float32):
-        raise TypeError(f"code must be float32, got dtype {code.dtype}")
-    # Only a concrete code can be checked; a NaN or inf entry breaks the sorted
-    # midpoint model that every implementation relies on.
+        raise ValueError(f"{name} must have shape (256,), got {tuple(code.shape)}")
+    dt = dtype_of(code, name)
+    if dt != np.dtype(np.float32):
+        raise TypeError(f"{name} must be float32, got dtype {dt.name}")
+    # A NaN, an inf or an unsorted entry breaks the sorted midpoint model of the nearest-code
+    # search that every implementation relies on (XLA and Pallas would then disagree).
     host = _host.concrete_float32(code)
-    if host is not None and not np.all(np.isfinite(host)):
+    if host is None:
+        return
+    if not np.all(np.isfinite(host)):
         bad = int(np.flatnonzero(~np.isfinite(host))[0])
-        raise ValueError(f"code must be finite, got {host[bad]} at index {bad}")
+        raise ValueError(f"{name} must be finite, got {host[bad]} at index {bad}")
+    down = np.flatnonzero(host[1:] < host[:-1])
+    if down.size:
+        i = int(down[0])
+        raise ValueError(
+            f"{name} must be sorted ascending (non-decreasing), got {name}[{i}] = {host[i]} > "
+            f"{name}[{i + 1}] = {host[i + 1]}; sort it first (np.sort), as create_fp8_map and "
+            "create_dynamic_map return it"
+        )
 
 
-def check_blocksize(blocksize) -> int:
-    if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)):
-        raise TypeError(f"blocksize must be an int, got {blocksize!r}")
+def check_blocksize(blocksize, name: str = "blocksize", *, auto: bool = False) -> int:
+    """A static power of two in [32, 4096]; with `auto`, the messages also offer -1."""
+    check_static(name, blocksize, "int")
+    alt = " or -1 (automatic, get_block_sizes)" if auto else ""
+    if isinstance(blocksize, (bool, np.bool_)) or not isinstance(blocksize, (int, np.integer)):
+        raise TypeError(
+            f"{name} must be an int (a power of two in [32, 4096]{alt}), got {blocksize!r} of "
+            f"type {type(blocksize).__name__}"
+        )
     if int(blocksize) not in VALID_BLOCKSIZES:
-        raise ValueError(f"blocksize must be a power of two in [32, 4096], got {blocksize}")
+        raise ValueError(
+            f"{name} must be a power of two in [32, 4096] (one of {VALID_BLOCKSIZES}){alt}, "
+            f"got {blocksize}"
+        )
     return int(blocksize)
 
 
-def check_threshold(threshold) -> float:
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise TypeError(f"threshold must be a Python number, got {threshold!r}") from None
+def check_threshold(threshold, name: str = "threshold") -> float:
+    """A static, finite threshold >= 0 as a Python float.
+
+    Only real numbers count: a bool or a string would otherwise be read as 1.0
+    or parsed by float(), and a jax array cannot select a compiled program.
+    """
+    check_static(name, threshold, "float")
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number (int, float or NumPy scalar), got {threshold!r} "
+            f"of type {type(threshold).__name__}"
+        )
+    t = float(threshold)
     if not math.isfinite(t) or t < 0:
-        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        raise ValueError(
+            f"{name} must be a finite number >= 0 (0 disables the outlier decomposition), "
+            f"got {threshold!r}"
+        )
     return t
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return bool(value)
+
+
+def check_implementation(implementation) -> None:
+    """None, "xla" or "pallas" (`fp8mm.dispatch` makes the choice)."""
+    if implementation is not None and (
+        not isinstance(implementation, str) or implementation not in ("xla", "pallas")
+    ):
+        raise ValueError(f"implementation must be None, 'xla' or 'pallas', got {implementation!r}")
 
 
 def check_out_dtype(out_dtype) -> np.dtype:
     """A float16/bfloat16/float32 output dtype, as np.dtype."""
+    # np.dtype(None) is float64: a None would be misreported as "got float64".
+    if out_dtype is None:
+        raise TypeError("out_dtype must be a dtype (float16, bfloat16 or float32), got None")
     try:
         dt = np.dtype(out_dtype)
-    except TypeError:
-        raise TypeError(f"out_dtype must be a dtype, got {out_dtype!r}") from None
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"out_dtype must be a dtype (float16, bfloat16 or float32), got {out_dtype!r}"
+        ) from None
     if dt not in FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {dt.name}")
     return dt

@@ -4,6 +4,9 @@
 `create_dynamic_map` the dynamic tree map of bitsandbytes' 8-bit optimizers.
 Both are built with float32 arithmetic that follows PyTorch step by step, so the
 tables agree with bitsandbytes to the last bit (checked against the golden file).
+Arguments that give no usable table (a zero maximum, a float32 overflow, a map
+bitsandbytes' own assertion rejects) raise ValueError instead of returning NaN.
+`dynamic_code()` is the cached dynamic map that the primitives use for code=None.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import itertools
 
 import numpy as np
 
-__all__ = ["create_dynamic_map", "create_fp8_map", "e4m3_code", "e5m2_code"]
+__all__ = ["create_dynamic_map", "create_fp8_map", "dynamic_code", "e4m3_code", "e5m2_code"]
 
 
 def create_fp8_map(
@@ -36,15 +39,31 @@ def create_fp8_map(
     Returns:
       float32 array of shape [256], sorted, in [-1, 1].
     """
-    for name, v in (("exponent_bits", exponent_bits), ("precision_bits", precision_bits)):
-        if not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-    if not isinstance(total_bits, (int, np.integer)) or not 1 <= total_bits <= 8:
-        raise ValueError(f"total_bits must be an int in [1, 8], got {total_bits!r}")
+    _check_bool("signed", signed)
+    _check_bits("exponent_bits", exponent_bits, 0)
+    _check_bits("precision_bits", precision_bits, 0)
+    _check_bits("total_bits", total_bits, 1, 8)
     if exponent_bits + precision_bits != total_bits - (1 if signed else 0):
         raise ValueError(
             f"exponent_bits + precision_bits must equal total_bits - sign bit: got "
             f"{exponent_bits} + {precision_bits} with total_bits={total_bits}, signed={signed}"
+        )
+    args = (
+        f"create_fp8_map(signed={signed}, exponent_bits={exponent_bits}, "
+        f"precision_bits={precision_bits}, total_bits={total_bits})"
+    )
+    if exponent_bits == 0 and precision_bits == 0:
+        # The only value is 0, and dividing by a zero maximum would give an all-NaN table.
+        raise ValueError(
+            f"{args} has no non-zero value (its maximum is 0); give it at least one "
+            "exponent or precision bit"
+        )
+    # The largest value is (1 + m) * 2**bias (exponent field 1), bias = 2**(e - 1): from 8
+    # exponent bits on it overflows float32, and the table would be inf and NaN.
+    if exponent_bits >= 8:
+        raise ValueError(
+            f"{args}: the largest grid value 2**{2 ** (exponent_bits - 1)} overflows float32; "
+            "use at most 7 exponent bits"
         )
     bias = 2 ** (exponent_bits - 1)
     values = []
@@ -61,6 +80,20 @@ def create_fp8_map(
     values.sort()
     code = np.asarray(values, dtype=np.float32)
     return code / code.max()
+
+
+def _check_bool(name: str, value) -> None:
+    # A truthy string ("yes", "no") must not silently pick the signed grid.
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+
+
+def _check_bits(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {span}, got {value}")
 
 
 def _torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
@@ -92,13 +125,16 @@ def create_dynamic_map(
     Returns:
       float32 array of shape [256], sorted; the signed map spans [-0.99297, 1].
     """
-    if not isinstance(total_bits, (int, np.integer)) or not 1 <= total_bits <= 8:
-        raise ValueError(f"total_bits must be an int in [1, 8], got {total_bits!r}")
-    if not isinstance(max_exponent_bits, (int, np.integer)) or not (
-        1 <= max_exponent_bits <= total_bits - 1
-    ):
+    _check_bool("signed", signed)
+    _check_bits("total_bits", total_bits, 2, 8)
+    _check_bits("max_exponent_bits", max_exponent_bits, 1, total_bits - 1)
+    if not signed and max_exponent_bits != total_bits - 1:
+        # bitsandbytes asserts that the map has 2**total_bits entries, which an unsigned
+        # map only has with max_exponent_bits == total_bits - 1; it builds no table otherwise.
         raise ValueError(
-            f"max_exponent_bits must be an int in [1, total_bits - 1], got {max_exponent_bits!r}"
+            f"create_dynamic_map(signed=False, max_exponent_bits={max_exponent_bits}, "
+            f"total_bits={total_bits}): an unsigned map needs max_exponent_bits == "
+            f"total_bits - 1 = {total_bits - 1} (bitsandbytes rejects the others)"
         )
     data: list[float] = []
     non_sign_bits = total_bits - 1
@@ -141,3 +177,15 @@ def e4m3_code() -> np.ndarray:
 def e5m2_code() -> np.ndarray:
     """The backward code of bitsandbytes' fp8 layers: `create_fp8_map(True, 5, 2, 8)`."""
     return _cached_fp8(5, 2)
+
+
+@functools.cache
+def dynamic_code() -> np.ndarray:
+    """`create_dynamic_map()`, cached and read-only: the code used when a primitive gets code=None.
+
+    bitsandbytes' `quantize`/`quantize_blockwise` fall back to this map when called
+    without a code, and so do fp8mm's codebook primitives and fp8 matmuls.
+    """
+    code = create_dynamic_map()
+    code.setflags(write=False)
+    return code

@@ -9,6 +9,16 @@ kernels on a GPU where they serve the case, the XLA reference otherwise),
 Outlier columns are returned as a boolean mask over the input's last axis, a
 static-shape form that works under `jax.jit`; `outlier_indices` turns it into
 the index array bitsandbytes returns, outside of jit.
+
+Codebooks (`code`) are float32 [256] arrays sorted ascending. As in
+bitsandbytes, `code=None` means the dynamic map (`create_dynamic_map()`); a
+NumPy float64 array or a Python list is rounded to float32 (as `jnp.asarray`
+would). A concrete code is checked to be finite and sorted; a traced one (an
+argument of a jitted function) cannot be, and is used as it is.
+
+Operands must be jax or NumPy arrays of a supported dtype: float64 operands are
+refused (cast them to float32), as are Python lists. Block sizes and thresholds
+must be static Python numbers (under `jax.jit`, mark them static).
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8mm import _checks, dispatch
+from fp8mm import _checks, codebooks, dispatch
 from fp8mm.state import QuantState
 
 __all__ = [
@@ -39,18 +49,31 @@ __all__ = [
 Impl = dispatch.Impl
 
 
-def _as_code(code) -> jax.Array | np.ndarray:
-    # numpy stays numpy (a concrete code lets the kernels cache their lookup table),
-    # with float64 made float32 as jnp.asarray would.
-    if isinstance(code, np.ndarray):
-        code = np.asarray(code, jax.dtypes.canonicalize_dtype(code.dtype))
-    elif isinstance(code, (list, tuple)):
-        code = jnp.asarray(code)
-    _checks.check_code(code)
+def _as_code(code, name: str = "code") -> jax.Array | np.ndarray:
+    """The codebook to quantize with: None is the dynamic map, as in bitsandbytes."""
+    if code is None:
+        return codebooks.dynamic_code()
+    # numpy stays numpy (a concrete code lets the kernels cache their lookup table).
+    if isinstance(code, (list, tuple)):
+        code = np.asarray(code)
+        if code.dtype.kind not in "fiu" or code.dtype == np.bool_:
+            raise TypeError(f"{name} must be a list of floats, got a list of {code.dtype}")
+        if code.dtype.kind == "f":
+            code = code.astype(np.float32)
+    elif isinstance(code, np.ndarray) and code.dtype == np.float64:
+        # float64 is NumPy's default; jnp.asarray would make it float32 the same way.
+        code = code.astype(np.float32)
+    _checks.check_code(code, name)
     return code
 
 
+def _call(name: str, implementation: Impl, *args):
+    _checks.check_implementation(implementation)
+    return dispatch.call(name, implementation, *args)
+
+
 def _check_state(q, state: QuantState, *, blockwise: bool) -> None:
+    """q and a QuantState that agree with each other (a hand-built state included)."""
     if not isinstance(state, QuantState):
         raise TypeError(f"state must be a QuantState, got {type(state).__name__}")
     _checks.check_dtype("q", q, jnp.uint8)
@@ -63,10 +86,23 @@ def _check_state(q, state: QuantState, *, blockwise: bool) -> None:
             f"state comes from quantize_blockwise(blocksize={state.blocksize}); "
             "use dequantize_blockwise()"
         )
+    _checks.check_code(state.code, "state.code")
+    _checks.check_dtype("state.absmax", state.absmax, jnp.float32)
+    if blockwise:
+        blocksize = _checks.check_blocksize(state.blocksize, "state.blocksize")
+        want = (-(-int(np.prod(state.shape)) // blocksize),)
+        what = f"one per block of {blocksize} of the {int(np.prod(state.shape))} elements"
+    else:
+        want, what = (), "a scalar for global quantization"
+    if tuple(state.absmax.shape) != want:
+        raise ValueError(
+            f"state.absmax must have shape {want} ({what}), got {tuple(state.absmax.shape)}; "
+            "pass the state that quantize_blockwise/quantize returned with q"
+        )
 
 
 def quantize_blockwise(
-    A: jax.Array, code, blocksize: int = 4096, *, implementation: Impl = None
+    A: jax.Array, code=None, blocksize: int = 4096, *, implementation: Impl = None
 ) -> tuple[jax.Array, QuantState]:
     """Blockwise codebook quantization, bit-exact with bitsandbytes.
 
@@ -76,8 +112,9 @@ def quantize_blockwise(
 
     Args:
       A: float32/float16/bfloat16 array of any shape.
-      code: float32 codebook of shape [256] (e.g. `create_fp8_map()`).
-      blocksize: power of two in [32, 4096].
+      code: float32 codebook of shape [256], sorted (e.g. `create_fp8_map()`);
+        None for the dynamic map (`create_dynamic_map()`), as in bitsandbytes.
+      blocksize: static power of two in [32, 4096].
       implementation: None, "xla" or "pallas" (see `fp8mm.dispatch`).
 
     Returns:
@@ -87,33 +124,48 @@ def quantize_blockwise(
     _checks.check_float("A", A)
     code = _as_code(code)
     blocksize = _checks.check_blocksize(blocksize)
-    return dispatch.call("quantize_blockwise", implementation, A, code, blocksize)
+    return _call("quantize_blockwise", implementation, A, code, blocksize)
 
 
 def dequantize_blockwise(
     q: jax.Array, state: QuantState, *, implementation: Impl = None
 ) -> jax.Array:
-    """code[q] * absmax[block], returned in the quantized tensor's dtype and shape."""
+    """code[q] * absmax[block], returned in the quantized tensor's dtype and shape.
+
+    Args:
+      q: uint8 codes of shape state.shape.
+      state: the `QuantState` from `quantize_blockwise`; a hand-built one must agree
+        with itself (absmax float32 [ceil(size / blocksize)], code float32 [256]).
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      Array of shape state.shape and dtype state.dtype.
+    """
     _check_state(q, state, blockwise=True)
-    return dispatch.call("dequantize_blockwise", implementation, q, state)
+    return _call("dequantize_blockwise", implementation, q, state)
 
 
 def fake_quant_blockwise(
-    A: jax.Array, code, blocksize: int = 4096, *, implementation: Impl = None
+    A: jax.Array, code=None, blocksize: int = 4096, *, implementation: Impl = None
 ) -> jax.Array:
-    """`dequantize_blockwise(*quantize_blockwise(A, code, blocksize))` in one pass, A's dtype."""
+    """`dequantize_blockwise(*quantize_blockwise(A, code, blocksize))` in one pass, A's dtype.
+
+    Arguments as in `quantize_blockwise` (code=None is the dynamic map).
+    """
     _checks.check_float("A", A)
     code = _as_code(code)
     blocksize = _checks.check_blocksize(blocksize)
-    return dispatch.call("fake_quant_blockwise", implementation, A, code, blocksize)
+    return _call("fake_quant_blockwise", implementation, A, code, blocksize)
 
 
-def quantize(A: jax.Array, code, *, implementation: Impl = None) -> tuple[jax.Array, QuantState]:
+def quantize(
+    A: jax.Array, code=None, *, implementation: Impl = None
+) -> tuple[jax.Array, QuantState]:
     """Global (whole-tensor absmax) codebook quantization, computed in float32.
 
     Args:
       A: float array of any shape (converted to float32, as bitsandbytes' callers do).
-      code: float32 codebook of shape [256].
+      code: float32 codebook of shape [256], sorted; None for the dynamic map.
       implementation: None, "xla" or "pallas".
 
     Returns:
@@ -121,20 +173,29 @@ def quantize(A: jax.Array, code, *, implementation: Impl = None) -> tuple[jax.Ar
     """
     _checks.check_float("A", A)
     code = _as_code(code)
-    return dispatch.call("quantize", implementation, A, code)
+    return _call("quantize", implementation, A, code)
 
 
 def dequantize(q: jax.Array, state: QuantState, *, implementation: Impl = None) -> jax.Array:
-    """float32 code[q] * absmax for a globally quantized tensor."""
+    """float32 code[q] * absmax for a globally quantized tensor.
+
+    Args:
+      q: uint8 codes of shape state.shape.
+      state: the `QuantState` from `quantize` (absmax a float32 scalar, code float32 [256]).
+      implementation: None, "xla" or "pallas".
+
+    Returns:
+      float32 array of shape state.shape.
+    """
     _check_state(q, state, blockwise=False)
-    return dispatch.call("dequantize", implementation, q, state)
+    return _call("dequantize", implementation, q, state)
 
 
-def fake_quant_global(A: jax.Array, code, *, implementation: Impl = None) -> jax.Array:
-    """`dequantize(*quantize(A, code))` cast back to A's dtype."""
+def fake_quant_global(A: jax.Array, code=None, *, implementation: Impl = None) -> jax.Array:
+    """`dequantize(*quantize(A, code))` cast back to A's dtype (code=None: the dynamic map)."""
     _checks.check_float("A", A)
     code = _as_code(code)
-    return dispatch.call("fake_quant_global", implementation, A, code)
+    return _call("fake_quant_global", implementation, A, code)
 
 
 def _check_int8_input(A) -> None:
@@ -149,7 +210,8 @@ def int8_vectorwise_quant(
 
     Args:
       A: float array [..., k].
-      threshold: >= 0; when > 0, entries with |x| >= threshold are outliers,
+      threshold: static real number >= 0 (a Python/NumPy scalar, not a traced
+        value); when > 0, entries with |x| >= threshold are outliers,
         left out of the row absmax, and their columns are zeroed in CA.
       implementation: None, "xla" or "pallas".
 
@@ -159,7 +221,7 @@ def int8_vectorwise_quant(
     """
     _check_int8_input(A)
     threshold = _checks.check_threshold(threshold)
-    return dispatch.call("int8_vectorwise_quant", implementation, A, threshold)
+    return _call("int8_vectorwise_quant", implementation, A, threshold)
 
 
 def int8_double_quant(
@@ -169,7 +231,7 @@ def int8_double_quant(
 
     Args:
       A: float array [..., k].
-      threshold: >= 0 outlier threshold (see `int8_vectorwise_quant`).
+      threshold: static outlier threshold >= 0 (see `int8_vectorwise_quant`).
       implementation: None, "xla" or "pallas".
 
     Returns:
@@ -179,7 +241,7 @@ def int8_double_quant(
     """
     _check_int8_input(A)
     threshold = _checks.check_threshold(threshold)
-    return dispatch.call("int8_double_quant", implementation, A, threshold)
+    return _call("int8_double_quant", implementation, A, threshold)
 
 
 def int8_vectorwise_quant_t(
@@ -199,10 +261,10 @@ def int8_vectorwise_quant_t(
     """
     _checks.check_float("W", W)
     _checks.check_ndim("W", W, 2)
-    return dispatch.call("int8_vectorwise_quant_t", implementation, W)
+    return _call("int8_vectorwise_quant_t", implementation, W)
 
 
-def _check_matmul_operands(A, B) -> None:
+def _check_matmul_operands(A, B, where: str) -> None:
     _checks.check_dtype("A", A, jnp.int8)
     _checks.check_dtype("B", B, jnp.int8)
     _checks.check_min_ndim("A", A, 1)
@@ -212,10 +274,13 @@ def _check_matmul_operands(A, B) -> None:
             f"inner dimensions differ: A is {tuple(A.shape)} and B is {tuple(B.shape)}; "
             "int8_linear_matmul computes A @ B.T with B in [n, k] layout"
         )
+    _checks.check_int8_k(A.shape[-1], where)
 
 
 def int8_linear_matmul(A: jax.Array, B: jax.Array, *, implementation: Impl = None) -> jax.Array:
     """Exact A @ Bᵀ of int8 operands in int32.
+
+    k is at most 131071 = (2**31 - 1) // 128**2, so that the int32 sum cannot wrap.
 
     Args:
       A: int8 [..., k].
@@ -225,8 +290,8 @@ def int8_linear_matmul(A: jax.Array, B: jax.Array, *, implementation: Impl = Non
     Returns:
       int32 [..., n].
     """
-    _check_matmul_operands(A, B)
-    return dispatch.call("int8_linear_matmul", implementation, A, B)
+    _check_matmul_operands(A, B, "int8_linear_matmul")
+    return _call("int8_linear_matmul", implementation, A, B)
 
 
 def _check_dequant_args(rows_shape, n, row_stats, col_stats, bias) -> None:
@@ -268,7 +333,7 @@ def int8_mm_dequant(
     _checks.check_dtype("acc", acc, jnp.int32)
     _checks.check_min_ndim("acc", acc, 1)
     _check_dequant_args(acc.shape[:-1], acc.shape[-1], row_stats, col_stats, bias)
-    return dispatch.call("int8_mm_dequant", implementation, acc, row_stats, col_stats, bias)
+    return _call("int8_mm_dequant", implementation, acc, row_stats, col_stats, bias)
 
 
 def int8_linear_matmul_dequant(
@@ -286,7 +351,8 @@ def int8_linear_matmul_dequant(
     On a GPU this is one Pallas kernel: the int32 product never reaches memory.
 
     Args:
-      A: int8 [..., k]; B: int8 [n, k]; row_stats: float32 [...];
+      A: int8 [..., k] (k <= 131071, see `int8_linear_matmul`); B: int8 [n, k];
+      row_stats: float32 [...];
       col_stats: float32 [n]; bias: optional float [n].
       out_dtype: float16 (bitsandbytes' result), or bfloat16/float32: the
         float16 result cast, in the same pass.
@@ -295,10 +361,10 @@ def int8_linear_matmul_dequant(
     Returns:
       out_dtype [..., n].
     """
-    _check_matmul_operands(A, B)
+    _check_matmul_operands(A, B, "int8_linear_matmul_dequant")
     _check_dequant_args(A.shape[:-1], B.shape[0], row_stats, col_stats, bias)
     out_dtype = _checks.check_out_dtype(out_dtype)
-    return dispatch.call(
+    return _call(
         "int8_linear_matmul_dequant", implementation, A, B, row_stats, col_stats, bias, out_dtype
     )
 
@@ -308,9 +374,20 @@ def outlier_indices(outlier_cols: jax.Array) -> np.ndarray:
 
     This is the int64 index form bitsandbytes returns; it has a data-dependent
     shape, so it cannot be used inside `jax.jit`: keep the mask there.
+
+    Args:
+      outlier_cols: bool [k] mask, as the int8 primitives return it.
+
+    Returns:
+      int64 [number of True entries] NumPy array.
     """
     if isinstance(outlier_cols, jax.core.Tracer):
         raise TypeError(
             "outlier_indices needs a concrete mask; inside jax.jit use the boolean mask itself"
         )
-    return np.flatnonzero(np.asarray(outlier_cols)).astype(np.int64)
+    mask = np.asarray(outlier_cols)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"outlier_cols must be a bool mask, got dtype {mask.dtype}")
+    if mask.ndim != 1:
+        raise ValueError(f"outlier_cols must be 1-D (one flag per column), got shape {mask.shape}")
+    return np.flatnonzero(mask).astype(np.int64)

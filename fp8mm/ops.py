@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8mm import _checks, _host
+from fp8mm import _checks, _host, dispatch
 from fp8mm import functional as F
 from fp8mm.dispatch import Impl
 from fp8mm.state import MatmulLtState
@@ -50,8 +50,19 @@ def _block_size_for(features: int) -> int:
     return 1024  # bitsandbytes' default, reached only for 0 features
 
 
-def _shape(x) -> tuple[int, ...]:
-    return tuple(x.shape) if hasattr(x, "shape") else tuple(x)
+def _shape(x, name: str) -> tuple[int, ...]:
+    if hasattr(x, "shape"):
+        shape = x.shape
+    elif isinstance(x, (tuple, list)):
+        shape = x
+    else:
+        raise TypeError(f"{name} must be an array or a shape tuple, got {x!r}")
+    if not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s >= 0
+        for s in shape
+    ):
+        raise TypeError(f"{name} must have a shape of non-negative ints, got {tuple(shape)!r}")
+    return tuple(int(s) for s in shape)
 
 
 def get_block_sizes(input_matrix, weight_matrix) -> tuple[int, int]:
@@ -60,6 +71,8 @@ def get_block_sizes(input_matrix, weight_matrix) -> tuple[int, int]:
     in = input_matrix.shape[-1]; out = weight_matrix.shape[0] if
     weight_matrix.shape[1] == in else weight_matrix.shape[1]; each becomes the
     smallest of {64, 128, ..., 4096} that is >= it (4096 for anything larger).
+    Unlike bitsandbytes, a weight with neither axis equal to `in` is refused
+    rather than silently read as [in, out].
 
     Args:
       input_matrix: array or shape [..., in].
@@ -68,10 +81,16 @@ def get_block_sizes(input_matrix, weight_matrix) -> tuple[int, int]:
     Returns:
       (bsz, bsz2): block sizes for the activations and the output gradient.
     """
-    a, b = _shape(input_matrix), _shape(weight_matrix)
+    a = _shape(input_matrix, "input_matrix")
+    b = _shape(weight_matrix, "weight_matrix")
     if len(a) < 1 or len(b) != 2:
         raise ValueError(f"get_block_sizes needs A [..., in] and a 2-D weight, got {a} and {b}")
     n_in = a[-1]
+    if n_in not in b:
+        raise ValueError(
+            f"the weight {b} has no axis of the input's {n_in} features (input shape {a}); "
+            "pass the weight as [in, out] or [out, in]"
+        )
     n_out = b[0] if b[1] == n_in else b[1]
     return _block_size_for(n_in), _block_size_for(n_out)
 
@@ -105,7 +124,8 @@ def _as_2d(x: jax.Array) -> jax.Array:
     return x.reshape(int(np.prod(x.shape[:-1])), x.shape[-1])
 
 
-def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2) -> tuple[int, int]:
+def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation) -> tuple:
+    """Validated (fw_code, bw_code, bsz, bsz2): codes as arrays (None: the dynamic map)."""
     _checks.check_float("A", A)
     _checks.check_float("B", B)
     _checks.check_min_ndim("A", A, 2)
@@ -115,13 +135,31 @@ def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2) -> tuple[int, int]:
             f"inner dimensions differ: A is {tuple(A.shape)} and B is {tuple(B.shape)}; "
             "B must be [in, out] with in == A.shape[-1]"
         )
-    F._as_code(fw_code)
-    F._as_code(bw_code)
-    if bsz == -1 or bsz2 == -1:
-        auto = get_block_sizes(A, B)
-        bsz = auto[0] if bsz == -1 else bsz
-        bsz2 = auto[1] if bsz2 == -1 else bsz2
-    return _checks.check_blocksize(bsz), _checks.check_blocksize(bsz2)
+    fw_code = F._as_code(fw_code, "fw_code")
+    bw_code = F._as_code(bw_code, "bw_code")
+    _checks.check_implementation(implementation)
+    # Checked before the comparison with -1: a traced block size would fail it obscurely.
+    _checks.check_static("bsz", bsz, "int")
+    _checks.check_static("bsz2", bsz2, "int")
+    auto = get_block_sizes(A, B)
+    bsz = auto[0] if _is_auto(bsz) else _checks.check_blocksize(bsz, "bsz", auto=True)
+    bsz2 = auto[1] if _is_auto(bsz2) else _checks.check_blocksize(bsz2, "bsz2", auto=True)
+    return fw_code, bw_code, bsz, bsz2
+
+
+def _is_auto(size) -> bool:
+    # Only the int -1 means automatic (not -1.0 or a bool).
+    return isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size == -1
+
+
+def _resolved(implementation: Impl) -> Impl:
+    """implementation, with None made the current default (`fp8mm.use_implementation`).
+
+    The config is a static argument of the jitted ops; resolving the default
+    here keeps an eager call inside `use_implementation(...)` from reusing a
+    program compiled under another default.
+    """
+    return dispatch.default_implementation() if implementation is None else implementation
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -164,7 +202,7 @@ class _Fp8Config:
 
     @classmethod
     def make(cls, bsz, bsz2, implementation, fw_code, bw_code) -> _Fp8Config:
-        return cls(bsz, bsz2, implementation, _host_code(fw_code), _host_code(bw_code))
+        return cls(bsz, bsz2, _resolved(implementation), _host_code(fw_code), _host_code(bw_code))
 
 
 # ------------------------------------------------------------------- matmul_fp8_mixed
@@ -202,6 +240,9 @@ def _fp8_mixed_bwd(cfg: _Fp8Config, res, g):
 
 
 _fp8_mixed.defvjp(_fp8_mixed_fwd, _fp8_mixed_bwd)
+# Jitted with the (hashable) config static, so eager calls reuse one compiled program
+# per shape and config instead of dispatching (and compiling) op by op.
+_fp8_mixed_jit = jax.jit(_fp8_mixed, static_argnums=(4,))
 
 
 def matmul_fp8_mixed(
@@ -223,18 +264,20 @@ def matmul_fp8_mixed(
     Args:
       A: float [..., k] (at least 2-D).
       B: float [k, n].
-      fw_code: float32 [256] forward code (bitsandbytes uses e4m3).
-      bw_code: float32 [256] backward code (e5m2).
-      bsz: forward block size, -1 for `get_block_sizes`.
-      bsz2: backward block size, -1 for `get_block_sizes`.
+      fw_code: float32 [256] sorted forward code (bitsandbytes' layers use e4m3);
+        None for the dynamic map (`create_dynamic_map()`), as bitsandbytes'
+        quantize functions do with code=None.
+      bw_code: float32 [256] backward code (e5m2 in the layers); None as above.
+      bsz: static forward block size, -1 for `get_block_sizes`.
+      bsz2: static backward block size, -1 for `get_block_sizes`.
       implementation: None, "xla" or "pallas" for the quantization primitives.
 
     Returns:
       [..., n] in A's dtype.
     """
-    bsz, bsz2 = _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2)
-    fw, bw = jnp.asarray(fw_code), jnp.asarray(bw_code)
-    return _fp8_mixed(A, B, fw, bw, _Fp8Config.make(bsz, bsz2, implementation, fw_code, bw_code))
+    fw_code, bw_code, bsz, bsz2 = _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation)
+    cfg = _Fp8Config.make(bsz, bsz2, implementation, fw_code, bw_code)
+    return _fp8_mixed_jit(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), cfg)
 
 
 # ------------------------------------------------------------------ matmul_fp8_global
@@ -270,6 +313,7 @@ def _fp8_global_bwd(cfg: _Fp8Config, res, g):
 
 
 _fp8_global.defvjp(_fp8_global_fwd, _fp8_global_bwd)
+_fp8_global_jit = jax.jit(_fp8_global, static_argnums=(4,))
 
 
 def matmul_fp8_global(
@@ -292,17 +336,17 @@ def matmul_fp8_global(
     Args:
       A: float [..., k] (at least 2-D).
       B: float [k, n].
-      fw_code: float32 [256] forward code.
-      bw_code: float32 [256] backward code.
+      fw_code: float32 [256] forward code; None for the dynamic map.
+      bw_code: float32 [256] backward code; None for the dynamic map.
       bsz, bsz2: as in `matmul_fp8_mixed`.
       implementation: None, "xla" or "pallas".
 
     Returns:
       [..., n] in A's dtype.
     """
-    bsz, bsz2 = _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2)
-    fw, bw = jnp.asarray(fw_code), jnp.asarray(bw_code)
-    return _fp8_global(A, B, fw, bw, _Fp8Config.make(bsz, bsz2, implementation, fw_code, bw_code))
+    fw_code, bw_code, bsz, bsz2 = _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation)
+    cfg = _Fp8Config.make(bsz, bsz2, implementation, fw_code, bw_code)
+    return _fp8_global_jit(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), cfg)
 
 
 # ----------------------------------------------------------------------- switchback_bnb
@@ -323,7 +367,7 @@ def prepare_int8_weight(B: jax.Array, threshold: float = 0.0, *, implementation:
 
     Args:
       B: float weight [n, k] (Linear layout).
-      threshold: outlier threshold stored in the state.
+      threshold: outlier threshold stored in the state (a real number >= 0).
       implementation: None, "xla" or "pallas".
 
     Returns:
@@ -331,6 +375,8 @@ def prepare_int8_weight(B: jax.Array, threshold: float = 0.0, *, implementation:
     """
     _checks.check_float("B", B)
     _checks.check_ndim("B", B, 2)
+    # Checked before the weight is quantized, so a bad value fails here and not in the state.
+    threshold = _checks.check_threshold(threshold)
     CB, SCB, _ = F.int8_vectorwise_quant(B, implementation=implementation)
     return MatmulLtState(threshold=threshold, has_fp16_weights=False, CB=CB, SCB=SCB)
 
@@ -437,6 +483,9 @@ def _switchback_bwd(cfg: _SwitchBackConfig, res, cts):
 
 
 _switchback.defvjp(_switchback_fwd, _switchback_bwd)
+# Jitted with the config static: an eager call with threshold > 0 otherwise traces and
+# compiles the outlier `lax.cond` (fresh closures) again on every call.
+_switchback_jit = jax.jit(_switchback, static_argnums=(5,))
 
 
 def switchback_bnb(
@@ -460,12 +509,14 @@ def switchback_bnb(
     (CB * SCB/127), the dequantized int8 weight.
 
     Args:
-      A: float [..., k].
+      A: float [..., k], k <= 131071 (the int32 accumulator bound, see
+        `int8_linear_matmul`).
       B: float [n, k] (Linear layout); may be None when `state` holds an int8
         inference weight (has_fp16_weights=False).
       state: optional `MatmulLtState`; with has_fp16_weights=False its CB/SCB
         are used as they are (see `prepare_int8_weight`).
-      threshold: outlier threshold; when > 0 it overrides state.threshold.
+      threshold: static outlier threshold (a real number >= 0); when > 0 it
+        overrides state.threshold.
       bias: optional float [n].
       outlier_capacity: outlier columns gathered into a fixed-size slot under
         jit (default min(k, max(32, k // 16))); more outliers fall back to an
@@ -483,9 +534,12 @@ def switchback_bnb(
     threshold = _checks.check_threshold(threshold)
     if threshold == 0.0:
         threshold = state.threshold
+    return_outliers = _checks.check_bool("return_outliers", return_outliers)
+    _checks.check_implementation(implementation)
     _checks.check_float("A", A)
     _checks.check_min_ndim("A", A, 1)
     k = A.shape[-1]
+    _checks.check_int8_k(k, "switchback_bnb")
     CB = SCB = None
     if state.has_fp16_weights:
         if B is None:
@@ -521,13 +575,16 @@ def switchback_bnb(
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     if outlier_capacity is None:
         outlier_capacity = max(1, min(k, max(32, k // 16)))
-    if (
-        isinstance(outlier_capacity, bool)
-        or not isinstance(outlier_capacity, (int, np.integer))
-        or outlier_capacity < 1
+    _checks.check_static("outlier_capacity", outlier_capacity, "int")
+    if isinstance(outlier_capacity, (bool, np.bool_)) or not isinstance(
+        outlier_capacity, (int, np.integer)
     ):
+        raise TypeError(f"outlier_capacity must be a positive int, got {outlier_capacity!r}")
+    if outlier_capacity < 1:
         raise ValueError(f"outlier_capacity must be a positive int, got {outlier_capacity!r}")
     outlier_capacity = int(outlier_capacity)
-    cfg = _SwitchBackConfig(threshold, state.has_fp16_weights, outlier_capacity, implementation)
-    out, cols = _switchback(A, B, bias, CB, SCB, cfg)
+    cfg = _SwitchBackConfig(
+        threshold, state.has_fp16_weights, outlier_capacity, _resolved(implementation)
+    )
+    out, cols = _switchback_jit(A, B, bias, CB, SCB, cfg)
     return (out, cols) if return_outliers else out

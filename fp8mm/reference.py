@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fp8mm import _host
 from fp8mm.state import QuantState
 
 __all__ = [
@@ -406,9 +407,39 @@ def int8_linear_matmul(A: jax.Array, B: jax.Array) -> jax.Array:
     Returns:
       int32 [..., n].
     """
+    if _host.platform() in ("gpu", "cuda", "rocm"):
+        return _int8_matmul_via_bf16(A, B)
     return jax.lax.dot_general(
         A, B, (((A.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.int32
     )
+
+
+_EXACT_K = 1024  # 1024 * 128**2 = 2**24: every chunk's sum is an exact float32 integer
+
+
+def _int8_matmul_via_bf16(A: jax.Array, B: jax.Array) -> jax.Array:
+    """A @ Bᵀ of int8 operands as bf16 GEMMs over k-chunks, exact, summed in int32.
+
+    On an H200 (jax 0.11.2) XLA's s8 x s8 -> s32 dot returned exactly twice the
+    product for some small shapes (e.g. [3, 33] x [4, 33]ᵀ), a silent wrong
+    answer on the XLA path. int8 values are exact in bf16, their products and
+    the float32 sums of up to 1024 of them are exact integers whatever the
+    summation order, so the chunked bf16 product is exact.
+    """
+    k, n = A.shape[-1], B.shape[0]
+    lead = A.shape[:-1]
+    if k == 0 or 0 in lead or n == 0:
+        return jnp.zeros((*lead, n), jnp.int32)
+    chunks = -(-k // _EXACT_K)
+    pad = chunks * _EXACT_K - k
+    a = jnp.pad(A.reshape(-1, k), ((0, 0), (0, pad))).astype(jnp.bfloat16)
+    b = jnp.pad(B, ((0, 0), (0, pad))).astype(jnp.bfloat16)
+    a = a.reshape(a.shape[0], chunks, _EXACT_K)
+    b = b.reshape(n, chunks, _EXACT_K)
+    parts = jax.lax.dot_general(
+        a, b, (((2,), (2,)), ((1,), (1,))), preferred_element_type=jnp.float32
+    )
+    return parts.astype(jnp.int32).sum(axis=0).reshape(*lead, n)
 
 
 def dequant_values(acc, row_stats, col_stats, bias, out_dtype) -> jax.Array:

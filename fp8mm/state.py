@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from fp8mm import _checks
+
 __all__ = ["MatmulLtState", "QuantState"]
 
 
@@ -26,10 +28,17 @@ class QuantState:
       absmax: float32 scales, shape [num_blocks] for blockwise quantization and
         [] (a scalar) for global quantization.
       code: float32 codebook of shape [256] that the uint8 codes index.
-      blocksize: elements per block (row-major over the flattened tensor), or
-        None for global (whole-tensor) quantization. Static.
-      dtype: dtype of the tensor that was quantized; dequantization returns it. Static.
+      blocksize: elements per block (row-major over the flattened tensor), a
+        power of two in [32, 4096], or None for global (whole-tensor)
+        quantization. Static.
+      dtype: float dtype of the tensor that was quantized; blockwise
+        dequantization returns it (global dequantization returns float32). Static.
       shape: shape of the tensor that was quantized. Static.
+
+    The static fields are validated on construction. The arrays are validated
+    by `fp8mm.dequantize`/`fp8mm.dequantize_blockwise` (absmax float32 of shape
+    [ceil(prod(shape) / blocksize)] or [], code float32 [256], sorted when
+    concrete), since JAX also rebuilds states with non-array leaves.
     """
 
     absmax: jax.Array
@@ -39,8 +48,35 @@ class QuantState:
     shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
 
     def __post_init__(self):
-        object.__setattr__(self, "dtype", np.dtype(self.dtype))
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        # Only the static fields are checked here: JAX rebuilds pytrees with arbitrary
+        # leaves (sentinels, PartitionSpecs, stacked arrays), so the arrays are checked
+        # where they are used (`fp8mm.dequantize*`).
+        if self.blocksize is not None:
+            _checks.check_blocksize(self.blocksize, "QuantState.blocksize")
+        try:
+            # np.dtype(None) is float64: a None would be misreported as "got float64".
+            if self.dtype is None:
+                raise TypeError
+            dtype = np.dtype(self.dtype)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"QuantState.dtype must be a dtype (float32, float16 or bfloat16), "
+                f"got {self.dtype!r}"
+            ) from None
+        if dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(
+                f"QuantState.dtype must be float32, float16 or bfloat16 (the dtype of the "
+                f"quantized tensor), got {dtype.name}"
+            )
+        object.__setattr__(self, "dtype", dtype)
+        shape = self.shape
+        if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in shape
+        ):
+            raise TypeError(
+                f"QuantState.shape must be a tuple of non-negative ints, got {self.shape!r}"
+            )
+        object.__setattr__(self, "shape", tuple(int(s) for s in shape))
 
 
 @jax.tree_util.register_dataclass
@@ -49,13 +85,18 @@ class MatmulLtState:
     """Configuration of a SwitchBack int8 matmul (bitsandbytes' `MatmulLtState`).
 
     Attributes:
-      threshold: inputs with |x| >= threshold are outliers; their columns are
-        multiplied in 16 bits instead of int8. 0 disables the decomposition. Static.
-      has_fp16_weights: True when the weight is trained in 16/32 bits and
-        quantized on every call; False for int8 inference weights given in
+      threshold: a real number >= 0 (not a bool or a string); inputs with
+        |x| >= threshold are outliers, and their columns are multiplied in 16
+        bits instead of int8. 0 disables the decomposition. Static.
+      has_fp16_weights: a bool. True when the weight is trained in 16/32 bits
+        and quantized on every call; False for int8 inference weights given in
         `CB`/`SCB`, which are then used as they are. Static.
       CB: optional int8 weight, shape [out, in] (row-wise quantized).
       SCB: optional float32 row scales of `CB`, shape [out].
+
+    Array CB/SCB are checked on construction (dtypes, and SCB one scale per row
+    of CB); leading axes shared by both are allowed so that states can be stacked
+    for `lax.scan`/`vmap`, and `fp8mm.switchback_bnb` then needs exactly [out, in].
     """
 
     threshold: float = dataclasses.field(default=0.0, metadata=dict(static=True))
@@ -64,10 +105,11 @@ class MatmulLtState:
     SCB: jax.Array | None = None
 
     def __post_init__(self):
-        thr = float(self.threshold)
-        if not np.isfinite(thr) or thr < 0:
-            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold!r}")
+        thr = _checks.check_threshold(self.threshold, "MatmulLtState.threshold")
         object.__setattr__(self, "threshold", thr)
+        # A truthy string such as "no" would otherwise quantize the weight on every call.
+        hfw = _checks.check_bool("MatmulLtState.has_fp16_weights", self.has_fp16_weights)
+        object.__setattr__(self, "has_fp16_weights", hfw)
         if (self.CB is None) != (self.SCB is None):
             raise ValueError("MatmulLtState needs both CB and SCB, or neither")
         if not self.has_fp16_weights and self.CB is None:
@@ -75,3 +117,34 @@ class MatmulLtState:
                 "MatmulLtState(has_fp16_weights=False) needs the int8 weight CB and its "
                 "scales SCB; build it with fp8mm.prepare_int8_weight(B)"
             )
+        for name in ("CB", "SCB"):
+            # A list would be taken as a pytree of scalars; JAX itself never makes one here.
+            if isinstance(getattr(self, name), list):
+                raise TypeError(
+                    f"MatmulLtState.{name} must be an array, got list (convert it with jnp.asarray)"
+                )
+        if _is_array(self.CB) and _is_array(self.SCB):
+            _check_int8_weight(self.CB, self.SCB)
+
+
+def _is_array(x) -> bool:
+    # JAX rebuilds pytrees with non-array leaves (sentinel objects in vmap's in_axes,
+    # PartitionSpecs in shard_map specs, float0 cotangents): only real arrays are checked.
+    dtype = getattr(x, "dtype", None)
+    return hasattr(x, "shape") and dtype is not None and dtype != jax.dtypes.float0
+
+
+def _check_int8_weight(CB, SCB) -> None:
+    """CB int8 [..., n, k] and SCB float32 [..., n].
+
+    Leading axes are allowed so that states can be stacked (jax.tree.map(jnp.stack, ...))
+    for lax.scan or vmap; `switchback_bnb` needs exactly CB [n, k] and SCB [n].
+    """
+    _checks.check_dtype("MatmulLtState.CB", CB, np.int8)
+    _checks.check_dtype("MatmulLtState.SCB", SCB, np.float32)
+    if len(CB.shape) < 2 or tuple(SCB.shape) != tuple(CB.shape[:-1]):
+        raise ValueError(
+            f"MatmulLtState needs CB int8 [n, k] and SCB float32 [n] (one scale per row of "
+            f"CB), got CB {tuple(CB.shape)} and SCB {tuple(SCB.shape)}; build them with "
+            "fp8mm.prepare_int8_weight(B)"
+        )

@@ -58,6 +58,15 @@ def test_fp8_map_bad_args(args):
         fp8mm.create_fp8_map(**args)
 
 
+def test_dynamic_code_is_the_cached_read_only_default():
+    from fp8mm.codebooks import dynamic_code
+
+    assert dynamic_code() is dynamic_code()
+    np.testing.assert_array_equal(dynamic_code(), fp8mm.create_dynamic_map())
+    with pytest.raises(ValueError):
+        dynamic_code()[0] = 0.0
+
+
 def test_dynamic_map_bad_args():
     with pytest.raises(ValueError, match="max_exponent_bits"):
         fp8mm.create_dynamic_map(max_exponent_bits=8)

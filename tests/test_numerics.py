@@ -369,3 +369,23 @@ def test_nan_reaches_flax_layers(implementation, layer):
     rows = np.isnan(f32(y)).any(1)
     assert rows[2] and (rows.all() if layer == "Fp8GlobalDense" else rows.sum() == 1)
     assert np.isnan(f32(g["params"]["kernel"])).any()
+
+
+# ----------------------------------------------------------------------------- int8 products
+
+
+@pytest.mark.parametrize("m, n, k", [(3, 4, 33), (3, 4, 64), (16, 16, 40), (5, 7, 2100)])
+def test_int8_products_exact(implementation, m, n, k):
+    # XLA's s8 GEMM on an H200 (jax 0.11.2) returned exactly twice the product for such
+    # shapes; every path must equal the int64 product.
+    rng = np.random.default_rng(m * n * k)
+    A = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    B = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    want = A.astype(np.int64) @ B.astype(np.int64).T
+    got = F.int8_linear_matmul(jnp.asarray(A), jnp.asarray(B), implementation=implementation)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    ones = jnp.ones((m,), jnp.float32) * 127, jnp.ones((n,), jnp.float32) * 127
+    deq = F.int8_linear_matmul_dequant(
+        jnp.asarray(A), jnp.asarray(B), *ones, None, jnp.float32, implementation=implementation
+    )
+    np.testing.assert_allclose(f32(deq), want.astype(np.float32), rtol=1e-3)
