@@ -1,12 +1,16 @@
 """Shared helpers of the benchmark suite: timing, compiled memory, host data, result rows, tables.
 
-Timing follows DESIGN §5: after warm-up, each *batch* is many back-to-back
+Timing (docs/performance.md): after warm-up, each *batch* is many back-to-back
 calls closed by ONE device synchronisation, and a case reports the median
 batch time divided by the calls per batch. A sync per call would add the
 launch/sync latency to every call and flatter every ratio against a fast
 baseline. The number of calls per batch is chosen per case so that a batch
 lasts at least `TimingConfig.batch_s` (short kernels are otherwise measured
 against Python dispatch).
+
+Targets: `load_targets` reads the pass/miss targets from benchmarks/targets.toml
+and `evaluate_targets` attaches the checks to the rows; the numbers live in
+that file only.
 
 This module imports numpy only at import time; JAX is imported inside the
 functions that need it, so the torch side (`benchmarks.bnb`) can use the
@@ -20,10 +24,12 @@ import datetime
 import functools
 import json
 import math
+import operator
 import pathlib
 import re
 import statistics
 import time
+import tomllib
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -385,6 +391,141 @@ def status(row: Row) -> str:
     if any(ok is None for ok in oks):
         return "n/a"
     return "PASS"
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+TARGETS_PATH = pathlib.Path(__file__).with_name("targets.toml")
+METRICS = ("time_ratio", "mem_ratio", "rate_ratio", "rate_vs", "copy_bandwidth")
+# op in the file -> (symbol in the label, comparison)
+_OPS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
+    ">=": ("≥", operator.ge),
+    "<=": ("≤", operator.le),
+    "<": ("<", operator.lt),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One pass/miss target of benchmarks/targets.toml (its header documents the fields)."""
+
+    section: str
+    metric: str
+    op: str
+    limit: float
+    what: str
+    versus: str
+    impl: tuple[str, ...] = ()
+    group: tuple[str, ...] = ()
+    group_prefix: tuple[str, ...] = ()
+    mode: str | None = None
+    other_group: str | None = None
+    other_impl: str | None = None
+
+    def matches(self, row: Row) -> bool:
+        if row.section != self.section or row.is_baseline:
+            return False
+        if self.impl and row.impl not in self.impl:
+            return False
+        if self.mode is not None and row.mode != self.mode:
+            return False
+        if self.group and row.group not in self.group:
+            return False
+        return not self.group_prefix or row.group.startswith(self.group_prefix)
+
+    def label(self, suffix: str = "") -> str:
+        return f"{self.what} {_OPS[self.op][0]} {self.limit:.2f}x {self.versus}{suffix}"
+
+    def passes(self, value: float | None) -> bool | None:
+        return None if value is None else bool(_OPS[self.op][1](value, self.limit))
+
+
+_REQUIRED = ("section", "metric", "op", "limit", "what", "versus")
+_TUPLES = ("impl", "group", "group_prefix")
+
+
+def _target(entry: Any, where: str) -> Target:
+    """A `Target` from one [[target]] table, or a ValueError saying what is wrong with it."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a table, got {entry!r}")
+    fields = {f.name for f in dataclasses.fields(Target)}
+    unknown = sorted(set(entry) - fields)
+    missing = [k for k in _REQUIRED if k not in entry]
+    if unknown or missing:
+        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
+    kw = dict(entry)
+    for k in _TUPLES:
+        v = kw.get(k, ())
+        v = (v,) if isinstance(v, str) else v
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+            raise ValueError(f"{where}: {k} must be a string or a list of strings, got {v!r}")
+        kw[k] = tuple(v)
+    if kw["metric"] not in METRICS:
+        raise ValueError(f"{where}: metric {kw['metric']!r} is not one of {METRICS}")
+    if kw["op"] not in _OPS:
+        raise ValueError(f"{where}: op {kw['op']!r} is not one of {tuple(_OPS)}")
+    if isinstance(kw["limit"], bool) or not isinstance(kw["limit"], (int, float)):
+        raise ValueError(f"{where}: limit must be a number, got {kw['limit']!r}")
+    kw["limit"] = float(kw["limit"])
+    if kw["group"] and kw["group_prefix"]:
+        raise ValueError(f"{where}: give group or group_prefix, not both")
+    if (kw["metric"] == "rate_vs") != ("other_group" in kw):
+        raise ValueError(f"{where}: other_group is required by metric 'rate_vs' and only by it")
+    return Target(**kw)
+
+
+def load_targets(path: str | pathlib.Path | None = None) -> tuple[Target, ...]:
+    """The targets of a TOML file (default benchmarks/targets.toml), in file order."""
+    path = pathlib.Path(path) if path is not None else TARGETS_PATH
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    extra = sorted(set(data) - {"target"})
+    if extra:
+        raise ValueError(f"{path}: unknown top-level keys {extra}; targets are [[target]] tables")
+    entries = data.get("target", [])
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: 'target' must be an array of tables ([[target]])")
+    return tuple(_target(e, f"{path}: target {i + 1}") for i, e in enumerate(entries))
+
+
+def find_row(rows: Iterable[Row], **want: Any) -> Row | None:
+    """The first measured row (ms set) whose attributes equal `want`."""
+    for r in rows:
+        if r.ms is not None and all(getattr(r, k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def evaluate_targets(rows: Sequence[Row], targets: Iterable[Target]) -> None:
+    """Appends one check per (measured row, matching target); needs `fill_ratios` first."""
+    targets = tuple(targets)
+    copies = [r for r in rows if r.section == "kernels" and r.group == "copy"]
+    copy_bw = max((r.rate for r in copies if r.rate), default=None)
+    # Device time where traced: a short kernel's wall time per call can be the host's
+    # dispatch time rather than the kernel's (docs/performance.md).
+    copy_dev_bw = max((r.device_rate for r in copies if r.device_rate), default=None)
+    for r in rows:
+        if r.ms is None:
+            continue
+        for t in targets:
+            if not t.matches(r):
+                continue
+            suffix = ""
+            if t.metric == "copy_bandwidth":
+                if r.device_rate and copy_dev_bw:
+                    value, suffix = r.device_rate / copy_dev_bw, " (device time)"
+                else:
+                    value = r.rate / copy_bw if (r.rate and copy_bw) else None
+            elif t.metric == "rate_vs":
+                o = find_row(
+                    rows, section=r.section, group=t.other_group, shape=r.shape, dtype=r.dtype,
+                    **({} if t.other_impl is None else {"impl": t.other_impl}),
+                )  # fmt: skip
+                value = r.rate / o.rate if (o is not None and o.rate and r.rate) else None
+            else:
+                value = getattr(r, t.metric)
+            add_check(r, t.label(suffix), value, t.passes(value))
 
 
 # ------------------------------------------------------------------------- formatting

@@ -2,9 +2,10 @@
 
 Quantization primitives report GB/s (bytes read + written, the minimum traffic)
 beside a device-to-device copy of the same tensor in the same run; the int8
-matmuls report TOPS beside a 16-bit matmul of the same shape and XLA's int8
-dot (both operands K-major). Primitives have no backward pass of their own
-(the ops' custom VJPs call them), so they are timed forward only.
+matmuls report TOPS beside a 16-bit matmul of the same shape and XLA's own
+int8 dot (`lax.dot_general` to int32, both operands K-major). Primitives have
+no backward pass of their own (the ops' custom VJPs call them), so they are
+timed forward only.
 
 Usage: `python -m benchmarks.kernels [run.py flags]` is `python -m benchmarks.run
 --only kernels [flags]`.
@@ -18,6 +19,9 @@ from benchmarks.common import Plan, Row, Runner, host_normal, linear_label, nbyt
 
 BLOCK = 4096  # the block size matmul_fp8_mixed picks for 4096/16384 features
 SMALL_BLOCK = 256
+# XLA's int8 dot itself. Not fp8mm's implementation="xla": on a GPU that runs exact
+# chunked bf16 GEMMs (fp8mm.reference.int8_linear_matmul), which is no int8 baseline.
+XLA_INT8_DOT = "int8 dot (XLA)"
 
 
 def quant_shapes(plan: Plan) -> list[tuple[int, int]]:
@@ -165,7 +169,13 @@ def _int8_data(t: int, k: int, n: int, dt: str) -> tuple:
 
 
 def run_int8_matmul(r: Runner, plan: Plan) -> None:
-    """16-bit matmul baseline, int8 matmul, fused dequant and the separate dequant per shape."""
+    """16-bit matmul baseline, XLA's int8 dot, int8 matmul, fused dequant and the separate dequant.
+
+    One shape after another, each of fp8mm's int8 matmuls per implementation.
+    """
+    import jax
+    import jax.numpy as jnp
+
     import fp8mm
 
     dt = plan.dtypes[0]
@@ -182,6 +192,15 @@ def run_int8_matmul(r: Runner, plan: Plan) -> None:
         def row(group: str, impl: str, base: str | None = base.key) -> Row:
             return Row("kernels", group, impl, "-", shape, dt, base=base)
 
+        r.jax_case(
+            row(XLA_INT8_DOT, "jnp"),
+            lambda a, b: jax.lax.dot_general(
+                a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32
+            ),
+            (A8, B8),
+            ops,
+            "TOPS",
+        )
         for impl in plan.impls:
             r.jax_case(
                 row("int8_linear_matmul", impl),

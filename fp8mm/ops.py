@@ -11,7 +11,7 @@
   gradient ("switch back") and gradA through the dequantized int8 weight.
 
 The forward products and the asymmetric backward passes reproduce
-bitsandbytes 0.49.2 on CUDA (DESIGN §2). Every cotangent has its primal's
+bitsandbytes 0.49.2 on CUDA (docs/exactness.md). Every cotangent has its primal's
 shape and dtype; codebooks receive zero cotangents. The quantization
 primitives run through `fp8mm.functional`, so on a GPU they use the Pallas
 kernels by default (`implementation=` overrides, see `fp8mm.dispatch`).
@@ -242,7 +242,6 @@ def _fp8_mixed_bwd(cfg: _Fp8Config, res, g):
 _fp8_mixed.defvjp(_fp8_mixed_fwd, _fp8_mixed_bwd)
 # Jitted with the (hashable) config static, so eager calls reuse one compiled program
 # per shape and config instead of dispatching (and compiling) op by op.
-_fp8_mixed_jit = jax.jit(_fp8_mixed, static_argnums=(4,))
 
 
 def matmul_fp8_mixed(
@@ -277,7 +276,7 @@ def matmul_fp8_mixed(
     """
     fw_code, bw_code, bsz, bsz2 = _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation)
     cfg = _Fp8Config.make(bsz, bsz2, implementation, fw_code, bw_code)
-    return _fp8_mixed_jit(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), cfg)
+    return _fp8_mixed(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), cfg)
 
 
 # ------------------------------------------------------------------ matmul_fp8_global
@@ -313,7 +312,6 @@ def _fp8_global_bwd(cfg: _Fp8Config, res, g):
 
 
 _fp8_global.defvjp(_fp8_global_fwd, _fp8_global_bwd)
-_fp8_global_jit = jax.jit(_fp8_global, static_argnums=(4,))
 
 
 def matmul_fp8_global(
@@ -346,7 +344,7 @@ def matmul_fp8_global(
     """
     fw_code, bw_code, bsz, bsz2 = _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation)
     cfg = _Fp8Config.make(bsz, bsz2, implementation, fw_code, bw_code)
-    return _fp8_global_jit(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), cfg)
+    return _fp8_global(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), cfg)
 
 
 # ----------------------------------------------------------------------- switchback_bnb

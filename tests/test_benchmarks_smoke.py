@@ -2,7 +2,10 @@
 
 The smoke run times tiny shapes on the CPU (Pallas in interpret mode for a few
 cases only); it asserts that every section produces rows, that no case errors
-and that the JSON and Markdown results are written. No speed is asserted.
+and that the JSON and Markdown results are written. No speed is asserted. The
+target checks are read from benchmarks/targets.toml: the tests below check
+that the file is read, that its numbers (not the code's) decide pass and miss,
+and that a malformed file is refused before anything is measured.
 """
 
 import json
@@ -48,6 +51,8 @@ def test_smoke_run_writes_every_section(bench, tmp_path):
         assert all(r["ms"] > 0 for r in sel), section
         # Every case is paired with a baseline of the same run.
         assert all(r["time_ratio"] is not None for r in sel if r["base"]), section
+    # fp8mm's int8 matmuls are compared with XLA's own int8 dot, timed beside them.
+    assert any(r["group"] == "int8 dot (XLA)" and r["ms"] > 0 for r in rows)
     impls = {(r["section"], r["impl"]) for r in rows}
     assert {("ops", "xla"), ("ops", "pallas"), ("kernels", "pallas")} <= impls
     modes = {r["mode"] for r in rows if r["section"] == "ops"}
@@ -60,9 +65,11 @@ def test_smoke_run_writes_every_section(bench, tmp_path):
     # Peak memory from the compiled memory analysis, where the backend gives one.
     assert any(r["mem"] for r in rows if r["section"] == "ops")
 
+    assert data["meta"]["targets"] == "benchmarks/targets.toml"
     md = md_path.read_text()
     for title in ("## Targets", "## Kernels: quantization", "## Kernels: int8 matmul", "## Ops"):
         assert title in md
+    assert "From `benchmarks/targets.toml`." in md
     assert "## Train step" in md and "## Flax layers" in md
 
 
@@ -70,8 +77,8 @@ def _row(common, section, group, impl, mode, ms, base=None, **kw):
     return common.Row(section, group, impl, mode, "s", "bfloat16", base=base, ms=ms, **kw)
 
 
-def test_targets_pass_and_miss(bench):
-    run, common = bench
+def _target_rows(run, common):
+    """One row per kind of target, with known ratios (see test_targets_pass_and_miss)."""
     lin = _row(common, "ops", run.LINEAR, "jnp", "fwd+bwd", 1.0, is_baseline=True)
     lin.mem = {"peak": 100}
     fast = _row(common, "ops", "switchback_bnb", "pallas", "fwd+bwd", 0.9, lin.key)
@@ -84,14 +91,20 @@ def test_targets_pass_and_miss(bench):
     quant.rate, quant.unit = 1600.0, "GB/s"
     mm = _row(common, "kernels", "matmul (baseline)", "jnp", "-", 1.0, is_baseline=True)
     mm.rate, mm.unit = 700.0, "TOPS"
-    i8 = _row(common, "kernels", "int8_linear_matmul", "xla", "-", 1.0, mm.key)
+    i8 = _row(common, "kernels", "int8 dot (XLA)", "jnp", "-", 1.0, mm.key)
     i8.rate, i8.unit = 1300.0, "TOPS"
     fused = _row(common, "kernels", "int8_linear_matmul_dequant", "pallas", "-", 1.0, mm.key)
     fused.rate, fused.unit = 1000.0, "TOPS"
     dense = _row(common, "train", run.DENSE, "flax", "step", 10.0, is_baseline=True)
     sb = _row(common, "train", "SwitchBackDense", "pallas", "step", 9.0, dense.key)
-    rows = [lin, fast, slow, copy, quant, mm, i8, fused, dense, sb]
-    run.finalize(rows)
+    return [lin, fast, slow, copy, quant, mm, i8, fused, dense, sb]
+
+
+def test_targets_pass_and_miss(bench):
+    run, common = bench
+    rows = _target_rows(run, common)
+    lin, fast, slow, copy, quant, mm, i8, fused, dense, sb = rows
+    run.finalize(rows)  # the targets of benchmarks/targets.toml
 
     assert common.status(fast) == "PASS"  # 0.90 <= 0.95 time, 1.05 <= 1.10 memory
     assert common.status(slow) == "MISS"  # 1.3 > 1.2 time, 1.2 > 1.1 memory
@@ -121,6 +134,72 @@ def test_targets_pass_and_miss(bench):
     run.finalize(rows)
     assert quant.checks[0]["target"].endswith("(device time)")
     assert quant.checks[0]["value"] == pytest.approx(0.7) and common.status(quant) == "MISS"
+
+
+def test_targets_file_is_read(bench, tmp_path):
+    run, common = bench
+    shipped = common.load_targets()
+    assert common.TARGETS_PATH == ROOT / "benchmarks" / "targets.toml"
+    assert {t.section for t in shipped} == {"kernels", "ops", "train"}
+    assert {t.metric for t in shipped} == set(common.METRICS)
+    rows = _target_rows(run, common)
+    run.finalize(rows, shipped)
+    labels = {c["target"] for r in rows for c in r.checks}
+    assert labels == {
+        "time ≤ 0.95x 16-bit",
+        "time ≤ 1.20x 16-bit",
+        "mem ≤ 1.10x 16-bit",
+        "GB/s ≥ 0.75x copy",
+        "TOPS ≥ 1.35x 16-bit",
+        "TOPS ≥ 0.85x XLA int8 dot",
+        "step < 1.00x bf16 Dense",
+    }
+
+    # The numbers come from the file: with the switchback fwd+bwd limit lowered to 0.85,
+    # the 0.90 row misses, and a file with only that target checks nothing else.
+    text = common.TARGETS_PATH.read_text()
+    old = 'mode = "fwd+bwd"\nmetric = "time_ratio"\nop = "<="\nlimit = 0.95'
+    assert text.count(old) == 1
+    strict = tmp_path / "strict.toml"
+    strict.write_text(text.replace(old, old.replace("0.95", "0.85")))
+    run.finalize(rows, common.load_targets(strict))
+    fast = rows[1]
+    assert [c["target"] for c in fast.checks] == ["time ≤ 0.85x 16-bit", "mem ≤ 1.10x 16-bit"]
+    assert common.status(fast) == "MISS"
+    only = tmp_path / "only.toml"
+    only.write_text(
+        '[[target]]\nsection = "train"\nmetric = "time_ratio"\nop = "<="\nlimit = 0.8\n'
+        'what = "step"\nversus = "bf16 Dense"\n'
+    )
+    run.finalize(rows, common.load_targets(only))
+    assert [(r.group, c["ok"]) for r in rows for c in r.checks] == [("SwitchBackDense", False)]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('section = "ops"\nmetric = "time_ratio"\nop = "<="\nlimit = 1\nwhat = "t"', "missing"),
+        ('section = "ops"\nmetric = "speed"\nop = "<="\nlimit = 1\nwhat = "t"\nversus = "v"',
+         "metric 'speed'"),
+        ('section = "ops"\nmetric = "time_ratio"\nop = "=="\nlimit = 1\nwhat = "t"\nversus = "v"',
+         "op '=='"),
+        ('section = "ops"\nmetric = "rate_vs"\nop = "<="\nlimit = 1\nwhat = "t"\nversus = "v"',
+         "other_group"),
+        ('section = "ops"\nmetric = "time_ratio"\nop = "<="\nlimit = 1\nwhat = "t"\nversus = "v"'
+         '\ngroups = ["x"]', "unknown keys ['groups']"),
+    ],
+)  # fmt: skip
+def test_malformed_targets_file_fails_before_measuring(bench, tmp_path, body, message):
+    run, common = bench
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[[target]]\n{body}\n")
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        common.load_targets(bad)
+    # main reads the file first: nothing is measured or written.
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="target 1"):
+        run.main(["--smoke", "--out", str(out), "--only", "ops", "--targets", str(bad)])
+    assert not out.exists()
 
 
 def test_device_time_splits_events_into_calls(bench, monkeypatch):

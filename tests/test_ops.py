@@ -169,7 +169,7 @@ def test_fp8_global_formulas(sa, sb, dtype):
 
 
 def _switchback_formulas(A, B, bias, thr):
-    """DESIGN §2 written out with the reference primitives (A 2-D)."""
+    """The semantics of docs/exactness.md written out with the reference primitives (A 2-D)."""
     dtype = A.dtype
     CA, SCA, cols = ref.int8_vectorwise_quant(A, thr)
     CB, SCB, _ = ref.int8_vectorwise_quant(B, 0.0)

@@ -139,15 +139,15 @@ def choose_tiles(blocksize: int | None, fake: bool = False, dequant: bool = Fals
     """Tile heuristic for every kernel of this module.
 
     Measured on an H200 (bf16, e4m3; device time against a same-shape copy at
-    8192x4096, 16384x4096, 8192x16384, 16384x512 and 16384x2048, sessions 3-6
-    of benchmarks/NOTES.md). Blockwise quantize and fake quant run on 4 warps:
+    8192x4096, 16384x4096, 8192x16384, 16384x512 and 16384x2048; docs/performance.md).
+    Blockwise quantize and fake quant run on 4 warps:
     4096-blocks one block a program (32 elements a thread: 6-8% less device
     time than 16 a thread on 8 warps, and a prefetch loop at either width is
-    3-8% slower, session 6); smaller blocks in 2048-element tiles, 4 tiles a
+    3-8% slower); smaller blocks in 2048-element tiles, 4 tiles a
     program with a prefetch of the next (quantize 256-blocks 4-6%, fake 256- to
     1024-blocks 0.3-6% less device time than one 4096-element tile a program;
-    2048-blocks within 1-3% either way). Dequantizing keeps session 2's tiles
-    (8 warps for 4096-blocks; not re-swept). Global quantization is flat across
+    2048-blocks within 1-3% either way). Dequantizing uses 8 warps for 4096-blocks
+    (not re-swept since). Global quantization is flat across
     tilings.
 
     Args:
@@ -159,7 +159,7 @@ def choose_tiles(blocksize: int | None, fake: bool = False, dequant: bool = Fals
     if fake and dequant:
         raise ValueError("choose_tiles: a tile is for fake quantization or dequantization")
     if blocksize is not None and not dequant:
-        # 16 elements a thread leave registers for the next tile's; 32 do not (session 5).
+        # 16 elements a thread leave registers for the next tile's; 32 do not.
         if blocksize >= 4096:
             return TileConfig(rows=1, cols=blocksize, num_warps=4)
         return TileConfig(rows=2048 // blocksize, cols=blocksize, num_warps=4, steps=4)

@@ -21,7 +21,7 @@ Kernels:
   into the K-major [n, k] layout the matmul needs (quantize + transpose).
 * `_matmul_kernel`: int8 A[m, k] @ B[n, k]ᵀ with int32 accumulation, both
   operands K-major (the only layout where 8-bit tensor cores run at full speed,
-  DESIGN §3), optionally with the dequant epilogue fused so that the int32
+  docs/performance.md), optionally with the dequant epilogue fused so that the int32
   product never reaches memory.
 * `_dequant_kernel`: the epilogue alone, elementwise over an int32 product.
 
@@ -173,7 +173,7 @@ def _quant_t_config(k: int, n: int) -> QuantConfig:
 
 
 def _matmul_config(m: int, n: int, k: int) -> MatmulConfig:
-    # 128x128x128, 4 warps, 3 stages measured 870 TOPS on an H100 (DESIGN §3).
+    # 128x128x128, 4 warps, 3 stages measured 870 TOPS on an H100 (docs/performance.md).
     # int8 MMA needs at least 16 rows/cols and 32 along k.
     block_m = min(128, max(16, _pow2(m)))
     block_n = min(128, max(16, _pow2(n)))

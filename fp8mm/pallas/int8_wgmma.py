@@ -18,7 +18,7 @@ memory and reaches the wgmma as a transposed view. The epilogue is
 then the float16 rounding), or none for the int32 product, stored through shared
 memory by TMA in 64x64 pieces.
 
-Measured on an H200 (benchmarks/NOTES.md, session 4), bf16 output, against XLA's
+Measured on an H200 (docs/performance.md), bf16 output, against XLA's
 plain int8 dot (int32 output) of the same shape: 1.01-1.08x its throughput at
 8192x4096x4096, 8192x16384x4096 and 16384x4096x4096, and 1.10-1.16x the Triton kernel.
 Exact: the int32 sums are exact and the epilogue rounds as the Triton kernel does
@@ -108,7 +108,7 @@ class WgmmaConfig:
 
 
 def choose_config(m: int, n: int, k: int) -> WgmmaConfig:
-    """Tile heuristic, from a sweep on an H200 (benchmarks/NOTES.md, session 4).
+    """Tile heuristic, from a sweep on an H200 (docs/performance.md).
 
     3 stages were best or within noise of best at all three benchmark shapes (4
     stages: +-3%, 2 stages: 10-15% slower); side-by-side warpgroups beat stacked
