@@ -16,7 +16,7 @@ demo: $(VENV)/.stamp-examples
 	$(PY) examples/train_lm.py
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q tests
+	tools/run_tests.sh $(PY)
 
 lint: $(VENV)/.stamp-test
 	$(PY) -m pip install -q ruff
