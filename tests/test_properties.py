@@ -143,7 +143,7 @@ def wild_arrays(draw):
     return jnp.asarray(x).astype(DTYPES[dtype])
 
 
-WILD = settings(max_examples=4, suppress_health_check=[HealthCheck.function_scoped_fixture])
+WILD = settings(max_examples=3, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @WILD
