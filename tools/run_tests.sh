@@ -10,7 +10,7 @@ jobs=${2:-$(nproc)}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # Slowest first, so the long files start at once; any other file follows.
-order="test_ops test_kernels_int8 test_kernels_codebook test_numerics test_properties
+order="test_ops test_kernels_int8 test_kernels_codebook test_numerics test_properties test_nn_sharding
   test_bad_input test_nn_linen test_nn_nnx test_golden_primitives test_benchmarks_smoke
   test_primitives test_example"
 files=""
