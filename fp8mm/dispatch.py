@@ -149,7 +149,10 @@ def _x64(enabled: bool):
     return experimental.enable_x64() if enabled else experimental.disable_x64()
 
 
-def _zero_cotangent(x):
+def zero_cotangent(x):
+    """The zero cotangent of x: zeros of its dtype, float0 for integer/bool, None for None."""
+    if x is None:
+        return None
     if jnp.issubdtype(x.dtype, jnp.inexact):
         return jnp.zeros(x.shape, x.dtype)
     return np.zeros(x.shape, jax.dtypes.float0)
@@ -190,7 +193,7 @@ def _with_gradient_rule(name: str, run, args: tuple):
             )
         # Straight through: the cotangent of A (the first argument) is the output's;
         # the codebook and everything else get zeros.
-        grads = [_zero_cotangent(v) for v in values]
+        grads = [zero_cotangent(v) for v in values]
         if traced and traced[0] == 0:
             grads[0] = cts.astype(values[0].dtype)
         return tuple(grads)

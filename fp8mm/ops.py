@@ -453,14 +453,6 @@ def _switchback_fwd(A, B, bias, CB, SCB, cfg: _SwitchBackConfig):
     return (out, cols), (A, CBq, SCBq, B, bias, CB, SCB)
 
 
-def _zero_cotangent(x):
-    if x is None:
-        return None
-    if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
-        return np.zeros(x.shape, dtype=jax.dtypes.float0)
-    return jnp.zeros_like(x)
-
-
 def _switchback_bwd(cfg: _SwitchBackConfig, res, cts):
     A, CBq, SCBq, B, bias, CB, SCB = res
     g, _ = cts
@@ -477,7 +469,7 @@ def _switchback_bwd(cfg: _SwitchBackConfig, res, cts):
     gradBias = None
     if bias is not None:
         gradBias = jnp.sum(_as_2d(g).astype(jnp.float32), axis=0).astype(bias.dtype)
-    return gradA, gradB, gradBias, _zero_cotangent(CB), _zero_cotangent(SCB)
+    return gradA, gradB, gradBias, dispatch.zero_cotangent(CB), dispatch.zero_cotangent(SCB)
 
 
 _switchback.defvjp(_switchback_fwd, _switchback_bwd)
