@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8mm import _host
+from fp8mm import _host, codebooks
 
 FLOAT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 VALID_BLOCKSIZES = tuple(2**i for i in range(5, 13))  # 32 ... 4096
@@ -178,12 +178,25 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+# "pallas" is the best Pallas kernel that serves a call; the others name one kernel.
+KERNEL_NAMES = ("pallas_triton", "pallas_mosaic_gpu")
+IMPLEMENTATION_NAMES = ("xla", "pallas", *KERNEL_NAMES)
+
+
 def check_implementation(implementation) -> None:
-    """None, "xla" or "pallas" (`fp8mm.dispatch` makes the choice)."""
-    if implementation is not None and (
-        not isinstance(implementation, str) or implementation not in ("xla", "pallas")
-    ):
-        raise ValueError(f"implementation must be None, 'xla' or 'pallas', got {implementation!r}")
+    """None, one implementation name, or a non-empty sequence of them (`fp8mm.dispatch`)."""
+    if implementation is None:
+        return
+    names = [implementation] if isinstance(implementation, str) else implementation
+    ok = isinstance(names, (list, tuple)) and len(names) > 0
+    if ok:
+        ok = all(isinstance(n, str) and n in IMPLEMENTATION_NAMES for n in names)
+    if not ok:
+        raise ValueError(
+            "implementation must be None, 'xla' or 'pallas', a kernel name "
+            f"({', '.join(map(repr, KERNEL_NAMES))}) or a non-empty sequence of these, "
+            f"got {implementation!r}"
+        )
 
 
 def check_out_dtype(out_dtype) -> np.dtype:
@@ -200,3 +213,21 @@ def check_out_dtype(out_dtype) -> np.dtype:
     if dt not in FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {dt.name}")
     return dt
+
+
+def as_code(code, name: str = "code") -> jax.Array | np.ndarray:
+    """The codebook to quantize with: None is the dynamic map, as in bitsandbytes."""
+    if code is None:
+        return codebooks.dynamic_code()
+    # numpy stays numpy (a concrete code lets the kernels cache their lookup table).
+    if isinstance(code, (list, tuple)):
+        code = np.asarray(code)
+        if code.dtype.kind not in "fiu" or code.dtype == np.bool_:
+            raise TypeError(f"{name} must be a list of floats, got a list of {code.dtype}")
+        if code.dtype.kind == "f":
+            code = code.astype(np.float32)
+    elif isinstance(code, np.ndarray) and code.dtype == np.float64:
+        # float64 is NumPy's default; jnp.asarray would make it float32 the same way.
+        code = code.astype(np.float32)
+    check_code(code, name)
+    return code

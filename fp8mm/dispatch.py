@@ -1,75 +1,91 @@
-"""One place that decides which implementation runs each primitive.
+"""The implementation registry: which code runs each primitive.
 
-`implementation` is None, "xla" or "pallas":
+Every primitive of `fp8mm.functional` is one `Primitive` spec: its XLA
+reference (`fp8mm.reference`, which runs anywhere) and its Pallas kernels as
+named `Kernel`s in preference order. A `Kernel` names a kernel module, which
+holds a wrapper named like the primitive and its `supported_<primitive>(*args)
+-> reason | None` predicate; the module is imported on the first call that may
+use it, so `import fp8mm` stays light. The public function validates its
+arguments once and then calls the spec; kernels only report their own limits
+(sizes, tiles, the device).
 
-* "xla" runs the pure-jnp reference (`fp8mm.reference`) anywhere;
-* "pallas" runs the Pallas kernel, compiled on a GPU and in Pallas interpret
-  mode elsewhere (that is how CPU CI tests the kernels); when the kernel cannot
-  serve the case it raises `NotImplementedError` saying why;
-* None uses the process-wide default: `use_implementation(...)` (a context
-  manager) or the `FP8MM_IMPLEMENTATION` environment variable; when neither is
-  set, Pallas on a GPU where the kernel serves the case and XLA otherwise.
+`implementation=` (on every primitive, op and layer) is one of:
 
-The kernels are listed in `fp8mm.pallas.KERNELS` (name -> `Kernel`), imported
-lazily on the first call that may use them; moving a kernel from one Pallas
-backend to another never touches its callers.
+* None: the process-wide default, set by `use_implementation(...)` or the
+  `FP8MM_IMPLEMENTATION` environment variable; when neither is set, the first
+  Pallas kernel that serves the call on a GPU, and "xla" everywhere else;
+* "xla": the pure-jnp reference;
+* "pallas": the first Pallas kernel, in the spec's preference order, that
+  serves the call (compiled on a GPU, interpreted elsewhere: that is how CPU CI
+  tests the kernels);
+* a kernel name: "pallas_triton" (Pallas on Triton: compiled on a GPU,
+  interpreted elsewhere) or "pallas_mosaic_gpu" (Pallas on Mosaic GPU: compiled
+  only, on Hopper);
+* a sequence of these: the first that serves the call wins.
+
+An explicit choice that cannot serve a call raises `NotImplementedError`
+naming each candidate's reason. `fp8mm.dispatch.REGISTRY` lists the specs;
+`Primitive.implementations` a spec's names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
+import functools
+import importlib
 import os
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8mm import _host, reference
+from fp8mm import _checks, _host
 
-__all__ = ["Impl", "call", "default_implementation", "resolve", "use_implementation"]
+__all__ = [
+    "REGISTRY",
+    "Impl",
+    "Kernel",
+    "Primitive",
+    "default_implementation",
+    "on_gpu",
+    "resolve",
+    "use_implementation",
+    "zero_cotangent",
+]
 
-Impl = Literal["xla", "pallas"] | None
-_VALID = (None, "xla", "pallas")
+Impl = str | Sequence[str] | None
 _ENV = "FP8MM_IMPLEMENTATION"
 # "unset" defers to the environment; None inside `use_implementation(None)` means auto.
 _UNSET = "unset"
 _default: contextvars.ContextVar = contextvars.ContextVar("fp8mm_impl", default=_UNSET)
 
 
-PRIMITIVES = (
-    "quantize_blockwise",
-    "dequantize_blockwise",
-    "fake_quant_blockwise",
-    "quantize",
-    "dequantize",
-    "fake_quant_global",
-    "int8_vectorwise_quant",
-    "int8_double_quant",
-    "int8_vectorwise_quant_t",
-    "int8_linear_matmul",
-    "int8_mm_dequant",
-    "int8_linear_matmul_dequant",
-)
-
-
-def _check_impl(impl, where: str) -> Impl:
-    if impl not in _VALID:
-        raise ValueError(f"{where} must be None, 'xla' or 'pallas', got {impl!r}")
-    return impl
+def _normalise(implementation: Impl, where: str) -> str | tuple[str, ...] | None:
+    try:
+        _checks.check_implementation(implementation)
+    except ValueError as e:
+        raise ValueError(str(e).replace("implementation", where, 1)) from None
+    if implementation is None or isinstance(implementation, str):
+        return implementation
+    return tuple(implementation)
 
 
 def default_implementation() -> Impl:
-    """The process-wide default: the innermost `use_implementation`, else $FP8MM_IMPLEMENTATION."""
+    """The process-wide default: the innermost `use_implementation`, else $FP8MM_IMPLEMENTATION.
+
+    The environment variable holds one name or a comma-separated sequence.
+    """
     impl = _default.get()
     if impl != _UNSET:
         return impl
-    env = os.environ.get(_ENV, "").strip().lower() or None
-    if env in ("auto", "none"):
-        env = None
-    return _check_impl(env, f"${_ENV}")
+    env = os.environ.get(_ENV, "").strip().lower()
+    if env in ("", "auto", "none"):
+        return None
+    names = tuple(n.strip() for n in env.split(","))
+    return _normalise(names[0] if len(names) == 1 else names, f"${_ENV}")
 
 
 @contextlib.contextmanager
@@ -87,8 +103,10 @@ def use_implementation(implementation: Impl) -> Iterator[None]:
     Example:
       with fp8mm.use_implementation("xla"):
           loss = train_step(params, batch)   # traced here: every primitive uses XLA
+      with fp8mm.use_implementation(("pallas_triton", "xla")):
+          loss = train_step(params, batch)   # Triton kernels where they serve, else XLA
     """
-    token = _default.set(_check_impl(implementation, "implementation"))
+    token = _default.set(_normalise(implementation, "implementation"))
     try:
         yield
     finally:
@@ -105,38 +123,131 @@ def on_gpu() -> bool:
     return _host.platform() in ("gpu", "cuda", "rocm")
 
 
-def _kernel(name: str):
-    # Imported lazily to keep `import fp8mm` light.
-    from fp8mm.pallas import KERNELS
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One Pallas kernel module serving a primitive.
 
-    return KERNELS.get(name)
+    A kernel module defines, for each primitive `name` it serves, the wrapper
+    `name(*args, interpret=False, config=None)` (the reference's arguments; the
+    registry leaves `config` to the kernel's heuristic) and the predicate
+    `supported_name(*args) -> str | None`: None when the kernel serves these
+    (already validated) arguments, else the reason (sizes, tiles, device).
+
+    Attributes:
+      name: "pallas_triton" or "pallas_mosaic_gpu".
+      module: import path of the kernel module, imported on first use.
+      interpretable: whether Pallas interpret mode runs it off a GPU (Mosaic GPU
+        kernels run only compiled).
+    """
+
+    name: str
+    module: str
+    interpretable: bool = True
+
+    def __post_init__(self):
+        if self.name not in _checks.KERNEL_NAMES:
+            raise ValueError(f"kernel name must be one of {_checks.KERNEL_NAMES}, got {self.name!r}")
+
+    def _attr(self, attr: str) -> Callable | None:
+        return getattr(importlib.import_module(self.module), attr, None)
+
+    def reason(self, primitive: str, *args) -> str | None:
+        """None when this kernel serves `primitive(*args)` here and now, else why not."""
+        if not on_gpu():
+            if not self.interpretable:
+                return "it runs only compiled on a GPU"
+            if jax.config.jax_enable_x64:
+                # Compiled kernels are traced without x64 (see `run`), but Pallas interpret
+                # mode lowers them again under the caller's x64 setting, where JAX's
+                # interpreter mixes int64 into their int32 indexing and is not bit-exact.
+                return "Pallas interpret mode (no GPU) does not support jax_enable_x64"
+        if self._attr(primitive) is None:
+            return f"{self.module} has no {primitive}"
+        supported = self._attr(f"supported_{primitive}")
+        return None if supported is None else supported(*args)
+
+    def run(self, primitive: str, *args):
+        # The kernels index in int32; under jax_enable_x64 their index arithmetic
+        # would mix int32 and int64, so they are always traced without x64.
+        with _x64(False):
+            return self._attr(primitive)(*args, interpret=not on_gpu())
+
+
+REGISTRY: dict[str, Primitive] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Primitive:
+    """The spec of one primitive: its reference, its kernels and its gradient rule.
+
+    Attributes:
+      name: the public name (`fp8mm.<name>`).
+      reference: the XLA implementation (a function of `fp8mm.reference`).
+      kernels: Pallas kernels in preference order.
+      straight_through: differentiable with the straight-through estimator (the
+        fake-quantization primitives); every other primitive returns codes and
+        raises a TypeError when differentiated.
+    """
+
+    name: str
+    reference: Callable
+    kernels: tuple[Kernel, ...] = ()
+    straight_through: bool = False
+
+    def __post_init__(self):
+        REGISTRY[self.name] = self
+
+    @property
+    def implementations(self) -> tuple[str, ...]:
+        return ("xla", *(k.name for k in self.kernels))
+
+    def resolve(self, implementation: Impl, *args) -> str:
+        """The name of the implementation that serves these (validated) arguments."""
+        choice = _normalise(implementation, "implementation")
+        if choice is None:
+            choice = default_implementation()
+        auto = choice is None
+        if auto:
+            names = [k.name for k in self.kernels] if on_gpu() else []
+            names.append("xla")
+        else:
+            names = []
+            for n in (choice,) if isinstance(choice, str) else choice:
+                if n == "pallas":
+                    names += [k.name for k in self.kernels] or ["pallas"]
+                else:
+                    names.append(n)
+        kernels = {k.name: k for k in self.kernels}
+        reasons = []
+        for n in names:
+            if n == "xla":
+                return n
+            kernel = kernels.get(n)
+            if kernel is None:
+                why = f"it has no such kernel (it has {', '.join(self.implementations)})"
+            else:
+                why = kernel.reason(self.name, *args)
+            if why is None:
+                return n
+            reasons.append(f"{n}: {why}")
+        raise NotImplementedError(
+            f"{self.name}: implementation={choice!r} cannot serve this call: " + "; ".join(reasons)
+        )
+
+    def __call__(self, *args, implementation: Impl = None):
+        """Runs the implementation chosen for `args` with this primitive's gradient rule."""
+        name = self.resolve(implementation, *args)
+        if name == "xla":
+            run = self.reference
+        else:
+            kernel = next(k for k in self.kernels if k.name == name)
+            run = functools.partial(kernel.run, self.name)
+        return _with_gradient_rule(self.name, run, args, self.straight_through)
 
 
 def resolve(name: str, implementation: Impl, *args) -> str:
-    """The implementation ("xla" or "pallas") that `call` would run for these arguments."""
-    impl = _check_impl(implementation, "implementation") or default_implementation()
-    if impl == "xla":
-        return "xla"
-    kernel = _kernel(name)
-    why = "no Pallas kernel exists for it" if kernel is None else kernel.unsupported(*args)
-    if why is None and not on_gpu() and jax.config.jax_enable_x64:
-        # Compiled kernels are traced without x64 (see `call`), but Pallas interpret
-        # mode lowers them again under the caller's x64 setting, where JAX's
-        # interpreter mixes int64 into their int32 indexing and is not bit-exact.
-        why = "Pallas interpret mode (no GPU) does not support jax_enable_x64"
-    if impl == "pallas":
-        if why is not None:
-            raise NotImplementedError(
-                f"{name}: implementation='pallas' cannot serve this call: {why}"
-            )
-        return "pallas"
-    return "pallas" if (why is None and on_gpu()) else "xla"
-
-
-# Fake quantization is differentiable with the straight-through estimator (identity
-# through the rounding, as qwix and AQT train with it); the primitives returning codes
-# have no gradient.
-STRAIGHT_THROUGH = ("fake_quant_blockwise", "fake_quant_global")
+    """The implementation that primitive `name` would run for these arguments."""
+    return REGISTRY[name].resolve(implementation, *args)
 
 
 def _x64(enabled: bool):
@@ -158,7 +269,7 @@ def zero_cotangent(x):
     return np.zeros(x.shape, jax.dtypes.float0)
 
 
-def _with_gradient_rule(name: str, run, args: tuple):
+def _with_gradient_rule(name: str, run, args: tuple, straight_through: bool):
     """run(*args) with fp8mm's gradient rule for primitive `name`.
 
     Only tracers can be differentiated, so only they become inputs of the
@@ -184,7 +295,7 @@ def _with_gradient_rule(name: str, run, args: tuple):
         return primitive(*values), values
 
     def bwd(values, cts):
-        if name not in STRAIGHT_THROUGH:
+        if not straight_through:
             raise TypeError(
                 f"fp8mm.{name} has no gradient: it returns integer codes and their "
                 "scales. For a differentiable quantize->dequantize use "
@@ -202,22 +313,3 @@ def _with_gradient_rule(name: str, run, args: tuple):
     return primitive(*(leaves[i] for i in traced))
 
 
-def call(name: str, implementation: Impl, *args):
-    """Runs primitive `name` with the implementation chosen for these arguments.
-
-    Gradients: `fake_quant_*` pass the output cotangent straight through to A;
-    every other primitive raises a TypeError when differentiated.
-    """
-    if name not in PRIMITIVES:
-        raise KeyError(f"unknown primitive {name!r}")
-    if resolve(name, implementation, *args) == "pallas":
-        kernel = _kernel(name).fn
-
-        def run(*a):
-            # The kernels index in int32; under jax_enable_x64 their index arithmetic
-            # would mix int32 and int64, so they are always traced without x64.
-            with _x64(False):
-                return kernel(*a, interpret=not on_gpu())
-    else:
-        run = getattr(reference, name)
-    return _with_gradient_rule(name, run, args)

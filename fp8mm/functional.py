@@ -49,24 +49,6 @@ __all__ = [
 Impl = dispatch.Impl
 
 
-def _as_code(code, name: str = "code") -> jax.Array | np.ndarray:
-    """The codebook to quantize with: None is the dynamic map, as in bitsandbytes."""
-    if code is None:
-        return codebooks.dynamic_code()
-    # numpy stays numpy (a concrete code lets the kernels cache their lookup table).
-    if isinstance(code, (list, tuple)):
-        code = np.asarray(code)
-        if code.dtype.kind not in "fiu" or code.dtype == np.bool_:
-            raise TypeError(f"{name} must be a list of floats, got a list of {code.dtype}")
-        if code.dtype.kind == "f":
-            code = code.astype(np.float32)
-    elif isinstance(code, np.ndarray) and code.dtype == np.float64:
-        # float64 is NumPy's default; jnp.asarray would make it float32 the same way.
-        code = code.astype(np.float32)
-    _checks.check_code(code, name)
-    return code
-
-
 def _call(name: str, implementation: Impl, *args):
     _checks.check_implementation(implementation)
     return dispatch.call(name, implementation, *args)
@@ -122,7 +104,7 @@ def quantize_blockwise(
       absmax of shape [ceil(A.size / blocksize)].
     """
     _checks.check_float("A", A)
-    code = _as_code(code)
+    code = _checks.as_code(code)
     blocksize = _checks.check_blocksize(blocksize)
     return _call("quantize_blockwise", implementation, A, code, blocksize)
 
@@ -153,7 +135,7 @@ def fake_quant_blockwise(
     Arguments as in `quantize_blockwise` (code=None is the dynamic map).
     """
     _checks.check_float("A", A)
-    code = _as_code(code)
+    code = _checks.as_code(code)
     blocksize = _checks.check_blocksize(blocksize)
     return _call("fake_quant_blockwise", implementation, A, code, blocksize)
 
@@ -172,7 +154,7 @@ def quantize(
       (q, state): uint8 codes of A's shape and a `QuantState` with a scalar absmax.
     """
     _checks.check_float("A", A)
-    code = _as_code(code)
+    code = _checks.as_code(code)
     return _call("quantize", implementation, A, code)
 
 
@@ -194,7 +176,7 @@ def dequantize(q: jax.Array, state: QuantState, *, implementation: Impl = None) 
 def fake_quant_global(A: jax.Array, code=None, *, implementation: Impl = None) -> jax.Array:
     """`dequantize(*quantize(A, code))` cast back to A's dtype (code=None: the dynamic map)."""
     _checks.check_float("A", A)
-    code = _as_code(code)
+    code = _checks.as_code(code)
     return _call("fake_quant_global", implementation, A, code)
 
 

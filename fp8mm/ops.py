@@ -135,8 +135,8 @@ def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation) -> tuple:
             f"inner dimensions differ: A is {tuple(A.shape)} and B is {tuple(B.shape)}; "
             "B must be [in, out] with in == A.shape[-1]"
         )
-    fw_code = F._as_code(fw_code, "fw_code")
-    bw_code = F._as_code(bw_code, "bw_code")
+    fw_code = _checks.as_code(fw_code, "fw_code")
+    bw_code = _checks.as_code(bw_code, "bw_code")
     _checks.check_implementation(implementation)
     # Checked before the comparison with -1: a traced block size would fail it obscurely.
     _checks.check_static("bsz", bsz, "int")
