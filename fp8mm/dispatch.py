@@ -146,7 +146,7 @@ class Kernel:
 
     def __post_init__(self):
         if self.name not in _checks.KERNEL_NAMES:
-            raise ValueError(f"kernel name must be one of {_checks.KERNEL_NAMES}, got {self.name!r}")
+            raise ValueError(f"Kernel.name must be one of {_checks.KERNEL_NAMES}: {self.name!r}")
 
     def _attr(self, attr: str) -> Callable | None:
         return getattr(importlib.import_module(self.module), attr, None)
@@ -311,5 +311,3 @@ def _with_gradient_rule(name: str, run, args: tuple, straight_through: bool):
 
     primitive.defvjp(fwd, bwd)
     return primitive(*(leaves[i] for i in traced))
-
-

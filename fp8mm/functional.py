@@ -2,9 +2,12 @@
 
 Each function validates its arguments (clear `TypeError`/`ValueError` naming
 the offending value) and then runs an implementation chosen by
-`fp8mm.dispatch`: `implementation=None` takes the process-wide default (Pallas
-kernels on a GPU where they serve the case, the XLA reference otherwise),
-`"xla"` the pure-jnp reference and `"pallas"` the kernels (interpret mode on CPU).
+`fp8mm.dispatch` from the primitive's spec: `implementation=None` takes the
+process-wide default (Pallas kernels on a GPU where they serve the case, the XLA
+reference otherwise), `"xla"` the pure-jnp reference, `"pallas"` the best Pallas
+kernel that serves the call (interpret mode on CPU), a kernel name
+(`"pallas_triton"`, `"pallas_mosaic_gpu"`) that kernel, and a sequence the first
+of these that serves.
 
 Outlier columns are returned as a boolean mask over the input's last axis, a
 static-shape form that works under `jax.jit`; `outlier_indices` turns it into
@@ -27,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8mm import _checks, codebooks, dispatch
+from fp8mm import _checks, dispatch, reference
 from fp8mm.state import QuantState
 
 __all__ = [
@@ -49,9 +52,35 @@ __all__ = [
 Impl = dispatch.Impl
 
 
-def _call(name: str, implementation: Impl, *args):
-    _checks.check_implementation(implementation)
-    return dispatch.call(name, implementation, *args)
+# The primitive specs: each is its XLA reference plus its Pallas kernels in preference
+# order (`fp8mm.dispatch`). Adding a kernel for a primitive is one entry here and its
+# module; the public function below validates once and calls the spec.
+_CODEBOOK = (dispatch.Kernel("pallas_triton", "fp8mm.pallas.codebook"),)
+_INT8_QUANT = (dispatch.Kernel("pallas_triton", "fp8mm.pallas.int8_quant"),)
+_INT8_TRITON = dispatch.Kernel("pallas_triton", "fp8mm.pallas.int8_matmul_triton")
+# s8 wgmma first: on Hopper it is 1.10-1.16x the Triton kernel (docs/performance.md).
+_INT8_MATMUL = (
+    dispatch.Kernel("pallas_mosaic_gpu", "fp8mm.pallas.int8_matmul_wgmma", interpretable=False),
+    _INT8_TRITON,
+)
+
+
+def _spec(name: str, kernels, straight_through: bool = False) -> dispatch.Primitive:
+    return dispatch.Primitive(name, getattr(reference, name), kernels, straight_through)
+
+
+_QUANTIZE_BLOCKWISE = _spec("quantize_blockwise", _CODEBOOK)
+_DEQUANTIZE_BLOCKWISE = _spec("dequantize_blockwise", _CODEBOOK)
+_FAKE_QUANT_BLOCKWISE = _spec("fake_quant_blockwise", _CODEBOOK, straight_through=True)
+_QUANTIZE = _spec("quantize", _CODEBOOK)
+_DEQUANTIZE = _spec("dequantize", _CODEBOOK)
+_FAKE_QUANT_GLOBAL = _spec("fake_quant_global", _CODEBOOK, straight_through=True)
+_INT8_VECTORWISE_QUANT = _spec("int8_vectorwise_quant", _INT8_QUANT)
+_INT8_DOUBLE_QUANT = _spec("int8_double_quant", _INT8_QUANT)
+_INT8_VECTORWISE_QUANT_T = _spec("int8_vectorwise_quant_t", _INT8_QUANT)
+_INT8_LINEAR_MATMUL = _spec("int8_linear_matmul", _INT8_MATMUL)
+_INT8_MM_DEQUANT = _spec("int8_mm_dequant", (_INT8_TRITON,))
+_INT8_LINEAR_MATMUL_DEQUANT = _spec("int8_linear_matmul_dequant", _INT8_MATMUL)
 
 
 def _check_state(q, state: QuantState, *, blockwise: bool) -> None:
@@ -97,7 +126,8 @@ def quantize_blockwise(
       code: float32 codebook of shape [256], sorted (e.g. `create_fp8_map()`);
         None for the dynamic map (`create_dynamic_map()`), as in bitsandbytes.
       blocksize: static power of two in [32, 4096].
-      implementation: None, "xla" or "pallas" (see `fp8mm.dispatch`).
+      implementation: None, "xla", "pallas", a kernel name or a sequence
+        (see `fp8mm.dispatch`).
 
     Returns:
       (q, state): uint8 codes of A's shape and a `QuantState` with float32
@@ -106,7 +136,7 @@ def quantize_blockwise(
     _checks.check_float("A", A)
     code = _checks.as_code(code)
     blocksize = _checks.check_blocksize(blocksize)
-    return _call("quantize_blockwise", implementation, A, code, blocksize)
+    return _QUANTIZE_BLOCKWISE(A, code, blocksize, implementation=implementation)
 
 
 def dequantize_blockwise(
@@ -124,7 +154,7 @@ def dequantize_blockwise(
       Array of shape state.shape and dtype state.dtype.
     """
     _check_state(q, state, blockwise=True)
-    return _call("dequantize_blockwise", implementation, q, state)
+    return _DEQUANTIZE_BLOCKWISE(q, state, implementation=implementation)
 
 
 def fake_quant_blockwise(
@@ -137,7 +167,7 @@ def fake_quant_blockwise(
     _checks.check_float("A", A)
     code = _checks.as_code(code)
     blocksize = _checks.check_blocksize(blocksize)
-    return _call("fake_quant_blockwise", implementation, A, code, blocksize)
+    return _FAKE_QUANT_BLOCKWISE(A, code, blocksize, implementation=implementation)
 
 
 def quantize(
@@ -155,7 +185,7 @@ def quantize(
     """
     _checks.check_float("A", A)
     code = _checks.as_code(code)
-    return _call("quantize", implementation, A, code)
+    return _QUANTIZE(A, code, implementation=implementation)
 
 
 def dequantize(q: jax.Array, state: QuantState, *, implementation: Impl = None) -> jax.Array:
@@ -170,14 +200,14 @@ def dequantize(q: jax.Array, state: QuantState, *, implementation: Impl = None) 
       float32 array of shape state.shape.
     """
     _check_state(q, state, blockwise=False)
-    return _call("dequantize", implementation, q, state)
+    return _DEQUANTIZE(q, state, implementation=implementation)
 
 
 def fake_quant_global(A: jax.Array, code=None, *, implementation: Impl = None) -> jax.Array:
     """`dequantize(*quantize(A, code))` cast back to A's dtype (code=None: the dynamic map)."""
     _checks.check_float("A", A)
     code = _checks.as_code(code)
-    return _call("fake_quant_global", implementation, A, code)
+    return _FAKE_QUANT_GLOBAL(A, code, implementation=implementation)
 
 
 def _check_int8_input(A) -> None:
@@ -203,7 +233,7 @@ def int8_vectorwise_quant(
     """
     _check_int8_input(A)
     threshold = _checks.check_threshold(threshold)
-    return _call("int8_vectorwise_quant", implementation, A, threshold)
+    return _INT8_VECTORWISE_QUANT(A, threshold, implementation=implementation)
 
 
 def int8_double_quant(
@@ -223,7 +253,7 @@ def int8_double_quant(
     """
     _check_int8_input(A)
     threshold = _checks.check_threshold(threshold)
-    return _call("int8_double_quant", implementation, A, threshold)
+    return _INT8_DOUBLE_QUANT(A, threshold, implementation=implementation)
 
 
 def int8_vectorwise_quant_t(
@@ -243,7 +273,7 @@ def int8_vectorwise_quant_t(
     """
     _checks.check_float("W", W)
     _checks.check_ndim("W", W, 2)
-    return _call("int8_vectorwise_quant_t", implementation, W)
+    return _INT8_VECTORWISE_QUANT_T(W, implementation=implementation)
 
 
 def _check_matmul_operands(A, B, where: str) -> None:
@@ -273,7 +303,7 @@ def int8_linear_matmul(A: jax.Array, B: jax.Array, *, implementation: Impl = Non
       int32 [..., n].
     """
     _check_matmul_operands(A, B, "int8_linear_matmul")
-    return _call("int8_linear_matmul", implementation, A, B)
+    return _INT8_LINEAR_MATMUL(A, B, implementation=implementation)
 
 
 def _check_dequant_args(rows_shape, n, row_stats, col_stats, bias) -> None:
@@ -315,7 +345,7 @@ def int8_mm_dequant(
     _checks.check_dtype("acc", acc, jnp.int32)
     _checks.check_min_ndim("acc", acc, 1)
     _check_dequant_args(acc.shape[:-1], acc.shape[-1], row_stats, col_stats, bias)
-    return _call("int8_mm_dequant", implementation, acc, row_stats, col_stats, bias)
+    return _INT8_MM_DEQUANT(acc, row_stats, col_stats, bias, implementation=implementation)
 
 
 def int8_linear_matmul_dequant(
@@ -346,8 +376,8 @@ def int8_linear_matmul_dequant(
     _check_matmul_operands(A, B, "int8_linear_matmul_dequant")
     _check_dequant_args(A.shape[:-1], B.shape[0], row_stats, col_stats, bias)
     out_dtype = _checks.check_out_dtype(out_dtype)
-    return _call(
-        "int8_linear_matmul_dequant", implementation, A, B, row_stats, col_stats, bias, out_dtype
+    return _INT8_LINEAR_MATMUL_DEQUANT(
+        A, B, row_stats, col_stats, bias, out_dtype, implementation=implementation
     )
 
 

@@ -818,13 +818,13 @@ def _primitive_cases():
             "implementation-cuda",
             lambda i: fp8mm.quantize_blockwise(A, CODE, 64, implementation="cuda"),
             ValueError,
-            "implementation must be None, 'xla' or 'pallas', got 'cuda'",
+            "implementation must be None, 'xla' or 'pallas'.*got 'cuda'",
         ),
         _case(
             "implementation-list-op",
-            lambda i: fp8mm.switchback_bnb(A, WL, implementation=["xla"]),
+            lambda i: fp8mm.switchback_bnb(A, WL, implementation=["xla", "cuda"]),
             ValueError,
-            r"implementation must be.*\['xla'\]",
+            r"implementation must be.*\['xla', 'cuda'\]",
         ),
         _case(
             "implementation-cuda-op",

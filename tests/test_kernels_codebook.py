@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fp8mm import codebooks, reference
+import fp8mm
+from fp8mm import codebooks, dispatch, reference
+from fp8mm.pallas import _codebook_table as tbl
 from fp8mm.pallas import codebook as cb
 from fp8mm.state import QuantState
 
@@ -190,15 +192,14 @@ def test_blockwise_multi_tile_programs(n):
 def test_blockwise_steps_on_any_tile(steps):
     """A prefetching loop over 4096-blocks (not the heuristic's choice) is exact too."""
     A = with_specials(heavy_tailed((5, 4096 + 100), jnp.float32, seed=steps), 4096)
-    table, lookup = cb._table_for(E4M3)
     cfg = cb.TileConfig(1, 4096, 4, steps=steps)
-    q, absmax = cb._blockwise_call(A, jnp.asarray(E4M3), table, 4096, False, lookup, INTERPRET, cfg)
+    q, state = cb.quantize_blockwise(A, E4M3, 4096, config=cfg, interpret=INTERPRET)
     with pytest.raises(ValueError, match="cols"):
-        cb._blockwise_call(A, jnp.asarray(E4M3), table, 256, False, lookup, INTERPRET, cfg)
+        cb.quantize_blockwise(A, E4M3, 256, config=cfg, interpret=INTERPRET)
     q_ref, state_ref = ref("quantize_blockwise", A, jnp.asarray(E4M3), 4096)
     assert_bits_equal(q, q_ref, "codes")
-    assert_bits_equal(absmax, state_ref.absmax, "absmax")
-    fake, _ = cb._blockwise_call(A, jnp.asarray(E4M3), table, 4096, True, lookup, INTERPRET, cfg)
+    assert_bits_equal(state.absmax, state_ref.absmax, "absmax")
+    fake = cb.fake_quant_blockwise(A, E4M3, 4096, config=cfg, interpret=INTERPRET)
     assert_bits_equal(fake, ref("fake_quant_blockwise", A, jnp.asarray(E4M3), 4096), "fake")
 
 
@@ -275,26 +276,26 @@ def test_nearest_code_exact_on_midpoints(name):
 def test_bucket_table_paths():
     """The fp8 grids take the fast path on the coarse table, the dynamic map on the fine one."""
     for name in ("e4m3", "e5m2"):
-        table, lookup = cb._table_for(CODES[name])
-        assert lookup == cb._Lookup(cb._COARSE, search=False, nan_folded=True)
+        table, lookup = tbl.table_for(CODES[name])
+        assert lookup == tbl.Lookup(tbl.COARSE, search=False, nan_folded=True)
         assert table.dtype == np.int32
-        assert table.shape == (cb._num_buckets(cb._COARSE),)
-        assert not np.any(table >= cb._CROWDED), name
-    table, lookup = cb._table_for(CODES["dynamic"])
-    assert lookup == cb._Lookup(cb._FINE, search=False, nan_folded=True)
-    assert table.shape == (cb._num_buckets(cb._FINE),)
-    assert not np.any(table >= cb._CROWDED)
+        assert table.shape == (tbl.num_buckets(tbl.COARSE),)
+        assert not np.any(table >= tbl.CROWDED), name
+    table, lookup = tbl.table_for(CODES["dynamic"])
+    assert lookup == tbl.Lookup(tbl.FINE, search=False, nan_folded=True)
+    assert table.shape == (tbl.num_buckets(tbl.FINE),)
+    assert not np.any(table >= tbl.CROWDED)
     for name in ("random", "duplicates"):
-        table, lookup = cb._table_for(CODES[name])
-        assert np.any(np.asarray(table) >= cb._CROWDED) and lookup.search, name
+        table, lookup = tbl.table_for(CODES[name])
+        assert np.any(np.asarray(table) >= tbl.CROWDED) and lookup.search, name
 
 
 @pytest.mark.parametrize("shift", [19, 17])
 def test_bucket_table_counts_every_midpoint(shift):
     """Bases step by the midpoints between buckets; with the in-bucket offsets they add to 255."""
-    table = np.asarray(cb._bucket_table(jnp.asarray(CODES["e4m3"]), shift)).astype(np.int64)
+    table = np.asarray(tbl.bucket_table(jnp.asarray(CODES["e4m3"]), shift)).astype(np.int64)
     base = table & 255
-    has = ((table >> 8) & ((1 << cb._OFFSET_BITS) - 1)) != (1 << shift)
+    has = ((table >> 8) & ((1 << tbl.OFFSET_BITS) - 1)) != (1 << shift)
     assert base[0] == 0 and np.all(np.diff(base) == has[:-1])
     assert base[-1] + has[-1] == 255 and has.sum() == 255
 
@@ -327,17 +328,17 @@ _SPECIAL_BITS = np.array(
 def test_nan_folded_into_the_table(name):
     """A folded table looks NaN up as 0 or 256 (0 modulo 256); +inf and -inf as the search does."""
     code = CODES[name]
-    table, lookup = cb._table_for(code)
+    table, lookup = tbl.table_for(code)
     assert lookup.nan_folded
     x = jnp.asarray(_SPECIAL_BITS.view(np.float32))
-    idx = np.asarray(cb._nearest_code(x, jnp.asarray(code), jnp.asarray(table), lookup, True))
+    idx = np.asarray(tbl.nearest_code(x, jnp.asarray(code), jnp.asarray(table), lookup, True))
     want = np.asarray(reference.bnb_search(x, jnp.asarray(code)))
     np.testing.assert_array_equal(idx & 255, want)
     assert set(np.unique(idx[np.isnan(np.asarray(x))])) <= {0, 256}
     # Only +inf's bucket and the NaN buckets above it differ from the plain table.
     with jax.ensure_compile_time_eval():
-        plain = np.asarray(cb._bucket_table(code, lookup.shift, fold_nan=False))
-    inf = cb._inf_bucket(lookup.shift)
+        plain = np.asarray(tbl.bucket_table(code, lookup.shift, fold_nan=False))
+    inf = tbl.inf_bucket(lookup.shift)
     np.testing.assert_array_equal(table[:inf], plain[:inf])
     assert table[inf] == 255 | 1 << 8 and plain[inf] & 255 == 255
     assert np.all(table[inf + 1 :] == (1 << lookup.shift) << 8)
@@ -347,10 +348,10 @@ def test_unfoldable_code_keeps_the_nan_test():
     """A code whose top two entries overflow their midpoint is not folded."""
     code = np.sort(np.random.default_rng(9).uniform(-1, 1, 256)).astype(np.float32)
     code[-2:] = [np.float32(2.5e38), np.float32(3e38)]
-    table, lookup = cb._table_for(code)
+    table, lookup = tbl.table_for(code)
     assert not lookup.nan_folded
     with pytest.raises(ValueError, match="finite"):
-        cb._bucket_table(code, cb._COARSE, fold_nan=True)
+        tbl.bucket_table(code, tbl.COARSE, fold_nan=True)
     x = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.5, 3e38, -1.0, 0.0], np.float32)
     X = jnp.asarray(np.tile(x, 8).reshape(1, -1))
     want = ref("quantize", X, jnp.asarray(code))[0]
@@ -385,7 +386,7 @@ def test_zero_midpoints(zeros, negatives):
     pos = 256 - negatives - len(zeros)
     code = np.concatenate([-mags[:negatives][::-1], np.array(zeros, np.float32), mags[:pos]])
     code = code.astype(np.float32)
-    _, lookup = cb._table_for(code)
+    _, lookup = tbl.table_for(code)
     assert lookup.search == (len(zeros) > 2)  # two zero midpoints share a bucket
     tiny = np.finfo(np.float32).tiny
     vals = np.array([1.0, -0.0, 0.0, tiny, -tiny, 1e-30, -1e-30, 0.5, -0.5], np.float32)
@@ -474,33 +475,34 @@ def test_zero_size(shape, dtype):
 
 
 def test_argument_validation():
+    """Bad arguments fail in the public functions, before any kernel is chosen."""
     A = jnp.ones((4, 8), jnp.float32)
     code = jnp.asarray(E4M3)
     with pytest.raises(TypeError, match="int32"):
-        cb.quantize_blockwise(jnp.ones((4, 8), jnp.int32), code, 64)
+        fp8mm.quantize_blockwise(jnp.ones((4, 8), jnp.int32), code, 64, implementation="pallas")
     with pytest.raises(ValueError, match="48"):
-        cb.fake_quant_blockwise(A, code, 48)
+        fp8mm.fake_quant_blockwise(A, code, 48, implementation="pallas")
     with pytest.raises(TypeError, match="blocksize"):
-        cb.quantize_blockwise(A, code, 64.0)
+        fp8mm.quantize_blockwise(A, code, 64.0, implementation="pallas")
     with pytest.raises(ValueError, match="code"):
-        cb.quantize(A, code[:128])
+        fp8mm.quantize(A, code[:128], implementation="pallas")
     with pytest.raises(TypeError, match="code"):
-        cb.fake_quant_global(A, code.astype(jnp.float16))
+        fp8mm.fake_quant_global(A, code.astype(jnp.float16), implementation="pallas")
     for bad_value in (np.inf, np.nan):
         bad = np.array(E4M3)
         bad[-1] = bad_value
         with pytest.raises(ValueError, match=r"finite.*index 255"):
-            cb.quantize_blockwise(A, bad, 64)
+            fp8mm.quantize_blockwise(A, bad, 64, implementation="pallas")
     q = jnp.zeros((4, 8), jnp.uint8)
     blockwise = QuantState(jnp.ones((1,)), code, 64, jnp.float32, (4, 8))
     with pytest.raises(ValueError, match="shape"):
-        cb.dequantize_blockwise(jnp.zeros((4, 9), jnp.uint8), blockwise)
+        fp8mm.dequantize_blockwise(jnp.zeros((4, 9), jnp.uint8), blockwise, implementation="pallas")
     with pytest.raises(TypeError, match="uint8"):
-        cb.dequantize_blockwise(q.astype(jnp.int8), blockwise)
+        fp8mm.dequantize_blockwise(q.astype(jnp.int8), blockwise, implementation="pallas")
     with pytest.raises(ValueError, match="blocksize"):
-        cb.dequantize(q, blockwise)
+        fp8mm.dequantize(q, blockwise, implementation="pallas")
     with pytest.raises(TypeError, match="QuantState"):
-        cb.dequantize(q, (jnp.ones(()), code))
+        fp8mm.dequantize(q, (jnp.ones(()), code), implementation="pallas")
 
 
 def test_kernel_registry():
@@ -512,9 +514,22 @@ def test_kernel_registry():
         "dequantize",
         "fake_quant_global",
     }
-    assert set(cb.KERNELS) == names
+    for name in names:
+        spec = dispatch.REGISTRY[name]
+        assert spec.implementations == ("xla", "pallas_triton")
+        assert spec.kernels[0].module == "fp8mm.pallas.codebook"
+        assert callable(getattr(cb, name)) and callable(getattr(cb, f"supported_{name}"))
     A = jnp.ones((4, 8), jnp.float32)
-    assert cb.KERNELS["fake_quant_blockwise"].unsupported(A, jnp.asarray(E4M3), 64) is None
+    assert cb.supported_fake_quant_blockwise(A, jnp.asarray(E4M3), 64) is None
+    assert "int32 indexing" in cb.supported_quantize(jax.ShapeDtypeStruct((2**31,), A.dtype), E4M3)
+
+
+def test_tile_search_space():
+    for fake, dequant in ((False, False), (True, False), (False, True)):
+        for blocksize in (None, 64, 256, 4096):
+            space = cb.tile_search_space(blocksize, fake, dequant)
+            assert cb.choose_tiles(blocksize, fake, dequant) in space and len(space) > 1
+            assert all(c.cols == (blocksize or 1024) for c in space)
 
 
 def test_tile_heuristic():

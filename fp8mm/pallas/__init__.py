@@ -1,26 +1,14 @@
-"""Pallas GPU kernels, listed in `KERNELS` for `fp8mm.dispatch`.
+"""Pallas GPU kernels, one module per concern; `fp8mm.dispatch` finds them by name.
 
-Each entry maps a primitive name of `fp8mm.functional` to a `Kernel`: the
-wrapper (taking the reference's arguments plus `interpret`) and a predicate
-that returns None when the kernel serves the arguments, else the reason.
+* `codebook`: blockwise and global codebook quantization, dequantization and
+  fake quantization (Triton), with the bucket tables of `_codebook_table`;
+* `int8_quant`: row-, column- and transposed int8 quantization (Triton);
+* `int8_matmul_triton`: int8 matmul, fused dequant and the dequant epilogue (Triton);
+* `int8_matmul_wgmma`: the int8 matmul and fused dequant as s8 wgmma (Mosaic GPU, Hopper).
+
+Each module follows one layout: a docstring; config dataclasses with their
+heuristic and search space side by side; private kernels; public wrappers
+named like the primitive they serve (taking the reference's arguments plus
+`config=` and `interpret=`) and their `supported_<primitive>` predicates. The
+primitive specs in `fp8mm.functional` list which module serves which primitive.
 """
-
-from __future__ import annotations
-
-import dataclasses
-from collections.abc import Callable
-
-
-@dataclasses.dataclass(frozen=True)
-class Kernel:
-    fn: Callable
-    unsupported: Callable[..., str | None] = lambda *args: None
-
-
-# Imported after `Kernel` exists: the kernel modules build their tables with it.
-from fp8mm.pallas import codebook as _codebook  # noqa: E402
-from fp8mm.pallas import int8 as _int8  # noqa: E402
-from fp8mm.pallas import int8_wgmma as _int8_wgmma  # noqa: E402
-
-# The wgmma entry replaces the Triton int8 matmul + dequant (and falls back to it).
-KERNELS: dict[str, Kernel] = {**_codebook.KERNELS, **_int8.KERNELS, **_int8_wgmma.KERNELS}

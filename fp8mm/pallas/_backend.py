@@ -8,6 +8,7 @@ but still works) changes this file, not the kernels' callers. In interpret mode
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,20 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 BACKEND = "triton"
+
+# Triton indexes with int32 offsets and a program's offsets can run up to one tile past
+# the array's end, so operands stay 2**24 elements (more than any tile) below 2**31.
+MAX_ELEMENTS = 2**31 - 2**24
+
+
+def too_large(*sizes) -> str | None:
+    """The reason an array (or an element count) is beyond the kernels' int32 indexing, or None."""
+    for x in sizes:
+        size = int(x) if isinstance(x, (int, np.integer)) else math.prod(getattr(x, "shape", ()))
+        if size > MAX_ELEMENTS:
+            return f"{size} elements exceed the kernels' int32 indexing ({MAX_ELEMENTS})"
+    return None
+
 
 # Masked loads/stores and inline PTX are the backend-specific primitives the
 # kernels use; they are re-exported here so no kernel imports a backend module.

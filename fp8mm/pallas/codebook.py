@@ -1,33 +1,13 @@
 """Pallas GPU kernels for codebook quantization (blockwise and global), bit-exact.
 
-Every public function takes the arguments of its `fp8mm.reference` namesake plus
-`interpret` and returns bit-identical results (codes, absmax, dequantized values).
+Every public wrapper takes the arguments of its `fp8mm.reference` namesake plus
+`config` (a `TileConfig`; None for the heuristic `choose_tiles`) and `interpret`,
+and returns bit-identical results (codes, absmax, dequantized values). The
+arguments are validated once, by `fp8mm.functional`; the kernels' own limit
+(int32 indexing) is reported by the `supported_*` predicates of the registry.
 
-Nearest code with one table lookup. For a sorted code, bitsandbytes' 7-step
-search followed by its float32 midpoint comparison returns the number of
-midpoints m_i = (code[i] + code[i+1]) * 0.5 that x has passed, where x passes
-m_i when x > m_i for even i and x >= m_i for odd i (the final pivot is even, so
-a tie goes to the even index); a run of equal codes instead resolves ties by
-where the search walks, which the table takes from the reference itself. In a
-monotone unsigned key of x (the float32 bits with the sign bit flipped, and all
-bits flipped for negative numbers) each midpoint becomes the first key T_i that
-passes it. The keys are cut into buckets of 1/16 binade (2**13 of them
-over every float32, a 32 KiB table of which quantization touches the few binades
-below 1) or, for a code that crowds those such as bitsandbytes' dynamic map,
-1/64 binade. One int32 table entry per bucket holds the number of T_i below the
-bucket and the bucket-local offset of the single T_i inside it, so the code
-index is `base + (local >= offset)`: about ten integer operations, one table
-gather and one compare per element, plus the code gather that fake
-quantization needs. NaN (bitsandbytes: code 0) is folded into the table when
-every midpoint is finite: the keys above +inf are NaN, so +inf's bucket holds
-base 255 and offset 1, making a NaN in it 256 (0 after the uint8 cast or the
-`& 255` before the code gather), and the buckets above it hold 0. That spares
-the per-element NaN test, which cost 10-16% of the kernel time on an H200.
-Only a table with a bucket holding two midpoints (or a subnormal one) compiles
-in bitsandbytes' search (`reference.bnb_search` on the code Ref), which a tile
-meeting such a bucket runs instead: never for the fp8 grids, nor for the signed
-dynamic map on the fine table; in 8 buckets for the unsigned one. A codebook
-traced inside a program always compiles the search and the NaN test.
+The nearest-code search is one bucket-table lookup per element
+(`fp8mm.pallas._codebook_table`).
 
 XLA on a CPU flushes subnormal float32 to zero in comparisons and products,
 so in interpret mode the kernels flush the scaled values before the integer
@@ -48,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -56,13 +35,13 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from fp8mm import _checks, _host, reference
-from fp8mm.pallas import Kernel, _backend
+from fp8mm import reference
+from fp8mm.pallas import _backend
+from fp8mm.pallas import _codebook_table as _table
 from fp8mm.pallas._backend import pallas_call
 from fp8mm.state import QuantState
 
 __all__ = [
-    "KERNELS",
     "TileConfig",
     "choose_tiles",
     "dequantize",
@@ -71,25 +50,8 @@ __all__ = [
     "fake_quant_global",
     "quantize",
     "quantize_blockwise",
+    "tile_search_space",
 ]
-
-# Bucket tables over the monotone unsigned key (see _key): 2**shift keys per
-# bucket, bucket b holding the keys [b * 2**shift, (b + 1) * 2**shift), so every
-# float32 has a bucket and no clipping is needed. Shift 19 is 1/16 binade (8192
-# entries, 32 KiB, of which quantization touches the few binades below 1; the fp8
-# grids never crowd it), shift 17 is 1/64 binade (for codes that crowd the coarse
-# table, such as bitsandbytes' dynamic map).
-_COARSE, _FINE = 19, 17
-_OFFSET_BITS = 20  # room for an offset up to 2**_COARSE (the "never" value)
-_CROWDED = 1 << (8 + _OFFSET_BITS)  # table flag: two or more midpoints in the bucket
-
-
-def _num_buckets(shift: int) -> int:
-    return 1 << (32 - shift)
-
-
-_MAX_ELEMENTS = 2**31 - 2**16  # flat int32 indexing inside the kernels
-
 
 # ----------------------------------------------------------------------------
 # Tiling
@@ -120,7 +82,7 @@ class TileConfig:
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"TileConfig.{name} must be a positive power of two, got {v}")
-        # In-kernel int32 offsets reach n + span + size; _MAX_ELEMENTS leaves 2**16.
+        # In-kernel int32 offsets reach n + span + size; _backend.MAX_ELEMENTS leaves room.
         if self.span + self.size > 2**16:
             raise ValueError(f"TileConfig span {self.span} + tile {self.size} exceeds 2**16")
 
@@ -168,90 +130,26 @@ def choose_tiles(blocksize: int | None, fake: bool = False, dequant: bool = Fals
     return TileConfig(rows=size // cols, cols=cols, num_warps=max(4, size // 512))
 
 
-# ----------------------------------------------------------------------------
-# Bucket table
-# ----------------------------------------------------------------------------
+def tile_search_space(
+    blocksize: int | None, fake: bool = False, dequant: bool = False
+) -> tuple[TileConfig, ...]:
+    """The tilings `benchmarks/tune.py` sweeps for one kernel (arguments as `choose_tiles`).
 
-
-_SIGN = np.int32(-(2**31))
-# Keys of -0.0 and of the float just above +0.0 (see _key), both comparing equal to 0.
-_NEG_ZERO_KEY, _AFTER_POS_ZERO_KEY = np.int32(0x7FFFFFFF), _SIGN + 1
-
-
-def _key(bits: jax.Array) -> jax.Array:
-    """Monotone key of float32 bits, as the bits of a uint32 held in an int32.
-
-    Unsigned order: flipping every bit of a negative float and the sign bit of a
-    positive one turns sign-magnitude order into integer order (-inf is
-    0x007FFFFF, -0.0 0x7FFFFFFF, +0.0 0x80000000, +inf 0xFF800000; NaNs lie
-    beyond the infinities). One shift and one three-input logic op per element.
+    Tiles of 1024 to 8192 elements on 4 or 8 warps; blockwise quantize and fake
+    quant also with 1, 2 or 4 tiles a program. The heuristic's choice is one of them.
     """
-    return bits ^ ((bits >> 31) | _SIGN)
-
-
-def _bucket_and_local(key: jax.Array, shift: int) -> tuple[jax.Array, jax.Array]:
-    """(table index in [0, _num_buckets(shift)), offset of the key inside its bucket)."""
-    return lax.shift_right_logical(key, shift), key & ((1 << shift) - 1)
-
-
-def _inf_bucket(shift: int) -> int:
-    """The bucket of +inf, whose key is the first of its bucket (the NaNs follow it)."""
-    return 0xFF800000 >> shift
-
-
-def _midpoints_finite(code: np.ndarray) -> bool:
-    """Whether NaN can be folded into the table: every float32 midpoint finite."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.all(np.isfinite((code[:-1] + code[1:]) * np.float32(0.5))))
-
-
-def _bucket_table(
-    code: jax.Array | np.ndarray, shift: int = _COARSE, fold_nan: bool = False
-) -> jax.Array:
-    """int32 [_num_buckets(shift)]: base | offset << 8 | _CROWDED (see the module docstring).
-
-    With `fold_nan` (a concrete code whose midpoints are all finite, so +inf's
-    bucket has base 255 and no midpoint) NaN keys look up 0 or 256.
-    """
-    if fold_nan and not _midpoints_finite(np.asarray(code, np.float32)):
-        raise ValueError("NaN folding needs a code whose midpoints are all finite")
-    num_buckets = _num_buckets(shift)
-    code = jnp.asarray(code, jnp.float32)
-    mids = (code[:-1] + code[1:]) * np.float32(0.5)
-    i = jnp.arange(255, dtype=jnp.int32)
-    # Does x == m_i pass m_i? The parity rule, except inside runs of equal codes.
-    passes_at = reference.bnb_search(mids, code) > i
-    bits = lax.bitcast_convert_type(mids, jnp.int32)
-    first = _key(bits) + jnp.where(passes_at, 0, 1)
-    # -0.0 and +0.0 compare equal but have adjacent keys: a zero midpoint is passed
-    # from -0.0's key on (x >= 0) or from the key after +0.0's (x > 0).
-    first = jnp.where(mids == 0, jnp.where(passes_at, _NEG_ZERO_KEY, _AFTER_POS_ZERO_KEY), first)
-    bucket, local = _bucket_and_local(first, shift)
-    # Subnormal midpoints compare differently where subnormals are flushed (XLA on
-    # a CPU): their buckets always take the search.
-    mag = bits & 0x7FFFFFFF
-    unsure = (mag > 0) & (mag < 0x00800000)
-    # Two sums over [buckets, midpoints] (few fused kernels when built per call): the
-    # first packs #midpoints below the bucket, #inside and #unsure inside (each <= 255).
-    b = jnp.arange(num_buckets, dtype=jnp.int32)[:, None]
-    inside = bucket[None, :] == b
-    packed = jnp.sum(
-        (bucket[None, :] < b).astype(jnp.int32)
-        + (inside.astype(jnp.int32) << 9)
-        + ((inside & unsure[None, :]).astype(jnp.int32) << 18),
-        axis=1,
-    )
-    local_sum = jnp.sum(jnp.where(inside, local[None, :], 0), axis=1)
-    base, count = packed & 511, (packed >> 9) & 511
-    # Only a lone midpoint's offset is meaningful (a crowded entry never reads it,
-    # and a sum of several could overflow into the flag bits).
-    offset = jnp.where(count == 1, local_sum, 1 << shift)
-    crowded = (count > 1) | ((packed >> 18) > 0)
-    table = base | (offset << 8) | jnp.where(crowded, _CROWDED, 0)
-    if fold_nan:
-        inf = _inf_bucket(shift)
-        table = table.at[inf].set(255 | 1 << 8).at[inf + 1 :].set((1 << shift) << 8)
-    return table
+    cols = blocksize if blocksize is not None else 1024
+    steps = (1, 2, 4) if blocksize is not None and not dequant else (1,)
+    space = {choose_tiles(blocksize, fake, dequant)}
+    for size in (1024, 2048, 4096, 8192):
+        if size < cols:
+            continue
+        for warps in (4, 8):
+            for step in steps:
+                cfg = TileConfig(rows=size // cols, cols=cols, num_warps=warps, steps=step)
+                if cfg.span + cfg.size <= 2**16:
+                    space.add(cfg)
+    return tuple(sorted(space, key=lambda c: (c.size, c.steps, c.num_warps)))
 
 
 def _local_offsets(cfg: TileConfig) -> jax.Array:
@@ -285,78 +183,6 @@ def _load(ref, offs, mask):
     if mask is None:
         return _backend.load(ref.at[offs])
     return _backend.load(ref.at[offs], mask=mask, other=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Lookup:
-    """Static facts about a bucket table: its shift, whether any bucket is crowded,
-    and whether NaN is folded into it.
-
-    A table without crowded buckets (every fp8 grid, the dynamic map on the fine
-    table) compiles to the pure lookup, without the tile-wide test and search
-    branch; a folded one without the per-element NaN test.
-    """
-
-    shift: int
-    search: bool
-    nan_folded: bool = False
-
-
-@functools.lru_cache(maxsize=32)
-def _host_table(code_bytes: bytes, backend: str) -> tuple[np.ndarray, _Lookup]:
-    del backend  # part of the key: built on that platform, with its float semantics
-    code = np.frombuffer(code_bytes, np.float32)
-    fold = _midpoints_finite(code)
-    with jax.ensure_compile_time_eval():
-        table = np.asarray(_bucket_table(code, _COARSE, fold))
-        if np.any(table >= _CROWDED):
-            # Crowded tiles fall back to the search (2.7x slower on an H200 for
-            # the dynamic map): the finer table removes most crowding.
-            fine = np.asarray(_bucket_table(code, _FINE, fold))
-            return fine, _Lookup(_FINE, bool(np.any(fine >= _CROWDED)), fold)
-    return table, _Lookup(_COARSE, False, fold)
-
-
-def _table_for(code) -> tuple[jax.Array | np.ndarray, _Lookup]:
-    """(bucket table, its lookup facts): built once per concrete codebook, else in the program.
-
-    Built in the program it costs ~55 us on an H200 (more than the kernel at
-    8192x4096), so pass codebooks as numpy/concrete arrays where possible.
-    """
-    host = _host.concrete_float32(code)
-    if host is None:
-        return _bucket_table(code, _COARSE), _Lookup(_COARSE, True)
-    return _host_table(host.tobytes(), _host.platform())
-
-
-def _nearest_code(x: jax.Array, code_ref, table_ref, lookup: _Lookup, interpret: bool) -> jax.Array:
-    """bitsandbytes' nearest code index of normalised float32 x, modulo 256.
-
-    int32 in [0, 256]: a NaN looked up in a folded table gives 256, which the
-    uint8 cast wraps to 0 and the fake-quant code gather masks with `& 255`.
-    """
-    if interpret:
-        # Keep the sign of zero: -0.0 and +0.0 have different keys.
-        x = jnp.where(jnp.abs(x) < np.finfo(np.float32).tiny, x * np.float32(0), x)
-    bits = lax.bitcast_convert_type(x, jnp.int32)
-    bucket, local = _bucket_and_local(_key(bits), lookup.shift)
-    entry = table_ref[bucket]
-
-    offset = entry >> 8
-    if lookup.search:
-        offset &= (1 << _OFFSET_BITS) - 1  # only this table can hold the crowded flag
-
-    def lookup_index():
-        idx = (entry & 255) + (local >= offset).astype(jnp.int32)
-        if lookup.nan_folded:
-            return idx
-        # NaN fails every comparison in bitsandbytes' search and ends at index 0.
-        return jnp.where(x != x, 0, idx)
-
-    if lookup.search:
-        crowded = jnp.max(entry) >= _CROWDED
-        return lax.cond(crowded, lambda: reference.bnb_search(x, code_ref), lookup_index)
-    return lookup_index()
 
 
 # ----------------------------------------------------------------------------
@@ -411,7 +237,7 @@ def _blockwise_kernel(
         # keeps the reciprocal of an absmax >= 2**126 normal (reference.normalise_blocks).
         s = reference.block_prescale(absmax)
         scaled = (x * s[:, None]) * _backend.recip_rn(absmax * s, interpret)[:, None]
-        q = _nearest_code(scaled, code_ref, table_ref, lookup, interpret)
+        q = _table.nearest_code(scaled, code_ref, table_ref, lookup, interpret)
         if fake:
             out = (code_ref[q & 255] * absmax[:, None]).astype(out_ref.dtype)
         else:
@@ -441,7 +267,8 @@ def _global_kernel(
     x = _load(x_ref, offs, valid).astype(jnp.float32)
     absmax = jnp.broadcast_to(absmax_ref[0], x.shape)
     # Global quantization divides (torch `A / absmax`); only blockwise multiplies.
-    q = _nearest_code(_backend.div_rn(x, absmax, interpret), code_ref, table_ref, lookup, interpret)
+    x = _backend.div_rn(x, absmax, interpret)
+    q = _table.nearest_code(x, code_ref, table_ref, lookup, interpret)
     if fake:
         out = (code_ref[q & 255] * absmax).astype(out_ref.dtype)
     else:
@@ -475,10 +302,7 @@ def _tiled(size: int) -> pl.BlockSpec:
 
 
 @functools.partial(jax.jit, static_argnames=("blocksize", "fake", "lookup", "interpret", "cfg"))
-def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg=None):
-    cfg = cfg or choose_tiles(blocksize, fake)
-    if cfg.cols != blocksize:
-        raise ValueError(f"blockwise tiles need cols == blocksize, got {cfg} for {blocksize}")
+def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg):
     n = A.size
     nblocks = -(-n // blocksize)
     grid = -(-n // cfg.span)
@@ -512,9 +336,8 @@ def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg=None
 
 
 @functools.partial(jax.jit, static_argnames=("fake", "lookup", "interpret", "cfg"))
-def _global_call(A, code, table, fake, lookup, interpret, cfg=None):
+def _global_call(A, code, table, fake, lookup, interpret, cfg):
     absmax = reference.absmax_nan(A.astype(jnp.float32))
-    cfg = cfg or choose_tiles(None)
     n = A.size
     kernel = functools.partial(
         _global_kernel, cfg=cfg, n=n, fake=fake, lookup=lookup, interpret=interpret
@@ -532,9 +355,8 @@ def _global_call(A, code, table, fake, lookup, interpret, cfg=None):
     return out.reshape(A.shape), absmax
 
 
-@functools.partial(jax.jit, static_argnames=("blocksize", "dtype", "interpret"))
-def _dequant_call(q, absmax, code, blocksize, dtype, interpret):
-    cfg = choose_tiles(blocksize, dequant=True)
+@functools.partial(jax.jit, static_argnames=("blocksize", "dtype", "interpret", "cfg"))
+def _dequant_call(q, absmax, code, blocksize, dtype, interpret, cfg):
     n = q.size
     nscales = absmax.size
     kernel = functools.partial(
@@ -559,88 +381,93 @@ def _dequant_call(q, absmax, code, blocksize, dtype, interpret):
 # ----------------------------------------------------------------------------
 
 
-def _check_input(A, code) -> None:
-    _checks.check_float("A", A)
-    _checks.check_code(code)
-    if A.size > _MAX_ELEMENTS:
-        raise ValueError(f"A has {A.size} elements; the kernels index at most {_MAX_ELEMENTS}")
-
-
-def _check_state(q, state, *, blockwise: bool) -> None:
-    if not isinstance(state, QuantState):
-        raise TypeError(f"state must be a QuantState, got {type(state).__name__}")
-    _checks.check_dtype("q", q, jnp.uint8)
-    if tuple(q.shape) != state.shape:
-        raise ValueError(f"q has shape {tuple(q.shape)} but state.shape is {state.shape}")
-    if blockwise != (state.blocksize is not None):
-        want = "quantize_blockwise()" if blockwise else "quantize()"
-        raise ValueError(f"state.blocksize={state.blocksize!r} does not come from {want}")
-    _checks.check_code(state.code)
-    if q.size > _MAX_ELEMENTS:
-        raise ValueError(f"q has {q.size} elements; the kernels index at most {_MAX_ELEMENTS}")
+def _blockwise_tiles(config: TileConfig | None, blocksize: int, fake: bool) -> TileConfig:
+    config = config or choose_tiles(blocksize, fake)
+    if config.cols != blocksize:
+        raise ValueError(f"config {config} must have cols == blocksize ({blocksize})")
+    return config
 
 
 def quantize_blockwise(
-    A: jax.Array, code: jax.Array, blocksize: int = 4096, *, interpret: bool = False
+    A: jax.Array,
+    code: jax.Array,
+    blocksize: int = 4096,
+    *,
+    config: TileConfig | None = None,
+    interpret: bool = False,
 ) -> tuple[jax.Array, QuantState]:
     """Blockwise codebook quantization, bit-exact with `reference.quantize_blockwise`.
+
+    Arguments are validated by `fp8mm.quantize_blockwise`, which calls this kernel.
 
     Args:
       A: float32/float16/bfloat16 array of any shape, flattened row-major into
         blocks of `blocksize` (the last may be partial).
       code: float32 [256] sorted codebook.
       blocksize: power of two in [32, 4096].
+      config: the tiling (cols == blocksize); None for `choose_tiles(blocksize)`.
       interpret: run the kernel in Pallas interpret mode (CPU).
 
     Returns:
       (q, state): uint8 codes of A's shape; state.absmax float32 [ceil(A.size / blocksize)].
     """
-    _check_input(A, code)
-    blocksize = _checks.check_blocksize(blocksize)
     nblocks = -(-A.size // blocksize)
     if A.size == 0:
         q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((nblocks,), jnp.float32)
     else:
-        table, lookup = _table_for(code)
-        q, absmax = _blockwise_call(A, code, table, blocksize, False, lookup, bool(interpret))
+        cfg = _blockwise_tiles(config, blocksize, fake=False)
+        table, lookup = _table.table_for(code)
+        q, absmax = _blockwise_call(A, code, table, blocksize, False, lookup, bool(interpret), cfg)
     return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
 
 
-def dequantize_blockwise(q: jax.Array, state: QuantState, *, interpret: bool = False) -> jax.Array:
+def dequantize_blockwise(
+    q: jax.Array, state: QuantState, *, config: TileConfig | None = None, interpret: bool = False
+) -> jax.Array:
     """code[q] * absmax[block] in state.dtype, bit-exact with `reference.dequantize_blockwise`.
 
     Args:
       q: uint8 codes of shape state.shape.
       state: blockwise QuantState (absmax float32 [num_blocks]).
+      config: the tiling (cols == state.blocksize); None for the heuristic.
       interpret: run the kernel in Pallas interpret mode.
 
     Returns:
       Array of shape state.shape and dtype state.dtype.
     """
-    _check_state(q, state, blockwise=True)
     if q.size == 0:
         return jnp.zeros(q.shape, state.dtype)
-    return _dequant_call(q, state.absmax, state.code, state.blocksize, state.dtype, bool(interpret))
+    cfg = config or choose_tiles(state.blocksize, dequant=True)
+    if cfg.cols != state.blocksize:
+        raise ValueError(f"config {cfg} must have cols == state.blocksize ({state.blocksize})")
+    return _dequant_call(
+        q, state.absmax, state.code, state.blocksize, state.dtype, bool(interpret), cfg
+    )
 
 
 def fake_quant_blockwise(
-    A: jax.Array, code: jax.Array, blocksize: int, *, interpret: bool = False
+    A: jax.Array,
+    code: jax.Array,
+    blocksize: int,
+    *,
+    config: TileConfig | None = None,
+    interpret: bool = False,
 ) -> jax.Array:
     """Blockwise quantize then dequantize in one pass over A (A read once, result in A's dtype).
 
-    Bit-exact with `reference.fake_quant_blockwise`; same arguments as
-    `quantize_blockwise`. Returns an array of A's shape and dtype.
+    Bit-exact with `reference.fake_quant_blockwise`; arguments as in
+    `quantize_blockwise` (config: `choose_tiles(blocksize, fake=True)` by default).
+    Returns an array of A's shape and dtype.
     """
-    _check_input(A, code)
-    blocksize = _checks.check_blocksize(blocksize)
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
-    table, lookup = _table_for(code)
-    return _blockwise_call(A, code, table, blocksize, True, lookup, bool(interpret))[0]
+    cfg = _blockwise_tiles(config, blocksize, fake=True)
+    table, lookup = _table.table_for(code)
+    return _blockwise_call(A, code, table, blocksize, True, lookup, bool(interpret), cfg)[0]
 
 
 def quantize(
-    A: jax.Array, code: jax.Array, *, interpret: bool = False
+    A: jax.Array, code: jax.Array, *, config: TileConfig | None = None, interpret: bool = False
 ) -> tuple[jax.Array, QuantState]:
     """Global codebook quantization (x / absmax in float32), bit-exact with `reference.quantize`.
 
@@ -649,55 +476,61 @@ def quantize(
     Args:
       A: float32/float16/bfloat16 array of any shape.
       code: float32 [256] sorted codebook.
+      config: the tiling; None for `choose_tiles(None)`.
       interpret: run the kernel in Pallas interpret mode.
 
     Returns:
       (q, state): uint8 codes of A's shape; state.absmax a float32 scalar, state.dtype float32.
     """
-    _check_input(A, code)
     if A.size == 0:
         q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((), jnp.float32)
     else:
-        table, lookup = _table_for(code)
-        q, absmax = _global_call(A, code, table, False, lookup, bool(interpret))
+        table, lookup = _table.table_for(code)
+        cfg = config or choose_tiles(None)
+        q, absmax = _global_call(A, code, table, False, lookup, bool(interpret), cfg)
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
 
 
-def dequantize(q: jax.Array, state: QuantState, *, interpret: bool = False) -> jax.Array:
-    """float32 code[q] * absmax for a globally quantized tensor (q's shape)."""
-    _check_state(q, state, blockwise=False)
+def dequantize(
+    q: jax.Array, state: QuantState, *, config: TileConfig | None = None, interpret: bool = False
+) -> jax.Array:
+    """float32 code[q] * absmax for a globally quantized tensor (q's shape).
+
+    config: the tiling; None for `choose_tiles(None, dequant=True)`.
+    """
     if q.size == 0:
         return jnp.zeros(q.shape, jnp.float32)
-    return _dequant_call(q, state.absmax, state.code, None, np.dtype(np.float32), bool(interpret))
+    cfg = config or choose_tiles(None, dequant=True)
+    f32 = np.dtype(np.float32)
+    return _dequant_call(q, state.absmax, state.code, None, f32, bool(interpret), cfg)
 
 
-def fake_quant_global(A: jax.Array, code: jax.Array, *, interpret: bool = False) -> jax.Array:
+def fake_quant_global(
+    A: jax.Array, code: jax.Array, *, config: TileConfig | None = None, interpret: bool = False
+) -> jax.Array:
     """`dequantize(*quantize(A, code))` cast to A's dtype, the kernel part in one pass."""
-    _check_input(A, code)
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
-    table, lookup = _table_for(code)
-    return _global_call(A, code, table, True, lookup, bool(interpret))[0]
+    table, lookup = _table.table_for(code)
+    cfg = config or choose_tiles(None)
+    return _global_call(A, code, table, True, lookup, bool(interpret), cfg)[0]
 
 
-# ----------------------------------------------------------------------------
-# Registry
-# ----------------------------------------------------------------------------
+# The kernels' only limit is int32 indexing of the flat tensor (registry predicates).
+def supported_quantize_blockwise(A, code, blocksize) -> str | None:
+    return _backend.too_large(A)
 
 
-def _too_large(*args) -> str | None:
-    x = args[0]
-    size = math.prod(getattr(x, "shape", ()))
-    if size > _MAX_ELEMENTS:
-        return f"{size} elements exceed the kernels' int32 indexing ({_MAX_ELEMENTS})"
-    return None
+def supported_dequantize_blockwise(q, state) -> str | None:
+    return _backend.too_large(q)
 
 
-KERNELS: dict[str, Kernel] = {
-    "quantize_blockwise": Kernel(quantize_blockwise, _too_large),
-    "dequantize_blockwise": Kernel(dequantize_blockwise, _too_large),
-    "fake_quant_blockwise": Kernel(fake_quant_blockwise, _too_large),
-    "quantize": Kernel(quantize, _too_large),
-    "dequantize": Kernel(dequantize, _too_large),
-    "fake_quant_global": Kernel(fake_quant_global, _too_large),
-}
+supported_fake_quant_blockwise = supported_quantize_blockwise
+
+
+def supported_quantize(A, code) -> str | None:
+    return _backend.too_large(A)
+
+
+supported_dequantize = supported_dequantize_blockwise
+supported_fake_quant_global = supported_quantize
