@@ -225,6 +225,19 @@ def run_int8_matmul(r: Runner, plan: Plan) -> None:
                 6.0 * t * n,
                 "GB/s",
             )
+        # Each int8 matmul kernel of the registry by name ("pallas" is the first that
+        # serves); on a GPU only: Mosaic GPU kernels have no interpret mode.
+        by_name = "pallas" in plan.impls and jax.default_backend() == "gpu"
+        for impl in ("pallas_mosaic_gpu", "pallas_triton") if by_name else ():
+            r.jax_case(
+                row("int8_linear_matmul_dequant", impl),
+                lambda a, b, rs, cs, i=impl: fp8mm.int8_linear_matmul_dequant(
+                    a, b, rs, cs, None, dt, implementation=i
+                ),
+                (A8, B8, rs, cs),
+                ops,
+                "TOPS",
+            )
 
 
 def run(r: Runner, plan: Plan) -> None:

@@ -1,4 +1,4 @@
-"""The Pallas int8 kernels (fp8mm.pallas.int8) against the pure-jnp reference.
+"""The Triton int8 kernels (fp8mm.pallas.int8_quant, int8_matmul_triton) against the reference.
 
 Codes, statistics and int32 products must match bit for bit; the float16
 dequant epilogue within one float16 ulp (a GPU may contract it into an FMA).
@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fp8mm import reference
-from fp8mm.pallas import int8 as k8
+import fp8mm
+from fp8mm import dispatch, reference
+from fp8mm.pallas import int8_matmul_triton as k8m
+from fp8mm.pallas import int8_quant as k8q
 
 INTERPRET = jax.default_backend() != "gpu"
 _CPU = jax.devices("cpu")[0]
@@ -106,7 +108,7 @@ THRESHOLDS = [0.0, 2.5, 1e-4]  # 1e-4: every column holds an outlier
 @pytest.mark.parametrize("threshold", THRESHOLDS)
 def test_vectorwise_quant(shape, threshold):
     A = _floats(shape, seed=len(shape) + shape[-1], zero_col=threshold != 1e-4)
-    got = k8.int8_vectorwise_quant(A, threshold, interpret=INTERPRET)
+    got = k8q.int8_vectorwise_quant(A, threshold, interpret=INTERPRET)
     want = ref(reference.int8_vectorwise_quant, A, threshold)
     for g, w in zip(got, want, strict=True):
         assert_equal(g, w)
@@ -118,7 +120,7 @@ def test_vectorwise_quant(shape, threshold):
 @pytest.mark.parametrize("threshold", THRESHOLDS)
 def test_double_quant(shape, threshold):
     A = _floats(shape, seed=shape[0])
-    got = k8.int8_double_quant(A, threshold, interpret=INTERPRET)
+    got = k8q.int8_double_quant(A, threshold, interpret=INTERPRET)
     want = ref(reference.int8_double_quant, A, threshold)
     for g, w in zip(got, want, strict=True):
         assert_equal(g, w)
@@ -128,7 +130,7 @@ def test_double_quant(shape, threshold):
 def test_quant_input_dtypes(dtype):
     A = _floats((17, 33), seed=5, dtype=dtype)
     for g, w in zip(
-        k8.int8_double_quant(A, 3.0, interpret=INTERPRET),
+        k8q.int8_double_quant(A, 3.0, interpret=INTERPRET),
         ref(reference.int8_double_quant, A, 3.0),
         strict=True,
     ):
@@ -136,7 +138,7 @@ def test_quant_input_dtypes(dtype):
     # Threshold 0 takes the single-pass kernel, which casts to float16 itself.
     for threshold in (0.0, 3.0):
         for g, w in zip(
-            k8.int8_vectorwise_quant(A, threshold, interpret=INTERPRET),
+            k8q.int8_vectorwise_quant(A, threshold, interpret=INTERPRET),
             ref(reference.int8_vectorwise_quant, A, threshold),
             strict=True,
         ):
@@ -144,11 +146,14 @@ def test_quant_input_dtypes(dtype):
 
 
 def test_vectorwise_quant_long_rows_take_two_passes():
-    k = k8._ROW_QUANT_MAX_K + 3
-    assert k8._row_quant_config(2, k) is None and k8._row_quant_config(2, k - 3) is not None
+    k = k8q._ROW_QUANT_MAX_K + 3
+    assert (
+        k8q.choose_row_quant_config(2, k) is None
+        and k8q.choose_row_quant_config(2, k - 3) is not None
+    )
     A = _floats((2, k), seed=8)
     for g, w in zip(
-        k8.int8_vectorwise_quant(A, interpret=INTERPRET),
+        k8q.int8_vectorwise_quant(A, interpret=INTERPRET),
         ref(reference.int8_vectorwise_quant, A, 0.0),
         strict=True,
     ):
@@ -171,7 +176,7 @@ def test_double_quant_rounding_ties():
     s = (np.asarray(A[:, 0], np.float32) * 127).astype(np.float16).astype(np.float32) / 128
     assert np.sum(s % 1 == 0.5) > 50  # the case really holds ties
     for threshold in (0.0, 100.0):
-        got = k8.int8_double_quant(A, threshold, interpret=INTERPRET)
+        got = k8q.int8_double_quant(A, threshold, interpret=INTERPRET)
         want = ref(reference.int8_double_quant, A, threshold)
         for g, w in zip(got, want, strict=True):
             assert_equal(g, w)
@@ -187,7 +192,7 @@ def test_quant_special_values():
     A[6, 7] = 65504.0
     A = jnp.asarray(A, jnp.float16)
     for threshold in (0.0, 3.0):
-        ca, cat, row, col, cols = k8.int8_double_quant(A, threshold, interpret=INTERPRET)
+        ca, cat, row, col, cols = k8q.int8_double_quant(A, threshold, interpret=INTERPRET)
         want_ca, want_row, want_cols = ref(reference.int8_vectorwise_quant, A, threshold)
         _, want_cat, _, want_col, _ = ref(reference.int8_double_quant, A, threshold)
         assert bool(jnp.isnan(col[0])) and bool(jnp.isnan(row[0]))
@@ -201,18 +206,18 @@ def test_quant_special_values():
         ]:
             assert_equal(g, w)
         assert int(np.asarray(ca).min()) >= -127 and int(np.asarray(cat).min()) >= -127
-        got = k8.int8_vectorwise_quant(A, threshold, interpret=INTERPRET)
+        got = k8q.int8_vectorwise_quant(A, threshold, interpret=INTERPRET)
         for g, w in zip(got, (want_ca, want_row, want_cols), strict=True):
             assert_equal(g, w)
-    got = k8.int8_vectorwise_quant_t(A.T, interpret=INTERPRET)
-    for g, w in zip(got, ref(k8.int8_vectorwise_quant_t_reference, A.T), strict=True):
+    got = k8q.int8_vectorwise_quant_t(A.T, interpret=INTERPRET)
+    for g, w in zip(got, ref(reference.int8_vectorwise_quant_t, A.T), strict=True):
         assert_equal(g, w)
 
 
 def test_quant_all_zero():
     A = jnp.zeros((5, 7), jnp.float16)
     for g, w in zip(
-        k8.int8_double_quant(A, 1.0, interpret=INTERPRET),
+        k8q.int8_double_quant(A, 1.0, interpret=INTERPRET),
         ref(reference.int8_double_quant, A, 1.0),
         strict=True,
     ):
@@ -229,8 +234,8 @@ def test_quant_all_zero():
 )
 def test_vectorwise_quant_t(shape, dtype):
     W = _floats(shape, seed=7, dtype=dtype)
-    cb, scb = k8.int8_vectorwise_quant_t(W, interpret=INTERPRET)
-    want_cb, want_scb = ref(k8.int8_vectorwise_quant_t_reference, W)
+    cb, scb = k8q.int8_vectorwise_quant_t(W, interpret=INTERPRET)
+    want_cb, want_scb = ref(reference.int8_vectorwise_quant_t, W)
     assert cb.shape == (shape[1], shape[0])
     assert_equal(cb, want_cb)
     assert_equal(scb, want_scb)
@@ -247,7 +252,7 @@ MATMUL_SHAPES = [((33, 70), 17), ((3, 5, 70), 17), ((1, 1), 1), ((130, 300), 200
 def test_linear_matmul(a_shape, n):
     A, B = _int8(a_shape, 1), _int8((n, a_shape[-1]), 2)
     assert_equal(
-        k8.int8_linear_matmul(A, B, interpret=INTERPRET), ref(reference.int8_linear_matmul, A, B)
+        k8m.int8_linear_matmul(A, B, interpret=INTERPRET), ref(reference.int8_linear_matmul, A, B)
     )
 
 
@@ -256,7 +261,7 @@ def test_linear_matmul_extremes():
     A = jnp.full((20, 300), -128, jnp.int8)
     B = jnp.concatenate([jnp.full((3, 300), -128, jnp.int8), jnp.full((3, 300), 127, jnp.int8)])
     assert_equal(
-        k8.int8_linear_matmul(A, B, interpret=INTERPRET), ref(reference.int8_linear_matmul, A, B)
+        k8m.int8_linear_matmul(A, B, interpret=INTERPRET), ref(reference.int8_linear_matmul, A, B)
     )
 
 
@@ -277,7 +282,7 @@ def test_linear_matmul_dequant(bias_dtype, out_dtype):
     A, B = _int8(a_shape, 1), _int8((n, 70), 2)
     row, col = _stats(34, 5)[:34].reshape(2, 17), _stats(n, 6)
     bias = _bias(n, bias_dtype)
-    got = k8.int8_linear_matmul_dequant(
+    got = k8m.int8_linear_matmul_dequant(
         A, B, row, col, bias, out_dtype=out_dtype, interpret=INTERPRET
     )
     want = ref(reference.int8_linear_matmul_dequant, A, B, row, col, bias).astype(out_dtype)
@@ -291,7 +296,7 @@ def test_mm_dequant(bias_dtype, out_dtype):
     acc = jnp.asarray(np.random.default_rng(3).integers(-(2**20), 2**20, (3, 7, 45)), jnp.int32)
     row, col = _stats(21, 1).reshape(3, 7), _stats(45, 2)
     bias = _bias(45, bias_dtype)
-    got = k8.int8_mm_dequant(acc, row, col, bias, out_dtype=out_dtype, interpret=INTERPRET)
+    got = k8m.int8_mm_dequant(acc, row, col, bias, out_dtype=out_dtype, interpret=INTERPRET)
     want = ref(reference.int8_mm_dequant, acc, row, col, bias).astype(out_dtype)
     assert_within_ulp(got, want, jnp.bfloat16 if out_dtype == jnp.bfloat16 else jnp.float16, bias)
 
@@ -301,12 +306,12 @@ def test_mm_dequant_overflow_to_inf():
     acc = jnp.full((4, 4), 2**30, jnp.int32)
     row = jnp.full((4,), 100.0, jnp.float32)
     col = jnp.full((4,), 100.0, jnp.float32)
-    got = k8.int8_mm_dequant(acc, row, col, interpret=INTERPRET)
+    got = k8m.int8_mm_dequant(acc, row, col, interpret=INTERPRET)
     assert_equal(got, ref(reference.int8_mm_dequant, acc, row, col))
 
 
 # ----------------------------------------------------------------------------
-# Zero-size inputs, validation, dispatch table
+# Zero-size inputs, validation, configs, the registry
 # ----------------------------------------------------------------------------
 
 
@@ -314,14 +319,14 @@ def test_mm_dequant_overflow_to_inf():
 def test_zero_size_quant(shape):
     A = jnp.zeros(shape, jnp.float16)
     for fn in ("int8_vectorwise_quant", "int8_double_quant"):
-        got = getattr(k8, fn)(A, 1.0, interpret=INTERPRET)
+        got = getattr(k8q, fn)(A, 1.0, interpret=INTERPRET)
         want = ref(getattr(reference, fn), A, 1.0)
         for g, w in zip(got, want, strict=True):
             assert_equal(g, w)
     if len(shape) == 2:
         for g, w in zip(
-            k8.int8_vectorwise_quant_t(A, interpret=INTERPRET),
-            ref(k8.int8_vectorwise_quant_t_reference, A),
+            k8q.int8_vectorwise_quant_t(A, interpret=INTERPRET),
+            ref(reference.int8_vectorwise_quant_t, A),
             strict=True,
         ):
             assert_equal(g, w)
@@ -331,43 +336,95 @@ def test_zero_size_quant(shape):
 def test_zero_size_matmul(m, n, k):
     A, B = jnp.zeros((m, k), jnp.int8), jnp.zeros((n, k), jnp.int8)
     assert_equal(
-        k8.int8_linear_matmul(A, B, interpret=INTERPRET), ref(reference.int8_linear_matmul, A, B)
+        k8m.int8_linear_matmul(A, B, interpret=INTERPRET), ref(reference.int8_linear_matmul, A, B)
     )
     row, col, bias = jnp.ones((m,)), jnp.ones((n,)), jnp.ones((n,), jnp.float16)
     assert_equal(
-        k8.int8_linear_matmul_dequant(A, B, row, col, bias, interpret=INTERPRET),
+        k8m.int8_linear_matmul_dequant(A, B, row, col, bias, interpret=INTERPRET),
         ref(reference.int8_linear_matmul_dequant, A, B, row, col, bias),
     )
     acc = jnp.zeros((m, n), jnp.int32)
     assert_equal(
-        k8.int8_mm_dequant(acc, row, col, bias, out_dtype=jnp.float32, interpret=INTERPRET),
+        k8m.int8_mm_dequant(acc, row, col, bias, out_dtype=jnp.float32, interpret=INTERPRET),
         ref(reference.int8_mm_dequant, acc, row, col, bias).astype(jnp.float32),
     )
 
 
 def test_validation():
+    # Arguments are validated once, by the public primitive, before any kernel runs.
     A = jnp.ones((4, 8), jnp.float16)
     with pytest.raises(TypeError, match="A"):
-        k8.int8_vectorwise_quant(jnp.ones((4, 8), jnp.int8))
+        fp8mm.int8_vectorwise_quant(jnp.ones((4, 8), jnp.int8), implementation="pallas")
     with pytest.raises(ValueError, match="threshold"):
-        k8.int8_double_quant(A, -1.0)
+        fp8mm.int8_double_quant(A, -1.0, implementation="pallas")
     with pytest.raises(TypeError, match="threshold"):
-        k8.int8_vectorwise_quant(A, jnp.float32(1.0) + jnp.zeros(()))
+        fp8mm.int8_vectorwise_quant(A, jnp.float32(1.0) + jnp.zeros(()), implementation="pallas")
     with pytest.raises(ValueError, match="W"):
-        k8.int8_vectorwise_quant_t(jnp.ones((2, 3, 4), jnp.float16))
+        fp8mm.int8_vectorwise_quant_t(jnp.ones((2, 3, 4), jnp.float16), implementation="pallas")
     a8, b8 = jnp.ones((4, 8), jnp.int8), jnp.ones((3, 8), jnp.int8)
     with pytest.raises(TypeError, match="B"):
-        k8.int8_linear_matmul(a8, b8.astype(jnp.int32))
+        fp8mm.int8_linear_matmul(a8, b8.astype(jnp.int32), implementation="pallas")
     with pytest.raises(ValueError, match="k"):
-        k8.int8_linear_matmul(a8, jnp.ones((3, 9), jnp.int8))
+        fp8mm.int8_linear_matmul(a8, jnp.ones((3, 9), jnp.int8), implementation="pallas")
     with pytest.raises(ValueError, match="row_stats"):
-        k8.int8_linear_matmul_dequant(a8, b8, jnp.ones((5,)), jnp.ones((3,)))
-    with pytest.raises(ValueError, match="bias"):
-        k8.int8_mm_dequant(jnp.ones((4, 3), jnp.int32), jnp.ones(4), jnp.ones(3), jnp.ones(4))
-    with pytest.raises(ValueError, match="out_dtype"):
-        k8.int8_mm_dequant(
-            jnp.ones((4, 3), jnp.int32), jnp.ones(4), jnp.ones(3), out_dtype=jnp.int8
+        fp8mm.int8_linear_matmul_dequant(
+            a8, b8, jnp.ones((5,)), jnp.ones((3,)), implementation="pallas"
         )
+    acc = jnp.ones((4, 3), jnp.int32)
+    with pytest.raises(ValueError, match="bias"):
+        fp8mm.int8_mm_dequant(acc, jnp.ones(4), jnp.ones(3), jnp.ones(4), implementation="pallas")
+    # out_dtype is the kernel's own argument (fp8mm.int8_mm_dequant returns float16): it checks it.
+    with pytest.raises(ValueError, match="out_dtype"):
+        k8m.int8_mm_dequant(acc, jnp.ones(4), jnp.ones(3), out_dtype=jnp.int8)
+
+
+def test_config_validation():
+    A = _floats((9, 20), seed=2)
+    with pytest.raises(ValueError, match="power of two"):
+        k8q.Tile(3, 64)
+    with pytest.raises(ValueError, match="block_k"):
+        k8m.MatmulConfig(64, 64, 16)
+    # The single-pass row kernel holds whole rows: a tile narrower than k cannot serve.
+    with pytest.raises(ValueError, match="Tile"):
+        k8q.int8_vectorwise_quant(A, config=k8q.Tile(8, 16), interpret=INTERPRET)
+    with pytest.raises(TypeError, match="config"):
+        k8m.int8_linear_matmul(_int8((4, 8)), _int8((3, 8)), config=k8q.Tile(16, 16))
+
+
+def test_given_configs_match_the_heuristics():
+    """Every config of a search space gives the same bits (the heuristic's is one of them)."""
+    A = _floats((40, 300), seed=6)
+    want = k8q.int8_double_quant(A, 2.5, interpret=INTERPRET)
+    space = k8q.quant_search_space(40, 300)
+    assert k8q.choose_quant_config(40, 300) in space
+    for cfg in space[:3]:
+        for g, w in zip(
+            k8q.int8_double_quant(A, 2.5, config=cfg, interpret=INTERPRET), want, strict=True
+        ):
+            assert_equal(g, w)
+    assert k8q.choose_row_quant_config(40, 300) in k8q.row_quant_search_space(40, 300)
+    cfg = k8q.row_quant_search_space(40, 300)[-1]
+    for g, w in zip(
+        k8q.int8_vectorwise_quant(A, config=cfg, interpret=INTERPRET),
+        ref(reference.int8_vectorwise_quant, A, 0.0),
+        strict=True,
+    ):
+        assert_equal(g, w)
+    assert k8q.choose_quant_t_config(300, 40) in k8q.quant_t_search_space(300, 40)
+    cb, scb = k8q.int8_vectorwise_quant_t(
+        A.T, config=k8q.quant_t_search_space(300, 40)[0], interpret=INTERPRET
+    )
+    want_cb, want_scb = ref(reference.int8_vectorwise_quant_t, A.T)
+    assert_equal(cb, want_cb)
+    assert_equal(scb, want_scb)
+    A8, B8 = _int8((130, 300), 1), _int8((200, 300), 2)
+    space = k8m.matmul_search_space(130, 200, 300)
+    assert k8m.choose_matmul_config(130, 200, 300) in space
+    assert_equal(
+        k8m.int8_linear_matmul(A8, B8, config=space[0], interpret=INTERPRET),
+        ref(reference.int8_linear_matmul, A8, B8),
+    )
+    assert k8m.choose_dequant_config(130, 200) in k8m.dequant_search_space(130, 200)
 
 
 def test_kernels_table():
@@ -379,20 +436,34 @@ def test_kernels_table():
         "int8_mm_dequant",
         "int8_linear_matmul_dequant",
     }
-    assert set(k8.KERNELS) == names
+    for name in names:
+        triton = {k.name: k for k in dispatch.REGISTRY[name].kernels}["pallas_triton"]
+        module = k8m if "dequant" in name or "matmul" in name else k8q
+        assert triton.module == module.__name__ and triton.interpretable
+        assert callable(getattr(module, name)) and callable(getattr(module, f"supported_{name}"))
     a8, b8 = jnp.ones((4, 8), jnp.int8), jnp.ones((3, 8), jnp.int8)
-    assert k8.KERNELS["int8_linear_matmul"].unsupported(a8, b8) is None
-    assert "k" in k8.KERNELS["int8_linear_matmul"].unsupported(a8, jnp.ones((3, 9), jnp.int8))
-    assert k8.KERNELS["int8_vectorwise_quant"].unsupported(jnp.ones((2, 2)), 0.0) is None
-    assert k8.KERNELS["int8_double_quant"].unsupported(a8, 0.0) is not None
+    assert k8m.supported_int8_linear_matmul(a8, b8) is None
+    # A mismatched k (and any other invalid argument) is refused before the kernels are asked.
+    with pytest.raises(ValueError, match="k"):
+        fp8mm.int8_linear_matmul(a8, jnp.ones((3, 9), jnp.int8), implementation="pallas_triton")
+    assert k8q.supported_int8_vectorwise_quant(jnp.ones((2, 2)), 0.0) is None
+    with pytest.raises(TypeError, match="A"):
+        fp8mm.int8_double_quant(a8, 0.0, implementation="pallas_triton")
     row, col = jnp.ones((4,)), jnp.ones((3,))
-    assert k8.KERNELS["int8_linear_matmul_dequant"].unsupported(a8, b8, row, col) is None
-    assert k8.KERNELS["int8_mm_dequant"].unsupported(jnp.ones((4, 3)), row, col) is not None
+    assert k8m.supported_int8_linear_matmul_dequant(a8, b8, row, col) is None
+    with pytest.raises(TypeError, match="acc"):
+        fp8mm.int8_mm_dequant(jnp.ones((4, 3)), row, col, implementation="pallas_triton")
+    # What the kernels themselves refuse: operands beyond their int32 indexing.
+    big = jax.ShapeDtypeStruct((2**16, 8), jnp.int8)
+    assert "int32 indexing" in k8m.supported_int8_linear_matmul(big, big)
+    assert "int32 indexing" in k8q.supported_int8_double_quant(
+        jax.ShapeDtypeStruct((2**16, 2**15), jnp.float16)
+    )
 
 
 def test_jit_no_retrace():
     A = _floats((9, 20), seed=2)
-    f = jax.jit(lambda a: k8.int8_double_quant(a, 2.0, interpret=INTERPRET))
+    f = jax.jit(lambda a: k8q.int8_double_quant(a, 2.0, interpret=INTERPRET))
     for g, w in zip(f(A), ref(reference.int8_double_quant, A, 2.0), strict=True):
         assert_equal(g, w)
 
@@ -406,16 +477,16 @@ def test_jit_no_retrace():
 @pytest.mark.parametrize(("m", "n", "k"), [(4096, 4096, 4096), (1000, 3000, 2000)])
 def test_large_matmul(m, n, k):
     A, B = _int8((m, k), 1), _int8((n, k), 2)
-    assert_equal(k8.int8_linear_matmul(A, B), ref(reference.int8_linear_matmul, A, B))
+    assert_equal(k8m.int8_linear_matmul(A, B), ref(reference.int8_linear_matmul, A, B))
     row, col, bias = _stats(m, 3), _stats(n, 4) / 64, _bias(n, jnp.float16)
     assert_within_ulp(
-        k8.int8_linear_matmul_dequant(A, B, row, col, bias),
+        k8m.int8_linear_matmul_dequant(A, B, row, col, bias),
         ref(reference.int8_linear_matmul_dequant, A, B, row, col, bias),
         bias=bias,
     )
     acc = jnp.asarray(np.asarray(ref(reference.int8_linear_matmul, A, B)))
     assert_within_ulp(
-        k8.int8_mm_dequant(acc, row, col, bias),
+        k8m.int8_mm_dequant(acc, row, col, bias),
         ref(reference.int8_mm_dequant, acc, row, col, bias),
         bias=bias,
     )
@@ -427,18 +498,18 @@ def test_large_matmul(m, n, k):
 def test_large_quant(shape, threshold):
     A = _floats(shape, seed=9)
     for g, w in zip(
-        k8.int8_double_quant(A, threshold),
+        k8q.int8_double_quant(A, threshold),
         ref(reference.int8_double_quant, A, threshold),
         strict=True,
     ):
         assert_equal(g, w)
     for g, w in zip(
-        k8.int8_vectorwise_quant(A, threshold),
+        k8q.int8_vectorwise_quant(A, threshold),
         ref(reference.int8_vectorwise_quant, A, threshold),
         strict=True,
     ):
         assert_equal(g, w)
     for g, w in zip(
-        k8.int8_vectorwise_quant_t(A), ref(k8.int8_vectorwise_quant_t_reference, A), strict=True
+        k8q.int8_vectorwise_quant_t(A), ref(reference.int8_vectorwise_quant_t, A), strict=True
     ):
         assert_equal(g, w)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fp8mm.dispatch import Impl
 from fp8mm.nn import linen, nnx
-from fp8mm.nn._core import KINDS, OPTIONS, QuantSpec, make_dot_general, quantized_dense
+from fp8mm.nn._core import KINDS, OPTIONS, QuantSpec
+from fp8mm.nn._dense import make_dot_general, quantized_dense
 from fp8mm.nn._int8 import Int8Report, int8_inference_params, merge_int8_params, split_int8_params
 from fp8mm.nn.nnx import quantize_model, to_int8_inference
 
@@ -42,43 +44,47 @@ __all__ = [
 ]
 
 
-def fp8_mixed_dot_general(
-    fw_code: Any = None,
-    bw_code: Any = None,
-    bsz: int = -1,
-    bsz2: int = -1,
-    *,
-    implementation: Any = None,
-):
+def _fp8_dot_general(kind: str, name: str, doc: str):
+    """The `dot_general` factory of an fp8 kind (both take the same options)."""
+
+    def factory(
+        fw_code: Any = None,
+        bw_code: Any = None,
+        bsz: int = -1,
+        bsz2: int = -1,
+        *,
+        implementation: Impl = None,
+    ):
+        spec = QuantSpec(kind, fw_code, bw_code, bsz, bsz2, implementation=implementation)
+        return make_dot_general(spec)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return factory
+
+
+fp8_mixed_dot_general = _fp8_dot_general(
+    "fp8_mixed",
+    "fp8_mixed_dot_general",
     """`dot_general` for nn.Dense / nnx.Linear running `fp8mm.matmul_fp8_mixed`.
 
     Args:
       fw_code: forward code float32 [256] (None: e4m3).
       bw_code: backward code (None: e5m2).
       bsz, bsz2: block sizes (-1: `fp8mm.get_block_sizes`).
-      implementation: None, "xla" or "pallas".
-    """
-    return make_dot_general(
-        QuantSpec("fp8_mixed", fw_code, bw_code, bsz, bsz2, implementation=implementation)
-    )
-
-
-def fp8_global_dot_general(
-    fw_code: Any = None,
-    bw_code: Any = None,
-    bsz: int = -1,
-    bsz2: int = -1,
-    *,
-    implementation: Any = None,
-):
-    """`dot_general` for nn.Dense / nnx.Linear running `fp8mm.matmul_fp8_global` (args as above)."""
-    return make_dot_general(
-        QuantSpec("fp8_global", fw_code, bw_code, bsz, bsz2, implementation=implementation)
-    )
+      implementation: None, "xla", "pallas", a kernel name or a sequence of these.
+    """,
+)
+fp8_global_dot_general = _fp8_dot_general(
+    "fp8_global",
+    "fp8_global_dot_general",
+    "`dot_general` for nn.Dense / nnx.Linear running `fp8mm.matmul_fp8_global` (args as for\n"
+    "`fp8_mixed_dot_general`).",
+)
 
 
 def switchback_dot_general(
-    threshold: float = 0.0, *, outlier_capacity: int | None = None, implementation: Any = None
+    threshold: float = 0.0, *, outlier_capacity: int | None = None, implementation: Impl = None
 ):
     """`dot_general` for nn.Dense / nnx.Linear running `fp8mm.switchback_bnb`.
 
@@ -88,7 +94,7 @@ def switchback_dot_general(
     Args:
       threshold: outlier threshold (0 disables the decomposition).
       outlier_capacity: outlier slots under jit (None: the op's default).
-      implementation: None, "xla" or "pallas".
+      implementation: None, "xla", "pallas", a kernel name or a sequence of these.
     """
     return make_dot_general(
         QuantSpec(

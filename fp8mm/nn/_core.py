@@ -1,18 +1,25 @@
-"""The one quantized dense product every fp8mm layer, factory and interceptor runs.
+"""The layer kinds (`KIND_TABLE`), their options (`QuantSpec`) and the layers' argument checks.
 
-`QuantSpec` holds the quantization options of a layer (which op, codes, block
-sizes, threshold, implementation); `quantized_dense(spec, x, kernel, bias)`
-computes `x @ kernel (+ bias)` with the Dense kernel layout [in, out] through
-the custom-VJP ops of `fp8mm.ops`. Keeping this in one place is what makes the
-dedicated layers, the `dot_general` factories and the model conversions give
+`KIND_TABLE` says what each layer kind is: the `fp8mm.ops` function it runs,
+the `QuantSpec` options it reads (their defaults are QuantSpec's field
+defaults), how that op is called on a Dense kernel, and whether `partition`
+can split it exactly. `QuantSpec` holds the options of one layer, and
+`fp8mm.nn._dense.quantized_dense` runs the row of its kind: every layer, factory
+and interceptor goes through that one product, which is what makes them give
 the same numbers.
+
+Adding a layer kind: a row in `KIND_TABLE` and its name in `Kind` (a QuantSpec
+field and a checker in `_OPTION_CHECKS` for a new option), then the layer
+classes of `linen.py` and `nnx.py`, whose option attributes are checked
+against the row when those modules are imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -23,23 +30,118 @@ import numpy as np
 from fp8mm import _checks, _host, ops
 from fp8mm.codebooks import e4m3_code, e5m2_code
 from fp8mm.dispatch import Impl
-from fp8mm.nn.sharding import P, Partition, current_partition, shard_map
+from fp8mm.nn.sharding import Partition
 from fp8mm.state import MatmulLtState
 
-__all__ = ["KINDS", "OPTIONS", "Kind", "QuantSpec", "make_dot_general", "quantized_dense"]
+__all__ = ["KINDS", "KIND_TABLE", "OPTIONS", "OPTION_DEFAULTS", "Kind", "LayerKind", "QuantSpec"]
+
+# --- The table --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKind:
+    """One row of `KIND_TABLE`: what a layer kind runs.
+
+    Attributes:
+      options: the QuantSpec fields the kind reads, in its layers' signature order.
+      op: the `fp8mm.ops` function of the product.
+      product: `product(op, spec, x, kernel, bias, int8_state) -> (y, outlier mask | None)`:
+        the product on one device, x [..., in] and kernel [in, out] (Dense layout).
+      split_problem: `(spec, part, x, kernel) -> reason | None`: why `partition` cannot
+        split the product exactly over `part`'s mesh (see fp8mm.nn.sharding); None if it can.
+      int8_weights: the kind takes int8 inference weights (CB/SCB) in place of the kernel.
+    """
+
+    options: tuple[str, ...]
+    op: Callable[..., Any]
+    product: Callable[..., tuple[jax.Array, jax.Array | None]]
+    split_problem: Callable[..., str | None]
+    int8_weights: bool = False
+
+
+def _fp8_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
+    del int8_state  # fp8 kinds take no int8 weights (checked in _check_operands)
+    fw, bw = spec.codes()
+    # The ops need A at least 2-D; a single vector is a batch of one row.
+    x2 = x[None] if x.ndim == 1 else x
+    y = op(x2, kernel, fw, bw, spec.bsz, spec.bsz2, implementation=spec.implementation)
+    y = y[0] if x.ndim == 1 else y
+    if bias is not None:
+        # Added exactly as flax's Dense adds it, so injection and layers agree.
+        y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    return y, None
+
+
+def _switchback_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
+    # switchback_bnb wants the Linear layout [out, in]; XLA fuses the transpose.
+    w = None if kernel is None or int8_state is not None else kernel.T
+    y, cols = op(
+        x,
+        w,
+        int8_state,
+        spec.threshold,
+        bias,
+        outlier_capacity=spec.outlier_capacity,
+        return_outliers=True,
+        implementation=spec.implementation,
+    )
+    return y, (cols if spec.threshold > 0 else None)
+
+
+_GLOBAL_ABSMAX = "global (whole-tensor) absmax needs a cross-device max inside the op"
+
+
+def _split_fp8_mixed(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
+    if part.size(part.model_axis) > 1:
+        return _GLOBAL_ABSMAX
+    # On the batch axis: blocks of the flattened rows must not straddle shards.
+    bsz, bsz2 = ops.get_block_sizes(x, kernel)
+    bsz = bsz if spec.bsz == -1 else spec.bsz
+    bsz2 = bsz2 if spec.bsz2 == -1 else spec.bsz2
+    rows = int(np.prod(x.shape[:-1])) // part.size(part.batch_axis)
+    if (rows * x.shape[-1]) % bsz or (rows * kernel.shape[1]) % bsz2:
+        return f"blocks of {bsz}/{bsz2} elements straddle the batch shards ({rows} rows each)"
+    return None
+
+
+def _split_fp8_global(spec: QuantSpec, part: Partition, x, kernel) -> str:
+    return _GLOBAL_ABSMAX
+
+
+def _split_switchback(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
+    if part.size(part.batch_axis) > 1 and spec.threshold > 0:
+        return "outlier columns are found over all rows; a batch shard sees only its own"
+    return None  # weight rows are quantized per output feature: any model split is exact
+
+
+_FP8_OPTIONS = ("fw_code", "bw_code", "bsz", "bsz2", "implementation")
 
 Kind = Literal["fp8_mixed", "fp8_global", "switchback"]
-KINDS: tuple[str, ...] = ("fp8_mixed", "fp8_global", "switchback")
-_FP8_OPTIONS = ("fw_code", "bw_code", "bsz", "bsz2", "implementation")
-# The quantization options that mean something for each kind (QuantSpec fields besides kind).
-OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+KIND_TABLE: Mapping[str, LayerKind] = MappingProxyType(
     {
-        "fp8_mixed": _FP8_OPTIONS,
-        "fp8_global": _FP8_OPTIONS,
-        "switchback": ("threshold", "outlier_capacity", "implementation"),
+        "fp8_mixed": LayerKind(_FP8_OPTIONS, ops.matmul_fp8_mixed, _fp8_product, _split_fp8_mixed),
+        "fp8_global": LayerKind(
+            _FP8_OPTIONS, ops.matmul_fp8_global, _fp8_product, _split_fp8_global
+        ),
+        "switchback": LayerKind(
+            ("threshold", "outlier_capacity", "implementation"),
+            ops.switchback_bnb,
+            _switchback_product,
+            _split_switchback,
+            int8_weights=True,
+        ),
     }
 )
-_IMPLEMENTATIONS = (None, "xla", "pallas")
+if set(typing.get_args(Kind)) != set(KIND_TABLE):  # pragma: no cover - a developer's slip
+    raise ImportError(f"Kind {typing.get_args(Kind)} and KIND_TABLE {tuple(KIND_TABLE)} differ")
+KINDS: tuple[str, ...] = tuple(KIND_TABLE)
+# The quantization options that mean something for each kind (QuantSpec fields besides kind).
+OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {kind: row.options for kind, row in KIND_TABLE.items()}
+)
+INT8_KINDS = tuple(kind for kind, row in KIND_TABLE.items() if row.int8_weights)
+
+# --- Argument checks --------------------------------------------------------------------------
 
 
 def check_kind(kind: Any) -> str:
@@ -70,12 +172,6 @@ def check_callable(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be callable or None, got {value!r}")
 
 
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
 def check_features(name: str, value: Any) -> int:
     """A positive int feature count (bool is not one, though Python says it is an int)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -97,40 +193,73 @@ def check_dtype_arg(name: str, value: Any, *, allow_none: bool) -> None:
         raise ValueError(f"{name} must be float32, float16 or bfloat16, got {np.dtype(dt).name}")
 
 
-def _check_code(name: str, code: Any) -> Any:
+def check_layer_args(
+    features: Mapping[str, Any],
+    *,
+    use_bias: Any,
+    dtype: Any,
+    param_dtype: Any,
+    initializers: Mapping[str, Any],
+    preferred_element_type: Any = None,
+) -> None:
+    """The nn.Dense / nnx.Linear arguments of a layer, checked when it is built."""
+    for name, value in features.items():
+        check_features(name, value)
+    _checks.check_bool("use_bias", use_bias)
+    check_dtype_arg("dtype", dtype, allow_none=True)
+    check_dtype_arg("param_dtype", param_dtype, allow_none=False)
+    check_dtype_arg("preferred_element_type", preferred_element_type, allow_none=True)
+    for name, fn in initializers.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {fn!r}")
+
+
+def check_code_option(name: str, code: Any) -> Any:
+    """None (the kind's default code) or a float32 [256] code (`_checks.as_code`)."""
     if code is None:
         return None
-    if isinstance(code, (list, tuple)):
-        code = np.asarray(code, np.float32)
-    elif isinstance(code, np.ndarray):
-        # As the ops do: numpy float64 (the numpy default) is float32 without jax x64.
-        code = np.asarray(code, jax.dtypes.canonicalize_dtype(code.dtype))
-    if not hasattr(code, "shape") or not hasattr(code, "dtype"):
+    if not isinstance(code, (list, tuple)) and not (
+        hasattr(code, "shape") and hasattr(code, "dtype")
+    ):
         raise TypeError(f"{name} must be a float32 array of shape (256,) or None, got {code!r}")
-    if tuple(code.shape) != (256,):
-        raise ValueError(f"{name} must have shape (256,), got {tuple(code.shape)}")
-    if np.dtype(code.dtype) != np.float32:
-        raise TypeError(f"{name} must be float32, got dtype {code.dtype}")
-    host = _host.concrete_float32(code)  # None under a trace: the op checks it then
-    if host is not None and not np.all(np.isfinite(host)):
-        bad = int(np.flatnonzero(~np.isfinite(host))[0])
-        raise ValueError(f"{name} must be finite, got {host[bad]} at index {bad}")
-    return code
+    return _checks.as_code(code, name)
 
 
 def _check_block(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value != -1 and value not in _checks.VALID_BLOCKSIZES:
-        raise ValueError(
-            f"{name} must be -1 (automatic) or a power of two in [32, 4096], got {value!r}"
-        )
-    return int(value)
+    if not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer)):
+        if value == -1:
+            return -1
+    return _checks.check_blocksize(value, name, auto=True)
 
 
-def _code_key(code: Any) -> Any:
-    host = None if code is None else _host.concrete_float32(code)
-    return None if code is None else (host.tobytes() if host is not None else id(code))
+def _check_capacity(name: str, cap: Any) -> int | None:
+    if cap is not None and (
+        isinstance(cap, (bool, np.bool_)) or not isinstance(cap, (int, np.integer)) or cap < 1
+    ):
+        raise ValueError(f"{name} must be a positive int or None, got {cap!r}")
+    return None if cap is None else int(cap)
+
+
+def _check_implementation(name: str, value: Any) -> Impl:
+    """As `_checks.check_implementation`; a list becomes a tuple (layer attributes hash)."""
+    _checks.check_implementation(value)
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
+# Each QuantSpec option's check: (name, value) -> the normalized value, or raise.
+_OPTION_CHECKS: Mapping[str, Callable[[str, Any], Any]] = MappingProxyType(
+    {
+        "fw_code": check_code_option,
+        "bw_code": check_code_option,
+        "bsz": _check_block,
+        "bsz2": _check_block,
+        "threshold": lambda name, value: _checks.check_threshold(value, name),
+        "outlier_capacity": _check_capacity,
+        "implementation": _check_implementation,
+    }
+)
+
+# --- QuantSpec --------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -143,14 +272,15 @@ class QuantSpec:
     codes by their contents.
 
     Attributes:
-      kind: "fp8_mixed", "fp8_global" or "switchback".
+      kind: "fp8_mixed", "fp8_global" or "switchback" (`KINDS`).
       fw_code: float32 [256] forward code; None for e4m3 (bitsandbytes' LinearFP8*).
       bw_code: float32 [256] backward code; None for e5m2.
       bsz: forward block size; -1 for `fp8mm.get_block_sizes`.
       bsz2: backward block size; -1 for `fp8mm.get_block_sizes`.
       threshold: SwitchBack outlier threshold (0 disables the decomposition).
       outlier_capacity: SwitchBack outlier slots under jit (None: the op's default).
-      implementation: None, "xla" or "pallas" (see `fp8mm.dispatch`).
+      implementation: None, "xla", "pallas", a kernel name or a sequence of these
+        (see `fp8mm.dispatch`; a list is kept as a tuple).
     """
 
     kind: Kind
@@ -165,47 +295,26 @@ class QuantSpec:
     def __post_init__(self):
         check_kind(self.kind)
         fix = functools.partial(object.__setattr__, self)
-        fix("fw_code", _check_code("fw_code", self.fw_code))
-        fix("bw_code", _check_code("bw_code", self.bw_code))
-        fix("bsz", _check_block("bsz", self.bsz))
-        fix("bsz2", _check_block("bsz2", self.bsz2))
-        # float() would take True and "6.0"; neither is a threshold anyone means.
-        if isinstance(self.threshold, (bool, np.bool_, str, bytes)):
-            raise TypeError(f"threshold must be a number, got {self.threshold!r}")
-        fix("threshold", _checks.check_threshold(self.threshold))
-        cap = self.outlier_capacity
-        if cap is not None and (
-            isinstance(cap, (bool, np.bool_)) or not isinstance(cap, (int, np.integer)) or cap < 1
-        ):
-            raise ValueError(f"outlier_capacity must be a positive int or None, got {cap!r}")
-        if not isinstance(self.implementation, (str, type(None))) or (
-            self.implementation not in _IMPLEMENTATIONS
-        ):
-            raise ValueError(
-                f"implementation must be None, 'xla' or 'pallas', got {self.implementation!r}"
-            )
-        for f in dataclasses.fields(self):
-            if f.name == "kind" or f.name in OPTIONS[self.kind]:
+        for name, check in _OPTION_CHECKS.items():
+            fix(name, check(name, getattr(self, name)))
+        for name, default in OPTION_DEFAULTS.items():
+            if name in OPTIONS[self.kind]:
                 continue
-            value = getattr(self, f.name)
+            value = getattr(self, name)
             # (codes are arrays: compare them with None by identity, never elementwise)
-            if (value is not None) if f.default is None else (value != f.default):
+            if (value is not None) if default is None else (value != default):
                 raise ValueError(
-                    f"{f.name}={_short(value)} means nothing for kind {self.kind!r}; "
+                    f"{name}={_short(value)} means nothing for kind {self.kind!r}; "
                     f"its options are {', '.join(OPTIONS[self.kind])}"
                 )
 
+    @classmethod
+    def of(cls, kind: str, layer: Any, unwrap: Callable[[Any], Any] = lambda v: v) -> QuantSpec:
+        """The spec of a `kind` layer: its attributes named by `OPTIONS[kind]`, unwrapped."""
+        return cls(kind, **{name: unwrap(getattr(layer, name)) for name in OPTIONS[kind]})
+
     def _key(self) -> tuple:
-        return (
-            self.kind,
-            _code_key(self.fw_code),
-            _code_key(self.bw_code),
-            self.bsz,
-            self.bsz2,
-            self.threshold,
-            self.outlier_capacity,
-            self.implementation,
-        )
+        return tuple(_value_key(getattr(self, f.name)) for f in dataclasses.fields(self))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, QuantSpec) and self._key() == other._key()
@@ -219,213 +328,48 @@ class QuantSpec:
         return jnp.asarray(fw, jnp.float32), jnp.asarray(bw, jnp.float32)
 
 
+# Every option and its default (QuantSpec's field defaults): the layers' defaults too.
+OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: f.default for f in dataclasses.fields(QuantSpec) if f.name != "kind"}
+)
+if set(OPTION_DEFAULTS) != set(_OPTION_CHECKS):  # pragma: no cover - a developer's slip
+    raise ImportError("every QuantSpec option needs its check in _OPTION_CHECKS")
+
+
+def _value_key(value: Any) -> Any:
+    """A hashable stand-in: codes (arrays) by their bytes, or by identity while traced."""
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        return value
+    host = _host.concrete_float32(value)
+    return host.tobytes() if host is not None else id(value)
+
+
 def _short(value: Any) -> str:
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"<{value.dtype} array {tuple(value.shape)}>"
     return repr(value)
 
 
-def _threshold(spec: QuantSpec, int8_state: MatmulLtState | None) -> float:
-    """The outlier threshold switchback_bnb uses: spec's, else (when 0) the int8 state's."""
-    if spec.threshold or int8_state is None:
-        return spec.threshold
-    return int8_state.threshold
+def check_layer_options(
+    layers: Iterable[type], declared: Callable[[type], Mapping[str, Any]]
+) -> dict[str, type]:
+    """`{kind: class}` for one flax API's layer classes (each with `_KIND`), checked.
 
-
-def quantized_dense(
-    spec: QuantSpec,
-    x: jax.Array,
-    kernel: jax.Array | None,
-    bias: jax.Array | None = None,
-    *,
-    int8_state: MatmulLtState | None = None,
-) -> tuple[jax.Array, jax.Array | None]:
-    """`x @ kernel + bias` through the quantized op named by `spec.kind`.
-
-    Args:
-      spec: quantization options.
-      x: float [..., in], already cast to the computation dtype.
-      kernel: float [in, out] (Dense layout), same dtype as `x`; may be None for
-        SwitchBack with an int8 inference weight in `int8_state`.
-      bias: optional float [out].
-      int8_state: SwitchBack only: a `MatmulLtState(has_fp16_weights=False)`
-        holding the int8 weight CB [out, in] and its scales SCB [out].
-
-    Returns:
-      (y [..., out] in x's dtype, outlier column mask bool [in] or None). The
-      mask is returned for SwitchBack with threshold > 0 only.
+    Every kind needs a class, and `declared(cls)` (the option attributes the class
+    declares, name -> default) must be the kind's `OPTIONS` with `OPTION_DEFAULTS`:
+    layers mirror their signatures from the table, and this keeps them in step.
     """
-    if not isinstance(spec, QuantSpec):
-        raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-    _check_operands(spec, x, kernel, bias, int8_state)
-    part = current_partition()
-    if part is not None and part.size(part.batch_axis) * part.size(part.model_axis) > 1:
-        return _partitioned(spec, part, x, kernel, bias, int8_state)
-    return _local(spec, x, kernel, bias, int8_state)
+    table = {cls._KIND: cls for cls in layers}  # type: ignore[attr-defined]
+    if set(table) != set(KINDS):
+        raise ImportError(f"layer classes for kinds {sorted(table)}; KIND_TABLE has {KINDS}")
+    for kind, cls in table.items():
+        want = {name: OPTION_DEFAULTS[name] for name in OPTIONS[kind]}
+        got = dict(declared(cls))
+        if got != want:
+            raise ImportError(f"{cls.__name__} declares options {got}; KIND_TABLE wants {want}")
+    return table
 
 
-def _check_operands(spec: QuantSpec, x, kernel, bias, int8_state) -> None:
-    # Checked here, under the layer's names, so that a wrong shape is not reported
-    # later by an op in its own terms (A, B, state.CB) or by XLA.
-    _checks.check_float("x", x)
-    _checks.check_min_ndim("x", x, 1)
-    if int8_state is not None:
-        if spec.kind != "switchback":
-            raise ValueError(f"int8_state is for kind 'switchback' only, not {spec.kind!r}")
-        if not isinstance(int8_state, MatmulLtState):
-            raise TypeError(
-                f"int8_state must be a MatmulLtState or None, got {type(int8_state).__name__}"
-            )
-        if int8_state.CB is None:
-            raise ValueError("int8_state must hold the int8 weight CB and its scales SCB")
-        n, k = int8_state.CB.shape[0], int8_state.CB.shape[-1]
-        what = f"int8 weight CB {tuple(int8_state.CB.shape)} ([out, in])"
-    elif kernel is None:
-        raise ValueError(f"kind {spec.kind!r} needs the float kernel, got kernel=None")
-    else:
-        _checks.check_float("kernel", kernel)
-        _checks.check_ndim("kernel", kernel, 2)
-        k, n = kernel.shape
-        what = f"kernel {tuple(kernel.shape)} ([in, out])"
-    if x.shape[-1] != k:
-        raise ValueError(f"x has {x.shape[-1]} input features (shape {tuple(x.shape)}); {what}")
-    if bias is not None:
-        _checks.check_float("bias", bias)
-        if tuple(bias.shape) != (n,):
-            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-
-
-def _local(spec, x, kernel, bias, int8_state):
-    if spec.kind == "switchback":
-        # switchback_bnb wants the Linear layout [out, in]; XLA fuses the transpose.
-        w = None if kernel is None else kernel.T
-        y, cols = ops.switchback_bnb(
-            x,
-            w if int8_state is None else None,
-            int8_state,
-            spec.threshold,
-            bias,
-            outlier_capacity=spec.outlier_capacity,
-            return_outliers=True,
-            implementation=spec.implementation,
-        )
-        return y, (cols if _threshold(spec, int8_state) > 0 else None)
-    fw, bw = spec.codes()
-    op = ops.matmul_fp8_mixed if spec.kind == "fp8_mixed" else ops.matmul_fp8_global
-    # The ops need A at least 2-D; a single vector is a batch of one row.
-    x2 = x[None] if x.ndim == 1 else x
-    y = op(x2, kernel, fw, bw, spec.bsz, spec.bsz2, implementation=spec.implementation)
-    y = y[0] if x.ndim == 1 else y
-    if bias is not None:
-        # Added exactly as flax's Dense adds it, so injection and layers agree.
-        y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-    return y, None
-
-
-def make_dot_general(spec: QuantSpec):
-    """A `dot_general` replacement running `spec`'s quantized op, for nn.Dense / nnx.Linear.
-
-    The callable accepts `(lhs, rhs, dimension_numbers, precision=None,
-    preferred_element_type=None, **kwargs)` as flax calls it and supports the
-    contraction Dense uses: lhs's last axis with rhs's first, rhs 2-D, no batch
-    dimensions. `precision` is ignored: the ops fix their own precision
-    (float32 products use HIGHEST). The bias stays with the caller (flax adds
-    it after the product), and SwitchBack outlier masks cannot be sown from here.
-    """
-    if not isinstance(spec, QuantSpec):
-        raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-
-    def dot_general(
-        lhs: jax.Array,
-        rhs: jax.Array,
-        dimension_numbers,
-        precision=None,
-        preferred_element_type=None,
-        **kwargs,
-    ) -> jax.Array:
-        del precision  # the ops choose their precision; see the docstring
-        out_sharding = kwargs.pop("out_sharding", None)
-        if kwargs:
-            raise TypeError(f"fp8mm dot_general got unexpected arguments {sorted(kwargs)}")
-        (lc, rc), (lb, rb) = dimension_numbers
-        if (
-            tuple(lb) or tuple(rb) or tuple(lc) != (lhs.ndim - 1,) or tuple(rc) != (0,)
-        ) or rhs.ndim != 2:
-            raise NotImplementedError(
-                "fp8mm dot_general supports only the nn.Dense contraction "
-                "(lhs last axis with the first axis of a 2-D rhs, no batch dimensions); got "
-                f"dimension_numbers={dimension_numbers} for lhs {lhs.shape} and rhs {rhs.shape}"
-            )
-        del out_sharding  # shardings propagate through the op (see fp8mm.nn.sharding)
-        dtype = jnp.result_type(lhs, rhs)
-        y, _ = quantized_dense(spec, lhs.astype(dtype), rhs.astype(dtype))
-        if preferred_element_type is not None:
-            y = y.astype(preferred_element_type)
-        return y
-
-    dot_general.spec = spec  # type: ignore[attr-defined]  # lets users inspect the options
-    return dot_general
-
-
-def _check_exact(spec: QuantSpec, part: Partition, x: jax.Array, kernel, int8_state) -> None:
-    """Raises unless per-shard quantization equals the global one (see fp8mm.nn.sharding)."""
-    nb, nm = part.size(part.batch_axis), part.size(part.model_axis)
-    n = int8_state.CB.shape[0] if kernel is None else kernel.shape[1]
-    why = None
-    if x.ndim < 2 or x.shape[0] % nb or n % nm:
-        why = f"x {x.shape} / {n} output features do not divide over the mesh ({nb}, {nm})"
-    elif spec.kind == "switchback":
-        if nb > 1 and _threshold(spec, int8_state) > 0:
-            why = "outlier columns are found over all rows; a batch shard sees only its own"
-    elif spec.kind == "fp8_global" or nm > 1:
-        why = "global (whole-tensor) absmax needs a cross-device max inside the op"
-    else:  # fp8_mixed on the batch axis: blocks of the flattened rows must not straddle shards
-        bsz, bsz2 = ops.get_block_sizes(x, kernel)
-        bsz = bsz if spec.bsz == -1 else spec.bsz
-        bsz2 = bsz2 if spec.bsz2 == -1 else spec.bsz2
-        rows = int(np.prod(x.shape[:-1])) // nb
-        if (rows * x.shape[-1]) % bsz or (rows * n) % bsz2:
-            why = f"blocks of {bsz}/{bsz2} elements straddle the batch shards ({rows} rows each)"
-    if why:
-        raise NotImplementedError(
-            f"fp8mm.nn.sharding.partition cannot split {spec.kind} exactly: {why}. "
-            "Run it without `partition` (GSPMD, XLA path) instead."
-        )
-
-
-def _partitioned(spec, part: Partition, x, kernel, bias, int8_state):
-    """`_local` inside shard_map: each device quantizes and multiplies its own shard."""
-    _check_exact(spec, part, x, kernel, int8_state)
-    b, m = part.batch_axis, part.model_axis
-    rest = (None,) * (x.ndim - 1)
-    args = (x, kernel, bias, int8_state)
-    specs = (
-        P(b, *rest),
-        None if kernel is None else P(None, m),
-        None if bias is None else P(m),
-        None if int8_state is None else dataclasses.replace(int8_state, CB=P(m, None), SCB=P(m)),
-    )
-    out_specs = (P(b, *rest[:-1], m), P() if _threshold(spec, int8_state) > 0 else None)
-
-    axes = tuple(a for a in (b, m) if a is not None)
-
-    def body(*args):
-        # Make every operand device-varying first: the custom VJPs return cotangents as
-        # varying as their inputs, and the transpose of this cast is the psum that
-        # sums, e.g., the weight gradient over the batch shards.
-        x, kernel, bias, int8_state = jax.tree.map(lambda a: _vary(a, axes), args)
-        return _local(spec, x, kernel, bias, int8_state)
-
-    return shard_map(body, mesh=part.mesh, in_specs=specs, out_specs=out_specs)(*args)
-
-
-def _vary(a: jax.Array, axes: tuple[str, ...]) -> jax.Array:
-    aval = jax.typeof(a)
-    mat = getattr(aval, "manual_axis_type", None)  # JAX 0.10; earlier versions: aval.vma
-    have = mat.varying if mat is not None else getattr(aval, "vma", frozenset())
-    missing = tuple(ax for ax in axes if ax not in have)
-    if not missing:
-        return a
-    if hasattr(jax.lax, "pcast"):
-        return jax.lax.pcast(a, missing, to="varying")
-    return jax.lax.pvary(a, missing)  # JAX < 0.8
+def int8_weight_state(spec: QuantSpec, cb: jax.Array, scb: jax.Array) -> MatmulLtState:
+    """The `MatmulLtState` of a layer holding int8 inference weights CB [out, in], SCB [out]."""
+    return MatmulLtState(threshold=spec.threshold, has_fp16_weights=False, CB=cb, SCB=scb)

@@ -16,6 +16,7 @@ With `threshold > 0`, SwitchBack layers sow 'outlier_cols' (bool [in]) and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,23 +24,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen import module as _module
-from flax.linen.dtypes import promote_dtype
-from flax.linen.linear import PromoteDtypeFn, default_kernel_init
 from flax.typing import Dtype, Initializer, PrecisionLike
 
 from fp8mm import _checks
 from fp8mm.dispatch import Impl
-from fp8mm.nn._core import (
-    QuantSpec,
-    check_bool,
-    check_callable,
-    check_dtype_arg,
-    check_features,
-    check_kind,
-    check_options,
-    make_dot_general,
-    quantized_dense,
+from fp8mm.nn import _core
+from fp8mm.nn._core import QuantSpec
+from fp8mm.nn._dense import make_dot_general, quantized_dense
+from fp8mm.nn._flax_compat import (
+    PromoteDtypeFn,
+    autoname_like,
+    linen_default_kernel_init,
+    linen_promote_dtype,
 )
 from fp8mm.nn._int8 import (
     Int8Report,
@@ -48,7 +44,6 @@ from fp8mm.nn._int8 import (
     record_switchback,
     split_int8_params,
 )
-from fp8mm.state import MatmulLtState
 
 __all__ = [
     "Fp8GlobalDense",
@@ -83,7 +78,7 @@ def _dense_call(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> jax.Ar
             (jnp.shape(inputs)[-1], module.features),
             module.param_dtype,
         )
-    if spec.kind == "switchback":
+    if _core.KIND_TABLE[spec.kind].int8_weights:
         record_switchback(module.path)
     bias = None
     if module.use_bias:
@@ -96,10 +91,10 @@ def _dense_call(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> jax.Ar
     return y
 
 
-def _int8_state(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> MatmulLtState:
+def _int8_state(module: nn.Module, inputs: jax.Array, spec: QuantSpec):
     """The int8 weight that int8_inference_params put in place of the kernel."""
     where = "/".join(module.path) or type(module).__name__
-    if spec.kind != "switchback":
+    if not _core.KIND_TABLE[spec.kind].int8_weights:
         raise ValueError(
             f"layer {where!r} holds SwitchBack int8 weights (CB/SCB from "
             f"int8_inference_params) but runs as {spec.kind!r}; only SwitchBack layers take "
@@ -114,55 +109,49 @@ def _int8_state(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> Matmul
             f"{tuple(jnp.shape(inputs))} and features={module.features}: need CB "
             f"[{module.features}, {jnp.shape(inputs)[-1]}]"
         )
-    return MatmulLtState(
-        threshold=spec.threshold,
-        has_fp16_weights=False,
-        CB=cb,
-        SCB=module.get_variable("params", "SCB"),
-    )
+    return _core.int8_weight_state(spec, cb, module.get_variable("params", "SCB"))
 
 
 class _QuantDense(nn.Module):
-    """Fields shared with nn.Dense (same names, order and defaults)."""
+    """Fields shared with nn.Dense (same names, order and defaults).
+
+    A subclass names its kind in `_KIND` and declares that kind's options
+    (`fp8mm.nn.OPTIONS[kind]`, with `QuantSpec`'s defaults) as fields; `spec()`
+    reads them. `LAYERS` checks the declarations against the table.
+    """
+
+    _KIND = ""
 
     features: int
     use_bias: bool = True
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: PrecisionLike = None  # accepted for parity; the ops fix their precision
-    kernel_init: Initializer = default_kernel_init
+    kernel_init: Initializer = linen_default_kernel_init
     bias_init: Initializer = nn.initializers.zeros_init()
-    promote_dtype: PromoteDtypeFn = promote_dtype
+    promote_dtype: PromoteDtypeFn = linen_promote_dtype
 
     def __post_init__(self) -> None:
         # Checked here, when the layer is built, rather than deep inside the first call.
-        check_features("features", self.features)
-        check_bool("use_bias", self.use_bias)
-        check_dtype_arg("dtype", self.dtype, allow_none=True)
-        check_dtype_arg("param_dtype", self.param_dtype, allow_none=False)
-        for name in ("kernel_init", "bias_init", "promote_dtype"):
-            if not callable(getattr(self, name)):
-                raise TypeError(f"{name} must be callable, got {getattr(self, name)!r}")
-        if type(self).spec is not _QuantDense.spec:
-            self.spec()  # validates the quantization options
+        _core.check_layer_args(
+            {"features": self.features},
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            initializers={
+                name: getattr(self, name) for name in ("kernel_init", "bias_init", "promote_dtype")
+            },
+        )
+        # Validates the quantization options; a list implementation is kept as a tuple.
+        object.__setattr__(self, "implementation", self.spec().implementation)
         # Auto-name like nn.Dense ("Dense_0", sharing Dense's counter) so that swapping
         # the class in unchanged compact model code keeps the checkpoint's paths.
-        parent = self.parent
-        if parent is _module._unspecified_parent:
-            parent = _module._context.module_stack[-1]
-        if (
-            self.name is None
-            and isinstance(parent, nn.Module)
-            and not parent._state.in_setup
-            and parent._initialization_allowed
-        ):
-            cursor = parent._state.autoname_cursor.get("Dense", 0)
-            object.__setattr__(self, "name", f"Dense_{cursor}")
-            parent._state.autoname_cursor["Dense"] = cursor + 1
+        autoname_like(self, "Dense")
         super().__post_init__()
 
     def spec(self) -> QuantSpec:
-        raise NotImplementedError
+        """The `QuantSpec` of this layer's options."""
+        return QuantSpec.of(self._KIND, self)
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -185,24 +174,16 @@ class Fp8MixedDense(_QuantDense):
       bw_code: backward code; None for e5m2.
       bsz: activation block size; -1 for `fp8mm.get_block_sizes`.
       bsz2: output-gradient block size; -1 for `fp8mm.get_block_sizes`.
-      implementation: None, "xla" or "pallas".
+      implementation: None, "xla", "pallas", a kernel name or a sequence of these.
     """
+
+    _KIND = "fp8_mixed"
 
     fw_code: Any = None
     bw_code: Any = None
     bsz: int = -1
     bsz2: int = -1
     implementation: Impl = None
-
-    def spec(self) -> QuantSpec:
-        return QuantSpec(
-            "fp8_mixed",
-            self.fw_code,
-            self.bw_code,
-            self.bsz,
-            self.bsz2,
-            implementation=self.implementation,
-        )
 
 
 class Fp8GlobalDense(Fp8MixedDense):
@@ -211,15 +192,7 @@ class Fp8GlobalDense(Fp8MixedDense):
     Same attributes as `Fp8MixedDense`; block sizes are validated but unused.
     """
 
-    def spec(self) -> QuantSpec:
-        return QuantSpec(
-            "fp8_global",
-            self.fw_code,
-            self.bw_code,
-            self.bsz,
-            self.bsz2,
-            implementation=self.implementation,
-        )
+    _KIND = "fp8_global"
 
 
 class SwitchBackDense(_QuantDense):
@@ -233,27 +206,22 @@ class SwitchBackDense(_QuantDense):
       threshold: outlier threshold; > 0 multiplies outlier input columns in
         16 bits and sows 'outlier_cols'/'outlier_count' into 'intermediates'.
       outlier_capacity: outlier slots under jit (None: the op's default).
-      implementation: None, "xla" or "pallas".
+      implementation: None, "xla", "pallas", a kernel name or a sequence of these.
     """
+
+    _KIND = "switchback"
 
     threshold: float = 0.0
     outlier_capacity: int | None = None
     implementation: Impl = None
 
-    def spec(self) -> QuantSpec:
-        return QuantSpec(
-            "switchback",
-            threshold=self.threshold,
-            outlier_capacity=self.outlier_capacity,
-            implementation=self.implementation,
-        )
 
-
-LAYERS: dict[str, type[_QuantDense]] = {
-    "fp8_mixed": Fp8MixedDense,
-    "fp8_global": Fp8GlobalDense,
-    "switchback": SwitchBackDense,
-}
+LAYERS: dict[str, type[_QuantDense]] = _core.check_layer_options(
+    (Fp8MixedDense, Fp8GlobalDense, SwitchBackDense),
+    lambda cls: {
+        f.name: f.default for f in dataclasses.fields(cls) if f.name in _core.OPTION_DEFAULTS
+    },
+)
 
 
 # Dense calls seen by any quantize_dense interceptor, and the specs that have seen one:
@@ -301,9 +269,9 @@ def quantize_dense(
       ValueError: unknown kind or a bad option value.
       TypeError: an option that `kind` does not have.
     """
-    check_kind(kind)
-    check_options("quantize_dense", kind, options)
-    check_callable("filter", filter)
+    _core.check_kind(kind)
+    _core.check_options("quantize_dense", kind, options)
+    _core.check_callable("filter", filter)
     spec = QuantSpec(kind, **options)
 
     def interceptor(next_fun, args, kwargs, context):

@@ -15,8 +15,8 @@ trained, and it is not in `nnx.state(model)`.
 
 With `threshold > 0`, SwitchBack layers sow 'outlier_cols' (bool [in]) and
 'outlier_count' (int32) as `nnx.Intermediate`: run the model under
-`nnx.capture(model, nnx.Intermediate)` to get them (flax < 0.12: they stay on
-the layer, `nnx.state(model, nnx.Intermediate)`).
+`nnx.capture(model, nnx.Intermediate)` to get them (flax < 0.12.6, which has no
+capture: they stay on the layer, `nnx.state(model, nnx.Intermediate)`).
 """
 
 from __future__ import annotations
@@ -31,25 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from flax.nnx.nn import dtypes
-from flax.nnx.nn.linear import default_bias_init, default_kernel_init
 from flax.typing import Dtype, Initializer, PrecisionLike
 
 from fp8mm import _checks, _host, ops
 from fp8mm.dispatch import Impl
-from fp8mm.nn._core import (
-    QuantSpec,
-    _check_code,
-    check_bool,
-    check_callable,
-    check_dtype_arg,
-    check_features,
-    check_kind,
-    check_options,
-    quantized_dense,
-)
+from fp8mm.nn import _core
+from fp8mm.nn import _flax_compat as compat
+from fp8mm.nn._core import QuantSpec
+from fp8mm.nn._dense import quantized_dense
 from fp8mm.nn._int8 import Int8Report, tree_bytes
-from fp8mm.state import MatmulLtState
 
 __all__ = [
     "Fp8GlobalLinear",
@@ -78,7 +68,7 @@ class StaticCode:
     __slots__ = ("_value",)
 
     def __init__(self, code: Any, *, name: str = "code"):
-        value = _host.concrete_float32(_check_code(name, code))
+        value = _host.concrete_float32(_core.check_code_option(name, code))
         if value is None:
             raise TypeError(
                 f"{name} must be a concrete array (an nnx layer keeps its code as a "
@@ -113,8 +103,9 @@ class StaticCode:
         return f"StaticCode(float32[256], min={self._value.min():.4g}, max={self._value.max():.4g})"
 
 
-def _static_code(name: str, code: Any) -> StaticCode | None:
-    return None if code is None or isinstance(code, StaticCode) else StaticCode(code, name=name)
+def _static(name: str, value: Any) -> Any:
+    """An option as the layer keeps it: an array (a code) as a `StaticCode`."""
+    return StaticCode(value, name=name) if isinstance(value, (np.ndarray, jax.Array)) else value
 
 
 def _code_value(code: Any) -> Any:
@@ -122,7 +113,15 @@ def _code_value(code: Any) -> Any:
 
 
 class _QuantLinear(nnx.Module):
-    """nnx.Linear's constructor and parameters; subclasses pick the quantized op."""
+    """nnx.Linear's constructor and parameters; subclasses pick the quantized op.
+
+    A subclass names its kind in `_KIND`, takes that kind's options
+    (`fp8mm.nn.OPTIONS[kind]` but implementation, with `QuantSpec`'s defaults) as
+    keyword arguments and hands them to `_init`; `spec()` reads them back.
+    `LAYERS` checks the signatures against the table.
+    """
+
+    _KIND: str
 
     def __init__(
         self,
@@ -133,28 +132,27 @@ class _QuantLinear(nnx.Module):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: PrecisionLike = None,
-        kernel_init: Initializer = default_kernel_init,
-        bias_init: Initializer = default_bias_init,
-        promote_dtype: Callable = dtypes.promote_dtype,
+        kernel_init: Initializer = compat.nnx_default_kernel_init,
+        bias_init: Initializer = compat.nnx_default_bias_init,
+        promote_dtype: Callable = compat.nnx_promote_dtype,
         preferred_element_type: Dtype | None = None,
         rngs: nnx.Rngs,
         kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
         implementation: Impl = None,
     ):
-        check_features("in_features", in_features)
-        check_features("out_features", out_features)
-        check_bool("use_bias", use_bias)
-        check_dtype_arg("dtype", dtype, allow_none=True)
-        check_dtype_arg("param_dtype", param_dtype, allow_none=False)
-        check_dtype_arg("preferred_element_type", preferred_element_type, allow_none=True)
-        for name, fn in (
-            ("kernel_init", kernel_init),
-            ("bias_init", bias_init),
-            ("promote_dtype", promote_dtype),
-        ):
-            if not callable(fn):
-                raise TypeError(f"{name} must be callable, got {fn!r}")
+        _core.check_layer_args(
+            {"in_features": in_features, "out_features": out_features},
+            use_bias=use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            initializers={
+                "kernel_init": kernel_init,
+                "bias_init": bias_init,
+                "promote_dtype": promote_dtype,
+            },
+            preferred_element_type=preferred_element_type,
+        )
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
         for name, meta in (("kernel_metadata", kernel_metadata), ("bias_metadata", bias_metadata)):
@@ -171,7 +169,7 @@ class _QuantLinear(nnx.Module):
                 bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata
             )
         else:
-            self.bias = nnx.data(None)
+            self.bias = compat.nnx_data(None)
         self.in_features = in_features
         self.out_features = out_features
         self.use_bias = use_bias
@@ -182,10 +180,20 @@ class _QuantLinear(nnx.Module):
         self.preferred_element_type = preferred_element_type
         self.implementation = implementation
 
-    _KIND: str
+    def _init(self, in_features: int, out_features: int, options: dict, kwargs: dict) -> None:
+        """A subclass's __init__: its `options` and nnx.Linear's `kwargs`, checked first."""
+        _check_kwargs(type(self), kwargs)
+        # Validate (and normalize) the options before drawing any weights.
+        options = {name: _code_value(value) for name, value in options.items()}
+        spec = QuantSpec(self._KIND, **options, implementation=kwargs.get("implementation"))
+        kwargs = {**kwargs, "implementation": spec.implementation}  # a list is kept as a tuple
+        _QuantLinear.__init__(self, in_features, out_features, **kwargs)
+        for name in _core.OPTIONS[self._KIND]:
+            setattr(self, name, _static(name, getattr(spec, name)))
 
     def spec(self) -> QuantSpec:
-        raise NotImplementedError
+        """The `QuantSpec` of this layer's options."""
+        return QuantSpec.of(self._KIND, self, _code_value)
 
     @classmethod
     def from_linear(cls, linear: nnx.Linear, **options: Any) -> _QuantLinear:
@@ -199,7 +207,7 @@ class _QuantLinear(nnx.Module):
             raise TypeError(
                 f"{cls.__name__}.from_linear needs an nnx.Linear, got {type(linear).__name__}"
             )
-        check_options(f"{cls.__name__}.from_linear", cls._KIND, options)
+        _core.check_options(f"{cls.__name__}.from_linear", cls._KIND, options)
         if getattr(linear, "kernel", None) is None:
             raise ValueError(
                 f"{cls.__name__}.from_linear: this {type(linear).__name__} holds int8 inference "
@@ -217,7 +225,7 @@ class _QuantLinear(nnx.Module):
             kernel_init=lambda *_: kernel[...],
             bias_init=lambda *_: linear.bias[...],
             promote_dtype=linear.promote_dtype,
-            preferred_element_type=linear.preferred_element_type,
+            preferred_element_type=compat.preferred_element_type(linear),
             rngs=nnx.Rngs(0),
             **options,
         )
@@ -249,20 +257,13 @@ class _QuantLinear(nnx.Module):
         kernel = None
         spec = self.spec()
         if getattr(self, "CB", None) is not None:
-            int8_state = MatmulLtState(
-                threshold=spec.threshold,
-                has_fp16_weights=False,
-                CB=self.CB[...],
-                SCB=self.SCB[...],
-            )
+            int8_state = _core.int8_weight_state(spec, self.CB[...], self.SCB[...])
         else:
             kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         y, cols = quantized_dense(spec, inputs, kernel, bias, int8_state=int8_state)
-        # flax >= 0.12 sows only under nnx.capture (elsewhere sow is deprecated); older
-        # flax has no capture and keeps sown values as Intermediate attributes.
-        if cols is not None and (not hasattr(nnx, "capture") or hasattr(self, "__captures__")):
+        if cols is not None and compat.should_sow(self):  # under nnx.capture (flax >= 0.12.6)
             self.sow(nnx.Intermediate, "outlier_cols", cols)
             self.sow(nnx.Intermediate, "outlier_count", jnp.sum(cols, dtype=jnp.int32))
         if self.preferred_element_type is not None:
@@ -283,7 +284,7 @@ def _check_kwargs(cls: type, kwargs: Mapping[str, Any]) -> None:
     unknown = {k: v for k, v in kwargs.items() if k not in _LINEAR_KWARGS}
     if unknown:
         try:
-            check_options(f"{cls.__name__}()", cls._KIND, unknown)
+            _core.check_options(f"{cls.__name__}()", cls._KIND, unknown)
         except TypeError as e:
             raise TypeError(f"{e} (besides nnx.Linear's arguments)") from None
 
@@ -293,8 +294,8 @@ class Fp8MixedLinear(_QuantLinear):
 
     Extra keyword arguments: fw_code (float32 [256] array, None: e4m3), bw_code
     (None: e5m2), bsz, bsz2 (-1: `fp8mm.get_block_sizes`), implementation (None,
-    "xla", "pallas"). Codes must be concrete (not traced) and are kept as
-    `StaticCode` constants.
+    "xla", "pallas", a kernel name or a sequence of these). Codes must be concrete
+    (not traced) and are kept as `StaticCode` constants.
     """
 
     _KIND = "fp8_mixed"
@@ -310,31 +311,8 @@ class Fp8MixedLinear(_QuantLinear):
         bsz2: int = -1,
         **kwargs: Any,
     ):
-        _check_kwargs(type(self), kwargs)
-        # Validate (and normalize) the options before drawing any weights.
-        spec = QuantSpec(
-            self._KIND,
-            _code_value(fw_code),
-            _code_value(bw_code),
-            bsz,
-            bsz2,
-            implementation=kwargs.get("implementation"),
-        )
-        super().__init__(in_features, out_features, **kwargs)
-        self.fw_code = _static_code("fw_code", spec.fw_code)
-        self.bw_code = _static_code("bw_code", spec.bw_code)
-        self.bsz = spec.bsz
-        self.bsz2 = spec.bsz2
-
-    def spec(self) -> QuantSpec:
-        return QuantSpec(
-            self._KIND,
-            _code_value(self.fw_code),
-            _code_value(self.bw_code),
-            self.bsz,
-            self.bsz2,
-            implementation=self.implementation,
-        )
+        options = {"fw_code": fw_code, "bw_code": bw_code, "bsz": bsz, "bsz2": bsz2}
+        self._init(in_features, out_features, options, kwargs)
 
 
 class Fp8GlobalLinear(Fp8MixedLinear):
@@ -362,24 +340,8 @@ class SwitchBackLinear(_QuantLinear):
         outlier_capacity: int | None = None,
         **kwargs: Any,
     ):
-        _check_kwargs(type(self), kwargs)
-        spec = QuantSpec(
-            self._KIND,
-            threshold=threshold,
-            outlier_capacity=outlier_capacity,
-            implementation=kwargs.get("implementation"),
-        )
-        super().__init__(in_features, out_features, **kwargs)
-        self.threshold = spec.threshold
-        self.outlier_capacity = spec.outlier_capacity
-
-    def spec(self) -> QuantSpec:
-        return QuantSpec(
-            self._KIND,
-            threshold=self.threshold,
-            outlier_capacity=self.outlier_capacity,
-            implementation=self.implementation,
-        )
+        options = {"threshold": threshold, "outlier_capacity": outlier_capacity}
+        self._init(in_features, out_features, options, kwargs)
 
     def to_int8(self) -> None:
         """Replaces the float kernel by the int8 inference weight (`prepare_int8_weight`)."""
@@ -393,11 +355,18 @@ class SwitchBackLinear(_QuantLinear):
         del self.kernel
 
 
-LAYERS: dict[str, type[_QuantLinear]] = {
-    "fp8_mixed": Fp8MixedLinear,
-    "fp8_global": Fp8GlobalLinear,
-    "switchback": SwitchBackLinear,
-}
+def _declared_options(cls: type) -> dict[str, Any]:
+    """The option keywords of `cls`'s constructor (its own and _QuantLinear's), with defaults."""
+    params = {
+        **inspect.signature(_QuantLinear.__init__).parameters,
+        **inspect.signature(cls.__init__).parameters,
+    }
+    return {n: p.default for n, p in params.items() if n in _core.OPTION_DEFAULTS}
+
+
+LAYERS: dict[str, type[_QuantLinear]] = _core.check_layer_options(
+    (Fp8MixedLinear, Fp8GlobalLinear, SwitchBackLinear), _declared_options
+)
 
 
 def _replace(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
@@ -460,9 +429,9 @@ def quantize_model(
         "(around init/apply), or build it with the fp8mm.nn.linen layers "
         "(Fp8MixedDense, Fp8GlobalDense, SwitchBackDense)",
     )
-    check_kind(kind)
-    check_options("quantize_model", kind, options)
-    check_callable("filter", filter)
+    _core.check_kind(kind)
+    _core.check_options("quantize_model", kind, options)
+    _core.check_callable("filter", filter)
     spec = QuantSpec(kind, **options)  # every value checked before the model is touched
     cls = LAYERS[kind]
     if isinstance(model, (nnx.Linear, _QuantLinear)):

@@ -1,11 +1,13 @@
 """int8 matmul (int32, or with fused dequant) as a Pallas Mosaic GPU kernel: s8 wgmma.
 
 `int8_linear_matmul` and `int8_linear_matmul_dequant` here have the signatures
-and results of their namesakes in `fp8mm.pallas.int8` (the Pallas-Triton
-kernels) and replace them in the kernel registry: on a Hopper GPU (compute
-capability 9.x), for shapes that fill the tiles (rows a multiple of 128, output
-columns of 256, k of 128), they run this kernel; everywhere else (interpret
-mode, other GPUs, ragged shapes) the Triton ones.
+and results of their namesakes in `fp8mm.pallas.int8_matmul_triton` (the
+Pallas-Triton kernels). They serve only a Hopper GPU (compute capability 9.x),
+compiled, and shapes that fill the tiles (rows a multiple of 128, output columns
+of 256, k of 128); `supported_*` name the reason otherwise, and the registry
+(`fp8mm.dispatch`, which lists this kernel before the Triton one) then runs the
+next kernel. Called directly, the wrappers raise a ValueError with that reason:
+there is no hidden fallback.
 
 Structure (after JAX's `pallas/ops/gpu/hopper_matmul_mgpu.py`): a persistent grid
 of one program per SM walks the 128x256 output tiles in a planar snake; in each
@@ -14,9 +16,9 @@ into shared memory by TMA (128-byte swizzle, `stages` slots) while two consumer
 warpgroups each run s8 wgmma into a 128x128 int32 accumulator in registers.
 8-bit wgmma reads both operands K-major, so B's tile stays [n, k] in shared
 memory and reaches the wgmma as a transposed view. The epilogue is
-`int8._dequant_math` on the accumulator (the same products in the same order,
-then the float16 rounding), or none for the int32 product, stored through shared
-memory by TMA in 64x64 pieces.
+`_int8_math.dequant_math` on the accumulator (the same products in the same
+order, then the float16 rounding), or none for the int32 product, stored through
+shared memory by TMA in 64x64 pieces.
 
 Measured on an H200 (docs/performance.md), bf16 output, against XLA's
 plain int8 dot (int32 output) of the same shape: 1.01-1.08x its throughput at
@@ -41,24 +43,32 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from fp8mm import _checks
-from fp8mm.pallas import Kernel, int8
+from fp8mm import _host
+from fp8mm.pallas._backend import too_large
+from fp8mm.pallas._int8_math import bias_mode_of, dequant_math
 
-try:  # Mosaic GPU ships with jaxlib; a build without it keeps the Triton kernel.
+try:  # Mosaic GPU ships with jaxlib; a build without it is reported by `supported_*`.
     from jax.experimental.pallas import mosaic_gpu as plgpu
 except ImportError:  # pragma: no cover - depends on the jaxlib build
     plgpu = None
 
 __all__ = [
-    "KERNELS",
     "WgmmaConfig",
-    "choose_config",
+    "choose_wgmma_config",
     "int8_linear_matmul",
     "int8_linear_matmul_dequant",
+    "supported_int8_linear_matmul",
+    "supported_int8_linear_matmul_dequant",
     "wgmma_reason",
+    "wgmma_search_space",
 ]
 
 _F32 = jnp.float32
+
+
+# ----------------------------------------------------------------------------
+# Config, heuristic and search space
+# ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,41 +117,79 @@ class WgmmaConfig:
         return operands + 2 * self.epilogue_slots * self.epi_m * self.epi_n * out_bytes
 
 
-def choose_config(m: int, n: int, k: int) -> WgmmaConfig:
-    """Tile heuristic, from a sweep on an H200 (docs/performance.md).
+def choose_wgmma_config(m: int, n: int, k: int) -> WgmmaConfig:
+    """The kernel's config for an [m, k] x [n, k] product: `WgmmaConfig()` for every shape.
 
-    3 stages were best or within noise of best at all three benchmark shapes (4
-    stages: +-3%, 2 stages: 10-15% slower); side-by-side warpgroups beat stacked
-    ones by 3-6%; the snake width moved times by <1%.
+    Shape-independent by measurement (a sweep on an H200, docs/performance.md):
+    3 stages were best or within noise of best at all three benchmark shapes
+    (8192x4096x4096, 8192x16384x4096, 16384x4096x4096; 4 stages: +-3%, 2 stages:
+    10-15% slower); side-by-side warpgroups beat stacked ones by 3-6%; the snake
+    width moved times by <1%. The shape arguments keep the heuristics' common
+    signature; whether the shape fits the tiles is `wgmma_reason`'s question.
     """
     del m, n, k
     return WgmmaConfig()
+
+
+def wgmma_search_space(m: int, n: int, k: int) -> tuple[WgmmaConfig, ...]:
+    """2 to 4 stages and snake widths 4 to 16 on the 128x256 tile; () when the shape misses it.
+
+    Only configs that serve the shape (tile multiples, shared memory) are listed;
+    the heuristic's `WgmmaConfig()` is among them whenever it serves.
+    """
+    space = [
+        WgmmaConfig(stages=stages, snake_width=width)
+        for stages in (2, 3, 4)
+        for width in (4, 8, 16)
+    ]
+    return tuple(cfg for cfg in space if _config_reason(m, n, k, cfg) is None)
 
 
 # Hopper's shared memory per block (227 KiB).
 _SMEM_LIMIT = 227 * 1024
 
 
-def _device():
-    """The GPU computations land on: a `jax.default_device` GPU, else the first local one."""
+def _target_device():
+    """The device computations traced now land on: a `jax.default_device` Device, else the
+    first local device of the platform they land on.
+
+    `_host.platform()` names only the platform (all that `fp8mm.dispatch` needs);
+    this kernel needs the device itself: its compute capability (Hopper or not)
+    and its SM count (the size of the persistent grid).
+    """
     device = jax.config.jax_default_device
-    return device if hasattr(device, "compute_capability") else jax.local_devices()[0]
+    if isinstance(device, jax.Device):
+        return device
+    return jax.local_devices(backend=_host.platform())[0]
 
 
-def wgmma_reason(m: int, n: int, k: int, cfg: WgmmaConfig | None = None) -> str | None:
-    """None when this kernel serves an [m, k] x [n, k] product on `_device()`, else why."""
-    cfg = cfg or choose_config(m, n, k)
-    if plgpu is None:
-        return "jax.experimental.pallas.mosaic_gpu is not available"
-    capability = str(getattr(_device(), "compute_capability", ""))
-    if not capability.startswith("9."):
-        return f"s8 wgmma needs a Hopper GPU (compute capability 9.x), not {capability or 'none'}"
+def _config_reason(m: int, n: int, k: int, cfg: WgmmaConfig) -> str | None:
+    """None when cfg's tiles cover an [m, k] x [n, k] product and fit shared memory."""
     for name, size, tile in (("m", m, cfg.tile_m), ("n", n, cfg.block_n), ("k", k, cfg.tile_k)):
         if size == 0 or size % tile:
             return f"{name}={size} is not a positive multiple of the {tile}-wide tile"
     if cfg.smem_bytes(4) > _SMEM_LIMIT:
         return f"{cfg} needs {cfg.smem_bytes(4)} bytes of shared memory (> {_SMEM_LIMIT})"
     return None
+
+
+def wgmma_reason(m: int, n: int, k: int, cfg: WgmmaConfig | None = None) -> str | None:
+    """None when this kernel serves an [m, k] x [n, k] product on the target device, else why.
+
+    cfg: the config to check; None: `choose_wgmma_config`.
+    """
+    cfg = cfg or choose_wgmma_config(m, n, k)
+    if plgpu is None:
+        return "jax.experimental.pallas.mosaic_gpu is not available"
+    capability = str(getattr(_target_device(), "compute_capability", ""))
+    if not capability.startswith("9."):
+        return f"s8 wgmma needs a Hopper GPU (compute capability 9.x), not {capability or 'none'}"
+    return _config_reason(m, n, k, cfg)
+
+
+# ----------------------------------------------------------------------------
+# Kernel
+# ----------------------------------------------------------------------------
 
 
 def _load_needs_index() -> bool:
@@ -235,7 +283,7 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype):
                             bias = lax.broadcast_in_dim(
                                 _load_vector(bias_gmem.at[cols], col_layout), (tm, tn), [1]
                             )
-                        out = int8._dequant_math(
+                        out = dequant_math(
                             out, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype
                         )
                     # The previous tile's stores must have read their slots.
@@ -299,24 +347,65 @@ def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_
         return call(*args)
 
 
-def int8_linear_matmul(A: jax.Array, B: jax.Array, *, interpret: bool = False) -> jax.Array:
-    """Exact int8 product A @ Bᵀ in int32, by s8 wgmma where it applies.
+# ----------------------------------------------------------------------------
+# Public wrappers and what they serve
+# ----------------------------------------------------------------------------
 
-    Same arguments and results as `fp8mm.pallas.int8.int8_linear_matmul`, which
-    runs when `wgmma_reason` names a reason or when interpreting.
+
+def supported_int8_linear_matmul(A: jax.Array, B: jax.Array) -> str | None:
+    """None when the kernel serves A @ Bᵀ here (see `wgmma_reason`), else why not."""
+    m, n, k = math.prod(A.shape[:-1]), B.shape[0], A.shape[-1]
+    return wgmma_reason(m, n, k) or too_large(A, B, m * n)
+
+
+def supported_int8_linear_matmul_dequant(
+    A: jax.Array,
+    B: jax.Array,
+    row_stats: jax.Array,
+    col_stats: jax.Array,
+    bias: jax.Array | None = None,
+    out_dtype=jnp.float16,
+) -> str | None:
+    """None when the kernel serves the fused product here (see `wgmma_reason`), else why not."""
+    del row_stats, col_stats, bias, out_dtype
+    return supported_int8_linear_matmul(A, B)
+
+
+def _plan(A, B, config, interpret) -> tuple[int, int, int, WgmmaConfig]:
+    """(m, n, k, config) of a call the kernel serves; a ValueError naming why otherwise."""
+    if interpret:
+        raise ValueError("Mosaic GPU kernels run only compiled")
+    m, n, k = math.prod(A.shape[:-1]), B.shape[0], A.shape[-1]
+    if config is not None and not isinstance(config, WgmmaConfig):
+        raise TypeError(f"config must be a WgmmaConfig, got {config!r}")
+    cfg = choose_wgmma_config(m, n, k) if config is None else config
+    why = wgmma_reason(m, n, k, cfg) or too_large(A, B, m * n)
+    if why is not None:
+        raise ValueError(why if config is None else f"config {cfg} cannot serve this call: {why}")
+    return m, n, k, cfg
+
+
+def int8_linear_matmul(
+    A: jax.Array, B: jax.Array, *, config: WgmmaConfig | None = None, interpret: bool = False
+) -> jax.Array:
+    """Exact int8 product A @ Bᵀ in int32 by s8 wgmma (Hopper, compiled).
+
+    Same arguments and results as `fp8mm.pallas.int8_matmul_triton.int8_linear_matmul`.
 
     Args:
-      A: int8 [..., k].
-      B: int8 [n, k] (Linear layout).
-      interpret: run the Triton kernel in Pallas interpret mode (CPU).
+      A: int8 [..., k]; its rows (flattened) a multiple of 128, k a multiple of 128.
+      B: int8 [n, k] (Linear layout); n a multiple of 256.
+      config: the kernel's `WgmmaConfig`; None: `choose_wgmma_config`.
+      interpret: must be False (Mosaic GPU kernels run only compiled).
 
     Returns:
       int32 [..., n].
+
+    Raises:
+      ValueError: interpret is True, or the kernel does not serve this call
+        (`supported_int8_linear_matmul` names why).
     """
-    int8._check_matmul(A, B)
-    m, k, n = math.prod(A.shape[:-1]), A.shape[-1], B.shape[0]
-    if interpret or wgmma_reason(m, n, k) is not None:
-        return int8.int8_linear_matmul(A, B, interpret=interpret)
+    m, n, k, cfg = _plan(A, B, config, interpret)
     out = _matmul_2d(
         A.reshape(m, k),
         B,
@@ -326,8 +415,8 @@ def int8_linear_matmul(A: jax.Array, B: jax.Array, *, interpret: bool = False) -
         dequant=False,
         bias_mode=None,
         out_dtype=None,
-        cfg=choose_config(m, n, k),
-        num_sms=_device().core_count,
+        cfg=cfg,
+        num_sms=_target_device().core_count,
     )
     return out.reshape(*A.shape[:-1], n)
 
@@ -340,37 +429,34 @@ def int8_linear_matmul_dequant(
     bias: jax.Array | None = None,
     out_dtype=jnp.float16,
     *,
+    config: WgmmaConfig | None = None,
     interpret: bool = False,
 ) -> jax.Array:
-    """int8 matmul with the dequant epilogue fused, by s8 wgmma where it applies.
+    """int8 matmul with the dequant epilogue fused, by s8 wgmma (Hopper, compiled).
 
-    Same arguments and results as `fp8mm.pallas.int8.int8_linear_matmul_dequant`
-    (bit for bit except with a float16 bias, within one float16 ulp with one);
-    runs that Triton kernel when `wgmma_reason` names a reason (or when
-    interpreting: Mosaic GPU kernels run only compiled).
+    Same arguments and results as
+    `fp8mm.pallas.int8_matmul_triton.int8_linear_matmul_dequant` (bit for bit
+    except with a float16 bias, within one float16 ulp with one).
 
     Args:
-      A: int8 [..., k].
-      B: int8 [n, k].
-      row_stats: float [...] (one per row of A).
-      col_stats: float [n].
-      bias: optional [n]; float16 is fused into the rounding, any other dtype is
-        added to the float16 result.
+      A: int8 [..., k]; its rows (flattened) a multiple of 128, k a multiple of 128.
+      B: int8 [n, k]; n a multiple of 256.
+      row_stats: float32 [...] (one per row of A).
+      col_stats: float32 [n].
+      bias: optional float [n]; float16 is fused into the rounding, any other
+        dtype is added to the float16 result.
       out_dtype: float16 (default), bfloat16 or float32: the float16 result cast.
-      interpret: run the Triton kernel in Pallas interpret mode (CPU).
+      config: the kernel's `WgmmaConfig`; None: `choose_wgmma_config`.
+      interpret: must be False (Mosaic GPU kernels run only compiled).
 
     Returns:
       out_dtype [..., n].
+
+    Raises:
+      ValueError: interpret is True, or the kernel does not serve this call
+        (`supported_int8_linear_matmul_dequant` names why).
     """
-    int8._check_matmul(A, B)
-    out_shape = (*A.shape[:-1], B.shape[0])
-    int8._check_dequant_args(out_shape, row_stats, col_stats, bias)
-    out_dtype = _checks.check_out_dtype(out_dtype)
-    m, k, n = math.prod(A.shape[:-1]), A.shape[-1], B.shape[0]
-    if interpret or wgmma_reason(m, n, k) is not None:
-        return int8.int8_linear_matmul_dequant(
-            A, B, row_stats, col_stats, bias, out_dtype, interpret=interpret
-        )
+    m, n, k, cfg = _plan(A, B, config, interpret)
     out = _matmul_2d(
         A.reshape(m, k),
         B,
@@ -378,18 +464,9 @@ def int8_linear_matmul_dequant(
         col_stats.astype(_F32),
         None if bias is None else bias.astype(_F32),
         dequant=True,
-        bias_mode=int8._bias_mode(bias),
-        out_dtype=out_dtype,
-        cfg=choose_config(m, n, k),
-        num_sms=_device().core_count,
+        bias_mode=bias_mode_of(bias),
+        out_dtype=np.dtype(out_dtype),
+        cfg=cfg,
+        num_sms=_target_device().core_count,
     )
-    return out.reshape(out_shape)
-
-
-KERNELS: dict[str, Kernel] = {
-    name: Kernel(fn, int8.KERNELS[name].unsupported)
-    for name, fn in (
-        ("int8_linear_matmul", int8_linear_matmul),
-        ("int8_linear_matmul_dequant", int8_linear_matmul_dequant),
-    )
-}
+    return out.reshape(*A.shape[:-1], n)
