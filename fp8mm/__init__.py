@@ -4,6 +4,8 @@ The quantization primitives (`fp8mm.functional`) reproduce bitsandbytes 0.49.2
 bit for bit; see the README for the layers built on them.
 """
 
+from fp8mm import functional as _functional
+from fp8mm import ops as _ops
 from fp8mm.codebooks import create_dynamic_map, create_fp8_map, e4m3_code, e5m2_code
 from fp8mm.dispatch import default_implementation, use_implementation
 from fp8mm.functional import (
@@ -32,31 +34,17 @@ from fp8mm.state import MatmulLtState, QuantState
 
 __version__ = "0.1.0"
 
+# The primitives and the ops are listed in their modules' __all__ (hence F401 is off
+# for this file in pyproject.toml).
 __all__ = [
-    "switchback_bnb",
-    "prepare_int8_weight",
-    "matmul_fp8_mixed",
-    "matmul_fp8_global",
-    "get_block_sizes",
     "MatmulLtState",
     "QuantState",
     "create_dynamic_map",
     "create_fp8_map",
     "default_implementation",
-    "dequantize",
-    "dequantize_blockwise",
     "e4m3_code",
     "e5m2_code",
-    "fake_quant_blockwise",
-    "fake_quant_global",
-    "int8_double_quant",
-    "int8_linear_matmul",
-    "int8_linear_matmul_dequant",
-    "int8_mm_dequant",
-    "int8_vectorwise_quant",
-    "int8_vectorwise_quant_t",
-    "outlier_indices",
-    "quantize",
-    "quantize_blockwise",
     "use_implementation",
 ]
+__all__ += _functional.__all__
+__all__ += _ops.__all__

@@ -34,22 +34,6 @@ import numpy as np
 from fp8mm import _host
 from fp8mm.state import QuantState
 
-__all__ = [
-    "dequantize",
-    "dequantize_blockwise",
-    "fake_quant_blockwise",
-    "fake_quant_global",
-    "int8_double_quant",
-    "int8_linear_matmul",
-    "int8_linear_matmul_dequant",
-    "int8_mm_dequant",
-    "int8_vectorwise_quant",
-    "int8_vectorwise_quant_t",
-    "nearest_code",
-    "quantize",
-    "quantize_blockwise",
-]
-
 # 1/127**2 as the CUDA kernel spells it (MM_DEQUANT_CONST).
 MM_DEQUANT_CONST = np.float32(6.200012400024800e-05)
 
@@ -489,15 +473,12 @@ def int8_mm_dequant(
 
 
 @functools.partial(jax.jit, static_argnames=("out_dtype",))
-def int8_linear_matmul_dequant(
-    A: jax.Array,
-    B: jax.Array,
-    row_stats: jax.Array,
-    col_stats: jax.Array,
-    bias: jax.Array | None = None,
-    out_dtype=jnp.float16,
-) -> jax.Array:
+def int8_linear_matmul_dequant(A, B, row_stats, col_stats, bias=None, out_dtype=jnp.float16):
     """`int8_mm_dequant(int8_linear_matmul(A, B), row_stats, col_stats, bias).astype(out_dtype)`.
+
+    Arguments and result as `fp8mm.int8_linear_matmul_dequant`: int8 A [..., k]
+    and B [n, k], float32 row_stats [...] and col_stats [n], bias None or float
+    [n]; out_dtype [..., n].
 
     The fused form the Pallas kernel implements in one pass (the int32 product
     never reaches memory). The result is rounded to float16 first, as

@@ -180,6 +180,32 @@ def bias_mode_of(bias) -> str | None:
     return "fused" if np.dtype(bias.dtype) == np.dtype(jnp.float16) else "after"
 
 
+def elementwise_tile(m: int, k: int, max_cols: int) -> Tile:
+    """One [block_rows, block_cols] tile of an [m, k] array a program: at most `max_cols`
+    wide and 8192 elements."""
+    block_cols = min(max_cols, next_pow2(k))
+    return Tile(min(next_pow2(m), 8192 // block_cols), block_cols)
+
+
+def elementwise_tile_space(m: int, k: int, widths: tuple[int, ...]) -> tuple[Tile, ...]:
+    """Tiles of 4096 to 16384 elements of the given widths, on 4 or 8 warps."""
+    pm, pk = next_pow2(m), next_pow2(k)
+    space = {}
+    for cols in widths:
+        for elements in (4096, 8192, 16384):
+            for warps in (4, 8):
+                c = min(cols, pk)
+                space[Tile(min(pm, elements // c), c, warps)] = None
+    return tuple(space)
+
+
+def epilogue_operands(row_stats, col_stats, bias) -> tuple:
+    """(row [m], col [n], bias [n] | None) in float32 for the kernels, and the bias mode."""
+    f32 = jnp.float32
+    bias32 = None if bias is None else bias.astype(f32)
+    return row_stats.reshape(-1).astype(f32), col_stats.astype(f32), bias32, bias_mode_of(bias)
+
+
 def dequant_math(acc, row, col, bias, *, bias_mode: str | None, out_dtype):
     """reference.int8_mm_dequant on one tile, in the same operation order.
 

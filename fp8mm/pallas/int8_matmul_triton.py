@@ -38,8 +38,10 @@ from fp8mm.pallas._backend import pallas_call, too_large
 from fp8mm.pallas._int8_math import (
     Tile,
     and_masks,
-    bias_mode_of,
     dequant_math,
+    elementwise_tile,
+    elementwise_tile_space,
+    epilogue_operands,
     masked_load,
     next_pow2,
     range_mask,
@@ -59,8 +61,6 @@ __all__ = [
     "supported_int8_linear_matmul_dequant",
     "supported_int8_mm_dequant",
 ]
-
-_F32 = jnp.float32
 
 
 # ----------------------------------------------------------------------------
@@ -139,22 +139,13 @@ def matmul_search_space(m: int, n: int, k: int) -> tuple[MatmulConfig, ...]:
 
 
 def choose_dequant_config(m: int, n: int) -> Tile:
-    """Dequant of an int32 [m, n] product: one [block_rows, block_cols] tile of it a program."""
-    block_n = min(128, next_pow2(n))
-    block_m = min(next_pow2(m), 8192 // block_n)
-    return Tile(block_m, block_n)
+    """Dequant of an int32 [m, n] product: one tile of it a program, at most 128 wide."""
+    return elementwise_tile(m, n, 128)
 
 
 def dequant_search_space(m: int, n: int) -> tuple[Tile, ...]:
     """Tiles of 4096 to 16384 elements, 64 to 256 wide, 4 or 8 warps (the heuristic's too)."""
-    pm, pn = next_pow2(m), next_pow2(n)
-    space = {}
-    for cols in (64, 128, 256):
-        for elements in (4096, 8192, 16384):
-            for warps in (4, 8):
-                c = min(cols, pn)
-                space[Tile(min(pm, elements // c), c, warps)] = None
-    return tuple(space)
+    return elementwise_tile_space(m, n, (64, 128, 256))
 
 
 def _given(config, cls, choice):
@@ -296,28 +287,37 @@ def supported_int8_linear_matmul(A: jax.Array, B: jax.Array) -> str | None:
     return too_large(A, B, math.prod(A.shape[:-1]) * B.shape[0])
 
 
-def supported_int8_linear_matmul_dequant(
-    A: jax.Array,
-    B: jax.Array,
-    row_stats: jax.Array,
-    col_stats: jax.Array,
-    bias: jax.Array | None = None,
-    out_dtype=jnp.float16,
-) -> str | None:
-    """None when A, B and their [..., n] product are within the kernel's int32 indexing."""
-    del row_stats, col_stats, bias, out_dtype
+def supported_int8_linear_matmul_dequant(A: jax.Array, B: jax.Array, *epilogue) -> str | None:
+    """As `supported_int8_linear_matmul`: the epilogue's operands add no limit."""
+    del epilogue
     return supported_int8_linear_matmul(A, B)
 
 
-def supported_int8_mm_dequant(
-    acc: jax.Array,
-    row_stats: jax.Array,
-    col_stats: jax.Array,
-    bias: jax.Array | None = None,
-) -> str | None:
+def supported_int8_mm_dequant(acc: jax.Array, *epilogue) -> str | None:
     """None when acc (and so the output) is within the kernel's int32 indexing."""
-    del row_stats, col_stats, bias
+    del epilogue
     return too_large(acc)
+
+
+def _product(A, B, epilogue, config, interpret):
+    """A @ Bᵀ: int32 when `epilogue` is None, else (row_stats, col_stats, bias, out_dtype)."""
+    if (why := supported_int8_linear_matmul(A, B)) is not None:
+        raise ValueError(why)
+    out_shape = (*A.shape[:-1], B.shape[0])
+    if epilogue is not None and (math.prod(out_shape) == 0 or A.shape[-1] == 0):
+        *args, out_dtype = epilogue
+        return reference.int8_linear_matmul_dequant(A, B, *args).astype(out_dtype)
+    if math.prod(out_shape) == 0 or A.shape[-1] == 0:
+        return jnp.zeros(out_shape, jnp.int32)
+    a = A.reshape(-1, A.shape[-1])
+    cfg = _given(config, MatmulConfig, choose_matmul_config(a.shape[0], B.shape[0], a.shape[1]))
+    row = col = bias = mode = out_dtype = None
+    if epilogue is not None:
+        row, col, bias, mode = epilogue_operands(*epilogue[:3])
+        out_dtype = np.dtype(epilogue[3])
+    kw = dict(bias_mode=mode, out_dtype=out_dtype, cfg=cfg, interpret=interpret)
+    out = _matmul_2d(a, B, row, col, bias, dequant=epilogue is not None, **kw)
+    return out.reshape(out_shape)
 
 
 def int8_linear_matmul(
@@ -325,121 +325,55 @@ def int8_linear_matmul(
 ) -> jax.Array:
     """Exact int8 product A @ Bᵀ in int32 (both operands K-major).
 
+    Arguments as `fp8mm.int8_linear_matmul` (validated there): A int8 [..., k],
+    B int8 [n, k]; returns int32 [..., n].
+
     Args:
-      A: int8 [..., k].
-      B: int8 [n, k] (Linear layout).
       config: the kernel's `MatmulConfig` for the [m, k] x [n, k] product (m the
         rows of A); None: `choose_matmul_config`.
       interpret: run in Pallas interpret mode (CPU).
 
-    Returns:
-      int32 [..., n].
-
     Raises:
       ValueError: an operand or the product is beyond the kernel's int32 indexing.
     """
-    if (why := supported_int8_linear_matmul(A, B)) is not None:
-        raise ValueError(why)
-    out_shape = (*A.shape[:-1], B.shape[0])
-    if math.prod(out_shape) == 0 or A.shape[-1] == 0:
-        return jnp.zeros(out_shape, jnp.int32)
-    a = A.reshape(-1, A.shape[-1])
-    cfg = _given(config, MatmulConfig, choose_matmul_config(a.shape[0], B.shape[0], a.shape[1]))
-    out = _matmul_2d(
-        a,
-        B,
-        None,
-        None,
-        None,
-        dequant=False,
-        bias_mode=None,
-        out_dtype=None,
-        cfg=cfg,
-        interpret=interpret,
-    )
-    return out.reshape(out_shape)
+    return _product(A, B, None, config, interpret)
 
 
 def int8_linear_matmul_dequant(
-    A: jax.Array,
-    B: jax.Array,
-    row_stats: jax.Array,
-    col_stats: jax.Array,
-    bias: jax.Array | None = None,
-    out_dtype=jnp.float16,
-    *,
-    config: MatmulConfig | None = None,
-    interpret: bool = False,
+    A, B, row_stats, col_stats, bias=None, out_dtype=jnp.float16, *, config=None, interpret=False
 ) -> jax.Array:
     """int8 matmul with the dequant epilogue fused: the int32 product stays on chip.
 
-    Equal to `reference.int8_linear_matmul_dequant(A, B, row_stats, col_stats,
-    bias, out_dtype)` within one float16 ulp.
+    Arguments and result as `fp8mm.int8_linear_matmul_dequant` (validated there),
+    equal to `reference.int8_linear_matmul_dequant` within one float16 ulp: A int8
+    [..., k], B int8 [n, k], row_stats float32 [...], col_stats float32 [n], bias
+    None or float [n] (float16 fused into the rounding, others added to the
+    float16 result); returns out_dtype [..., n].
 
     Args:
-      A: int8 [..., k].
-      B: int8 [n, k].
-      row_stats: float32 [...] (one per row of A).
-      col_stats: float32 [n].
-      bias: optional float [n]; float16 is fused into the rounding, any other
-        dtype is added to the float16 result.
-      out_dtype: float16 (default), bfloat16 or float32: the float16 result cast.
-      config: the kernel's `MatmulConfig` (as in `int8_linear_matmul`); None:
-        `choose_matmul_config`.
+      config: the kernel's `MatmulConfig | None` (as in `int8_linear_matmul`).
       interpret: run in Pallas interpret mode (CPU).
-
-    Returns:
-      out_dtype [..., n].
 
     Raises:
       ValueError: an operand or the product is beyond the kernel's int32 indexing.
     """
-    if (why := supported_int8_linear_matmul_dequant(A, B, row_stats, col_stats)) is not None:
-        raise ValueError(why)
-    out_dtype = np.dtype(out_dtype)
-    out_shape = (*A.shape[:-1], B.shape[0])
-    if math.prod(out_shape) == 0 or A.shape[-1] == 0:
-        ref = reference.int8_linear_matmul_dequant(A, B, row_stats, col_stats, bias)
-        return ref.astype(out_dtype)
-    a = A.reshape(-1, A.shape[-1])
-    cfg = _given(config, MatmulConfig, choose_matmul_config(a.shape[0], B.shape[0], a.shape[1]))
-    out = _matmul_2d(
-        a,
-        B,
-        row_stats.reshape(-1).astype(_F32),
-        col_stats.astype(_F32),
-        None if bias is None else bias.astype(_F32),
-        dequant=True,
-        bias_mode=bias_mode_of(bias),
-        out_dtype=out_dtype,
-        cfg=cfg,
-        interpret=interpret,
-    )
-    return out.reshape(out_shape)
+    return _product(A, B, (row_stats, col_stats, bias, out_dtype), config, interpret)
 
 
 def int8_mm_dequant(
-    acc: jax.Array,
-    row_stats: jax.Array,
-    col_stats: jax.Array,
-    bias: jax.Array | None = None,
-    *,
-    out_dtype=jnp.float16,
-    config: Tile | None = None,
-    interpret: bool = False,
+    acc, row_stats, col_stats, bias=None, *, out_dtype=jnp.float16, config=None, interpret=False
 ) -> jax.Array:
     """Dequantize an int32 product: f16(acc * row * col / 127² (+ bias)).
 
+    Arguments as `fp8mm.int8_mm_dequant` (validated there): acc int32 [..., n],
+    row_stats float32 [...], col_stats float32 [n], bias None or float [n].
+
     Args:
-      acc: int32 [..., n].
-      row_stats: float32 [...].
-      col_stats: float32 [n].
-      bias: optional float [n] (float16 fused, other dtypes added afterwards).
       out_dtype: float16 (default, the reference's), bfloat16 or float32: the
         float16 result cast in the same pass. `fp8mm.int8_mm_dequant` has no
         such argument, so this wrapper checks it.
-      config: the kernel's `Tile` over acc's [m, n] (m its rows flattened);
-        None: `choose_dequant_config`.
+      config: the kernel's `Tile | None` over acc's [m, n] (m its rows
+        flattened); None: `choose_dequant_config`.
       interpret: run in Pallas interpret mode (CPU).
 
     Returns:
@@ -449,21 +383,13 @@ def int8_mm_dequant(
       ValueError: acc is beyond the kernel's int32 indexing, or out_dtype is not
         float16, bfloat16 or float32.
     """
-    if (why := supported_int8_mm_dequant(acc, row_stats, col_stats, bias)) is not None:
+    if (why := supported_int8_mm_dequant(acc)) is not None:
         raise ValueError(why)
     out_dtype = _checks.check_out_dtype(out_dtype)
     if acc.size == 0:
         return reference.int8_mm_dequant(acc, row_stats, col_stats, bias).astype(out_dtype)
     acc2 = acc.reshape(-1, acc.shape[-1])
     cfg = _given(config, Tile, choose_dequant_config(*acc2.shape))
-    out = _dequant_2d(
-        acc2,
-        row_stats.reshape(-1).astype(_F32),
-        col_stats.astype(_F32),
-        None if bias is None else bias.astype(_F32),
-        bias_mode=bias_mode_of(bias),
-        out_dtype=out_dtype,
-        cfg=cfg,
-        interpret=interpret,
-    )
-    return out.reshape(acc.shape)
+    row, col, bias, mode = epilogue_operands(row_stats, col_stats, bias)
+    kw = dict(bias_mode=mode, out_dtype=out_dtype, cfg=cfg, interpret=interpret)
+    return _dequant_2d(acc2, row, col, bias, **kw).reshape(acc.shape)

@@ -45,7 +45,7 @@ from jax.experimental import pallas as pl
 
 from fp8mm import _host
 from fp8mm.pallas._backend import too_large
-from fp8mm.pallas._int8_math import bias_mode_of, dequant_math
+from fp8mm.pallas._int8_math import dequant_math, epilogue_operands
 
 try:  # Mosaic GPU ships with jaxlib; a build without it is reported by `supported_*`.
     from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -62,8 +62,6 @@ __all__ = [
     "wgmma_reason",
     "wgmma_search_space",
 ]
-
-_F32 = jnp.float32
 
 
 # ----------------------------------------------------------------------------
@@ -358,16 +356,9 @@ def supported_int8_linear_matmul(A: jax.Array, B: jax.Array) -> str | None:
     return wgmma_reason(m, n, k) or too_large(A, B, m * n)
 
 
-def supported_int8_linear_matmul_dequant(
-    A: jax.Array,
-    B: jax.Array,
-    row_stats: jax.Array,
-    col_stats: jax.Array,
-    bias: jax.Array | None = None,
-    out_dtype=jnp.float16,
-) -> str | None:
-    """None when the kernel serves the fused product here (see `wgmma_reason`), else why not."""
-    del row_stats, col_stats, bias, out_dtype
+def supported_int8_linear_matmul_dequant(A: jax.Array, B: jax.Array, *epilogue) -> str | None:
+    """As `supported_int8_linear_matmul`: the epilogue's operands add no limit."""
+    del epilogue
     return supported_int8_linear_matmul(A, B)
 
 
@@ -385,88 +376,53 @@ def _plan(A, B, config, interpret) -> tuple[int, int, int, WgmmaConfig]:
     return m, n, k, cfg
 
 
+def _product(A, B, epilogue, config, interpret):
+    """A @ Bᵀ: int32 when `epilogue` is None, else (row_stats, col_stats, bias, out_dtype)."""
+    m, n, k, cfg = _plan(A, B, config, interpret)
+    row = col = bias = mode = out_dtype = None
+    if epilogue is not None:
+        row, col, bias, mode = epilogue_operands(*epilogue[:3])
+        out_dtype = np.dtype(epilogue[3])
+    kw = dict(bias_mode=mode, out_dtype=out_dtype, cfg=cfg, num_sms=_target_device().core_count)
+    out = _matmul_2d(A.reshape(m, k), B, row, col, bias, dequant=epilogue is not None, **kw)
+    return out.reshape(*A.shape[:-1], n)
+
+
 def int8_linear_matmul(
     A: jax.Array, B: jax.Array, *, config: WgmmaConfig | None = None, interpret: bool = False
 ) -> jax.Array:
     """Exact int8 product A @ Bᵀ in int32 by s8 wgmma (Hopper, compiled).
 
-    Same arguments and results as `fp8mm.pallas.int8_matmul_triton.int8_linear_matmul`.
+    Arguments and result as `fp8mm.int8_linear_matmul` (validated there): A int8
+    [..., k] with its rows (flattened) and k multiples of 128, B int8 [n, k] with
+    n a multiple of 256; returns int32 [..., n].
 
     Args:
-      A: int8 [..., k]; its rows (flattened) a multiple of 128, k a multiple of 128.
-      B: int8 [n, k] (Linear layout); n a multiple of 256.
       config: the kernel's `WgmmaConfig`; None: `choose_wgmma_config`.
       interpret: must be False (Mosaic GPU kernels run only compiled).
-
-    Returns:
-      int32 [..., n].
 
     Raises:
       ValueError: interpret is True, or the kernel does not serve this call
         (`supported_int8_linear_matmul` names why).
     """
-    m, n, k, cfg = _plan(A, B, config, interpret)
-    out = _matmul_2d(
-        A.reshape(m, k),
-        B,
-        None,
-        None,
-        None,
-        dequant=False,
-        bias_mode=None,
-        out_dtype=None,
-        cfg=cfg,
-        num_sms=_target_device().core_count,
-    )
-    return out.reshape(*A.shape[:-1], n)
+    return _product(A, B, None, config, interpret)
 
 
 def int8_linear_matmul_dequant(
-    A: jax.Array,
-    B: jax.Array,
-    row_stats: jax.Array,
-    col_stats: jax.Array,
-    bias: jax.Array | None = None,
-    out_dtype=jnp.float16,
-    *,
-    config: WgmmaConfig | None = None,
-    interpret: bool = False,
+    A, B, row_stats, col_stats, bias=None, out_dtype=jnp.float16, *, config=None, interpret=False
 ) -> jax.Array:
     """int8 matmul with the dequant epilogue fused, by s8 wgmma (Hopper, compiled).
 
-    Same arguments and results as
-    `fp8mm.pallas.int8_matmul_triton.int8_linear_matmul_dequant` (bit for bit
-    except with a float16 bias, within one float16 ulp with one).
+    Arguments and result as `fp8mm.int8_linear_matmul_dequant` (validated there),
+    with the shapes of `int8_linear_matmul`; bit for bit the Triton kernel's
+    except with a float16 bias (within one float16 ulp with one).
 
     Args:
-      A: int8 [..., k]; its rows (flattened) a multiple of 128, k a multiple of 128.
-      B: int8 [n, k]; n a multiple of 256.
-      row_stats: float32 [...] (one per row of A).
-      col_stats: float32 [n].
-      bias: optional float [n]; float16 is fused into the rounding, any other
-        dtype is added to the float16 result.
-      out_dtype: float16 (default), bfloat16 or float32: the float16 result cast.
-      config: the kernel's `WgmmaConfig`; None: `choose_wgmma_config`.
+      config: the kernel's `WgmmaConfig | None`; None: `choose_wgmma_config`.
       interpret: must be False (Mosaic GPU kernels run only compiled).
-
-    Returns:
-      out_dtype [..., n].
 
     Raises:
       ValueError: interpret is True, or the kernel does not serve this call
         (`supported_int8_linear_matmul_dequant` names why).
     """
-    m, n, k, cfg = _plan(A, B, config, interpret)
-    out = _matmul_2d(
-        A.reshape(m, k),
-        B,
-        row_stats.reshape(-1).astype(_F32),
-        col_stats.astype(_F32),
-        None if bias is None else bias.astype(_F32),
-        dequant=True,
-        bias_mode=bias_mode_of(bias),
-        out_dtype=np.dtype(out_dtype),
-        cfg=cfg,
-        num_sms=_target_device().core_count,
-    )
-    return out.reshape(*A.shape[:-1], n)
+    return _product(A, B, (row_stats, col_stats, bias, out_dtype), config, interpret)

@@ -53,6 +53,8 @@ from fp8mm.pallas._int8_math import (
     and_masks,
     any_nan_max,
     clip_nan,
+    elementwise_tile,
+    elementwise_tile_space,
     f16_or_wide,
     is_even,
     masked_load,
@@ -105,22 +107,13 @@ def choose_stats_config(m: int, k: int) -> Tile:
 
 
 def choose_quant_config(m: int, k: int) -> Tile:
-    """Row (and column) codes of A [m, k]: one [block_rows, block_cols] tile of A a program."""
-    block_k = min(256, next_pow2(k))
-    block_m = min(next_pow2(m), 8192 // block_k)
-    return Tile(block_m, block_k)
+    """Row (and column) codes of A [m, k]: one tile of A a program, at most 256 wide."""
+    return elementwise_tile(m, k, 256)
 
 
 def quant_search_space(m: int, k: int) -> tuple[Tile, ...]:
     """Tiles of 4096 to 16384 elements, 64 to 512 wide, 4 or 8 warps (the heuristic's too)."""
-    pm, pk = next_pow2(m), next_pow2(k)
-    space = {}
-    for cols in (64, 128, 256, 512):
-        for elements in (4096, 8192, 16384):
-            for warps in (4, 8):
-                c = min(cols, pk)
-                space[Tile(min(pm, elements // c), c, warps)] = None
-    return tuple(space)
+    return elementwise_tile_space(m, k, (64, 128, 256, 512))
 
 
 # Whole rows up to this many elements stay in registers in the single-pass kernel.
@@ -434,6 +427,13 @@ def supported_int8_vectorwise_quant_t(W: jax.Array) -> str | None:
     return too_large(W)
 
 
+def _as_rows(A: jax.Array, threshold) -> tuple[jax.Array, float]:
+    """A as [m, k] rows and the threshold as a float, once the kernels' limit is checked."""
+    if (why := too_large(A)) is not None:
+        raise ValueError(why)
+    return A.reshape(-1, A.shape[-1]), float(threshold)
+
+
 def _single_pass(k: int, threshold: float) -> bool:
     """Whether `int8_vectorwise_quant` runs the single-pass row kernel for rows of k."""
     return threshold == 0.0 and next_pow2(k) <= _ROW_QUANT_MAX_K
@@ -468,12 +468,9 @@ def int8_vectorwise_quant(
       ValueError: A is beyond the kernels' int32 indexing, or `config` cannot
         cover A's rows.
     """
-    threshold = float(threshold)
-    if (why := supported_int8_vectorwise_quant(A, threshold)) is not None:
-        raise ValueError(why)
     if A.size == 0:
-        return reference.int8_vectorwise_quant(A, threshold)
-    a2 = A.reshape(-1, A.shape[-1])
+        return reference.int8_vectorwise_quant(A, float(threshold))
+    a2, threshold = _as_rows(A, threshold)
     m, k = a2.shape
     if _single_pass(k, threshold):
         # Whole rows fit a program: one read of A, cast to float16 in the kernel.
@@ -519,23 +516,14 @@ def int8_double_quant(
     Raises:
       ValueError: A is beyond the kernels' int32 indexing.
     """
-    threshold = float(threshold)
-    if (why := supported_int8_double_quant(A, threshold)) is not None:
-        raise ValueError(why)
     if A.size == 0:
-        return reference.int8_double_quant(A, threshold)
-    a16 = A.reshape(-1, A.shape[-1])
-    cfg = _given(config, choose_quant_config(*a16.shape))
-    (ca, cat), row_stats, col_stats, cols = _quant_2d(
-        a16, threshold=threshold, double=True, cfg=cfg, interpret=interpret
-    )
-    return (
-        ca.reshape(A.shape),
-        cat.reshape(A.shape),
-        row_stats.reshape(A.shape[:-1]),
-        col_stats,
-        cols,
-    )
+        return reference.int8_double_quant(A, float(threshold))
+    a2, threshold = _as_rows(A, threshold)
+    cfg = _given(config, choose_quant_config(*a2.shape))
+    kw = dict(threshold=threshold, double=True, cfg=cfg, interpret=interpret)
+    (ca, cat), row_stats, col_stats, cols = _quant_2d(a2, **kw)
+    rows = row_stats.reshape(A.shape[:-1])
+    return ca.reshape(A.shape), cat.reshape(A.shape), rows, col_stats, cols
 
 
 def int8_vectorwise_quant_t(
