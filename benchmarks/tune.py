@@ -7,7 +7,7 @@ wrappers only, checks that every config gives the heuristic's result bit for
 bit (tiling never changes a value), and prints the times next to the
 heuristic's, fastest first:
 
-    python -m benchmarks.tune int8_linear_matmul_dequant --shape 8192,4096,4096
+    python -m benchmarks.tune int8_linear_matmul_dequant_wgmma --shape 8192,4096,4096
     python -m benchmarks.tune quantize_blockwise --shape 8192,4096 --blocksize 256
     python -m benchmarks.tune --list
 
