@@ -19,8 +19,8 @@ from jax.sharding import PartitionSpec as P
 
 import fp8mm
 from fp8mm import MatmulLtState, QuantState
+from tests.helpers import assert_trees_equal, rand
 
-IMPLS = ("xla", "pallas")
 CODE = fp8mm.e4m3_code()
 DYN = fp8mm.create_dynamic_map()
 UNSORTED = CODE[::-1].copy()
@@ -35,14 +35,9 @@ Q, QST = fp8mm.quantize_blockwise(A, CODE, 64, implementation="xla")
 QG, QGST = fp8mm.quantize(A, CODE, implementation="xla")
 
 
-def rand(shape, dtype=jnp.float32, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
 # ------------------------------------------------------------------- the reviewed cases
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "bad, exc, match",
     [
@@ -56,25 +51,23 @@ def rand(shape, dtype=jnp.float32, seed=0):
         (-1.0, ValueError, r"threshold.*-1.0"),
     ],
 )
-def test_threshold_must_be_a_real_number(impl, bad, exc, match):
+def test_threshold_must_be_a_real_number(implementation, bad, exc, match):
     for call in (
-        lambda: fp8mm.int8_vectorwise_quant(A, bad, implementation=impl),
-        lambda: fp8mm.int8_double_quant(A, bad, implementation=impl),
-        lambda: fp8mm.switchback_bnb(A, WL, threshold=bad, implementation=impl),
-        lambda: fp8mm.prepare_int8_weight(WL, bad, implementation=impl),
+        lambda: fp8mm.int8_vectorwise_quant(A, bad, implementation=implementation),
+        lambda: fp8mm.int8_double_quant(A, bad, implementation=implementation),
+        lambda: fp8mm.switchback_bnb(A, WL, threshold=bad, implementation=implementation),
+        lambda: fp8mm.prepare_int8_weight(WL, bad, implementation=implementation),
     ):
         with pytest.raises(exc, match=match):
             call()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_numeric_thresholds_of_any_kind_agree(impl):
+def test_numeric_thresholds_of_any_kind_agree(implementation):
     x = rand((3, 32), jnp.float16).at[1, 2].set(9.0)
-    want = fp8mm.int8_double_quant(x, 6.0, implementation=impl)
+    want = fp8mm.int8_double_quant(x, 6.0, implementation=implementation)
     for thr in (6, np.float32(6.0), np.int64(6), np.float16(6.0)):
-        got = fp8mm.int8_double_quant(x, thr, implementation=impl)
-        for g, w in zip(got, want, strict=True):
-            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+        got = fp8mm.int8_double_quant(x, thr, implementation=implementation)
+        assert_trees_equal(got, want)
 
 
 @pytest.mark.parametrize(
@@ -188,7 +181,6 @@ def test_get_block_sizes_accepts_arrays_and_shapes_in_both_layouts():
     assert fp8mm.get_block_sizes((2, 3, 100), (100, 3000)) == (128, 4096)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "out_dtype, exc, match",
     [
@@ -198,12 +190,13 @@ def test_get_block_sizes_accepts_arrays_and_shapes_in_both_layouts():
         (np.float64, ValueError, r"got float64"),
     ],
 )
-def test_out_dtype(impl, out_dtype, exc, match):
+def test_out_dtype(implementation, out_dtype, exc, match):
     with pytest.raises(exc, match=match):
-        fp8mm.int8_linear_matmul_dequant(A8, B8, ROW, COL, None, out_dtype, implementation=impl)
+        fp8mm.int8_linear_matmul_dequant(
+            A8, B8, ROW, COL, None, out_dtype, implementation=implementation
+        )
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "make",
     [
@@ -218,12 +211,11 @@ def test_out_dtype(impl, out_dtype, exc, match):
     ],
     ids=["bsz", "bsz2", "quantize_blockwise", "fake_quant_blockwise"],
 )
-def test_traced_block_size_asks_for_static(impl, make):
+def test_traced_block_size_asks_for_static(implementation, make):
     with pytest.raises(TypeError, match=r"must be a static Python int.*static_argnames"):
-        make(impl)(A, 64)
+        make(implementation)(A, 64)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "fn",
     [
@@ -233,44 +225,43 @@ def test_traced_block_size_asks_for_static(impl, make):
     ],
     ids=["int8_vectorwise_quant", "int8_double_quant", "switchback_bnb"],
 )
-def test_traced_threshold_asks_for_static(impl, fn):
+def test_traced_threshold_asks_for_static(implementation, fn):
     with pytest.raises(
         TypeError, match=r"threshold must be a static Python float.*static_argnames"
     ):
-        jax.jit(lambda a, t: fn(a, t, impl))(A, 6.0)
+        jax.jit(lambda a, t: fn(a, t, implementation))(A, 6.0)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_code_none_is_the_dynamic_map(impl):
+def test_code_none_is_the_dynamic_map(implementation):
     x = rand((3, 64), jnp.float32, 1)
-    q, st = fp8mm.quantize_blockwise(x, None, 64, implementation=impl)
-    q2, _ = fp8mm.quantize_blockwise(x, DYN, 64, implementation=impl)
+    q, st = fp8mm.quantize_blockwise(x, None, 64, implementation=implementation)
+    q2, _ = fp8mm.quantize_blockwise(x, DYN, 64, implementation=implementation)
     np.testing.assert_array_equal(np.asarray(q), np.asarray(q2))
     np.testing.assert_array_equal(np.asarray(st.code), DYN)
     b = rand((64, 8), jnp.float32, 2)
     ops = [fp8mm.matmul_fp8_mixed]
-    if impl == "xla":  # the rest is the same argument handling; spare the interpreted kernels
+    # The rest is the same argument handling: spare the kernels.
+    if implementation == "xla":
         ops.append(fp8mm.matmul_fp8_global)
         # bitsandbytes' positional order (A, code, ...) and the default both mean the dynamic map.
         np.testing.assert_array_equal(
-            np.asarray(fp8mm.fake_quant_blockwise(x, blocksize=64, implementation=impl)),
-            np.asarray(fp8mm.fake_quant_blockwise(x, DYN, 64, implementation=impl)),
+            np.asarray(fp8mm.fake_quant_blockwise(x, blocksize=64, implementation=implementation)),
+            np.asarray(fp8mm.fake_quant_blockwise(x, DYN, 64, implementation=implementation)),
         )
         np.testing.assert_array_equal(
-            np.asarray(fp8mm.fake_quant_global(x, implementation=impl)),
-            np.asarray(fp8mm.fake_quant_global(x, DYN, implementation=impl)),
+            np.asarray(fp8mm.fake_quant_global(x, implementation=implementation)),
+            np.asarray(fp8mm.fake_quant_global(x, DYN, implementation=implementation)),
         )
         np.testing.assert_array_equal(
-            np.asarray(fp8mm.quantize(x, implementation=impl)[0]),
-            np.asarray(fp8mm.quantize(x, DYN, implementation=impl)[0]),
+            np.asarray(fp8mm.quantize(x, implementation=implementation)[0]),
+            np.asarray(fp8mm.quantize(x, DYN, implementation=implementation)[0]),
         )
     for op in ops:
-        got = op(x, b, None, None, implementation=impl)
-        want = op(x, b, DYN, DYN, implementation=impl)
+        got = op(x, b, None, None, implementation=implementation)
+        want = op(x, b, DYN, DYN, implementation=implementation)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "call",
     [
@@ -290,9 +281,9 @@ def test_code_none_is_the_dynamic_map(impl):
         "global",
     ],
 )
-def test_unsorted_code_is_refused(impl, call):
+def test_unsorted_code_is_refused(implementation, call):
     with pytest.raises(ValueError, match=r"code must be sorted ascending.*\[0\] = 1.0 >"):
-        call(UNSORTED, impl)
+        call(UNSORTED, implementation)
 
 
 def test_traced_code_cannot_be_checked_and_is_used_as_given():
@@ -307,7 +298,6 @@ def _state(absmax=QST.absmax, code=QST.code, blocksize=64, dtype=jnp.float32, sh
     return QuantState(absmax, code, blocksize, dtype, shape)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "make, exc, match",
     [
@@ -336,12 +326,11 @@ def _state(absmax=QST.absmax, code=QST.code, blocksize=64, dtype=jnp.float32, sh
         (lambda: (Q, (QST.absmax, QST.code)), TypeError, "state must be a QuantState"),
     ],
 )
-def test_inconsistent_blockwise_state(impl, make, exc, match):
+def test_inconsistent_blockwise_state(implementation, make, exc, match):
     with pytest.raises(exc, match=match):
-        fp8mm.dequantize_blockwise(*make(), implementation=impl)
+        fp8mm.dequantize_blockwise(*make(), implementation=implementation)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "make, exc, match",
     [
@@ -356,31 +345,34 @@ def test_inconsistent_blockwise_state(impl, make, exc, match):
         (lambda: QST, ValueError, r"use dequantize_blockwise\(\)"),
     ],
 )
-def test_inconsistent_global_state(impl, make, exc, match):
+def test_inconsistent_global_state(implementation, make, exc, match):
     with pytest.raises(exc, match=match):
-        fp8mm.dequantize(QG, make(), implementation=impl)
+        fp8mm.dequantize(QG, make(), implementation=implementation)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_int8_inner_dimension_limit(impl):
+def test_int8_inner_dimension_limit(implementation):
     big, ok = 131072, 131071  # (2**31 - 1) // 128**2 = 131071
     a = jax.ShapeDtypeStruct((1, big), jnp.int8)
     row, col = jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32)
     match = r"k = 131072 exceeds 131071 = \(2\*\*31 - 1\) // 128\*\*2.*overflow"
     with pytest.raises(ValueError, match="int8_linear_matmul: .*" + match):
-        jax.eval_shape(lambda x: fp8mm.int8_linear_matmul(x, x, implementation=impl), a)
+        jax.eval_shape(lambda x: fp8mm.int8_linear_matmul(x, x, implementation=implementation), a)
     with pytest.raises(ValueError, match="int8_linear_matmul_dequant: .*" + match):
         jax.eval_shape(
-            lambda x, r, c: fp8mm.int8_linear_matmul_dequant(x, x, r, c, implementation=impl),
+            lambda x, r, c: fp8mm.int8_linear_matmul_dequant(
+                x, x, r, c, implementation=implementation
+            ),
             a,
             row,
             col,
         )
     f16 = jax.ShapeDtypeStruct((1, big), jnp.float16)
     with pytest.raises(ValueError, match="switchback_bnb: .*" + match):
-        jax.eval_shape(lambda x: fp8mm.switchback_bnb(x, x, implementation=impl), f16)
+        jax.eval_shape(lambda x: fp8mm.switchback_bnb(x, x, implementation=implementation), f16)
     a_ok = jax.ShapeDtypeStruct((1, ok), jnp.int8)
-    out = jax.eval_shape(lambda x: fp8mm.int8_linear_matmul(x, x, implementation=impl), a_ok)
+    out = jax.eval_shape(
+        lambda x: fp8mm.int8_linear_matmul(x, x, implementation=implementation), a_ok
+    )
     assert out.shape == (1, 1) and out.dtype == jnp.int32
 
 
@@ -409,7 +401,6 @@ def test_eager_switchback_gradient_hits_the_compile_cache():
     assert _count_compiles(grad, a2, b2) == 0
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "op, wshape",
     [
@@ -425,7 +416,7 @@ def test_eager_switchback_gradient_hits_the_compile_cache():
     ],
     ids=["switchback_bnb", "matmul_fp8_mixed", "matmul_fp8_global"],
 )
-def test_eager_calls_hit_the_compile_cache(impl, op, wshape):
+def test_eager_calls_hit_the_compile_cache(implementation, op, wshape):
     """A second eager call with new arrays of the same shapes compiles nothing.
 
     switchback_bnb(threshold > 0) used to trace and compile its outlier lax.cond
@@ -434,8 +425,8 @@ def test_eager_calls_hit_the_compile_cache(impl, op, wshape):
     a1, a2 = rand((5, 48), jnp.float16, 3), rand((5, 48), jnp.float16, 4)
     b1, b2 = rand(wshape, jnp.float16, 5), rand(wshape, jnp.float16, 6)
     # The first call must compile (a shape no other test uses), or the count proves nothing.
-    assert _count_compiles(lambda: op(a1, b1, impl)) > 0
-    assert _count_compiles(lambda: op(a2, b2, impl)) == 0
+    assert _count_compiles(lambda: op(a1, b1, implementation)) > 0
+    assert _count_compiles(lambda: op(a2, b2, implementation)) == 0
 
 
 def test_eager_cache_follows_use_implementation():
@@ -836,11 +827,10 @@ def _primitive_cases():
     return c
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("call, exc, match", _primitive_cases())
-def test_rejected(impl, call, exc, match):
+def test_rejected(implementation, call, exc, match):
     with pytest.raises(exc, match=match):
-        call(impl)
+        call(implementation)
 
 
 @pytest.mark.parametrize(
@@ -880,13 +870,7 @@ def test_rejected_without_a_kernel(call, exc, match):
 # ---------------------------------------------------------------- deliberately accepted
 
 
-def _same(got, want):
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_accepted(impl):
+def test_accepted(implementation):
     """NumPy float32/int8 operands, lists/float64 NumPy as codes, unusual ranks and sizes.
 
     The dynamic map (as in test_code_none_is_the_dynamic_map) keeps the Pallas kernels
@@ -894,10 +878,10 @@ def test_accepted(impl):
     """
     x = np.asarray(rand((3, 32), jnp.float32, 9))
     code64 = np.asarray(DYN, np.float64)
-    kw = dict(implementation=impl)
+    kw = dict(implementation=implementation)
     want = fp8mm.quantize_blockwise(jnp.asarray(x), DYN, 32, **kw)
-    _same(fp8mm.quantize_blockwise(x, code64, 32, **kw), want)
-    _same(fp8mm.quantize_blockwise(x, [float(v) for v in DYN], 32, **kw), want)
+    assert_trees_equal(fp8mm.quantize_blockwise(x, code64, 32, **kw), want)
+    assert_trees_equal(fp8mm.quantize_blockwise(x, [float(v) for v in DYN], 32, **kw), want)
     q, st = fp8mm.quantize_blockwise(jnp.float32(3.0), DYN, 32, **kw)  # 0-d: one partial block
     assert q.shape == () and st.absmax.shape == (1,)
     assert float(fp8mm.dequantize_blockwise(np.asarray(q), st, **kw)) == 3.0

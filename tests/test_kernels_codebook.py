@@ -11,6 +11,8 @@ so the data stays clear of them except in `test_subnormal_values`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,27 +23,9 @@ from fp8mm import codebooks, dispatch, reference
 from fp8mm.pallas import _codebook_table as tbl
 from fp8mm.pallas import codebook as cb
 from fp8mm.state import QuantState
+from tests.helpers import INTERPRET, ON_GPU, assert_bits_equal, heavy, ref
 
-ON_GPU = jax.default_backend() == "gpu"
-INTERPRET = not ON_GPU
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="large shapes run compiled on a GPU only")
-
-CPU = jax.devices("cpu")[0]
-
-
-def ref(name: str, *args, on_cpu: bool = True):
-    """`reference.<name>(*args)` evaluated on the CPU backend, returned on the default device.
-
-    `on_cpu=False` runs it on the default backend instead: for subnormal values,
-    which XLA on CPU flushes to zero in comparisons and a GPU does not.
-    """
-    fn = getattr(reference, name)
-    if not on_cpu:
-        return fn(*args)
-    with jax.default_device(CPU):
-        out = fn(*(a if isinstance(a, int) else jax.device_put(a, CPU) for a in args))
-    return jax.device_put(out, jax.devices()[0])
-
 
 E4M3 = codebooks.e4m3_code()
 E5M2 = codebooks.e5m2_code()
@@ -66,28 +50,8 @@ CODES = {
 }
 
 
-def assert_bits_equal(actual, expected, what: str = "") -> None:
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
-    if actual.dtype.kind == "f" or actual.dtype == jnp.bfloat16:
-        uint = np.dtype(f"u{actual.dtype.itemsize}")
-        a32, e32 = actual.astype(np.float32), expected.astype(np.float32)
-        ok = (actual.view(uint) == expected.view(uint)) | (np.isnan(a32) & np.isnan(e32))
-    else:
-        ok = actual == expected
-    bad = np.flatnonzero(~ok)
-    assert bad.size == 0, (
-        f"{what}: {bad.size} of {ok.size} differ, first at flat index {bad[:5]}: "
-        f"got {actual.reshape(-1)[bad[:5]]}, want {expected.reshape(-1)[bad[:5]]}"
-    )
-
-
-def heavy_tailed(shape, dtype, seed=0) -> jax.Array:
-    """Student-t (df 1.5) values over several scales: a few huge ones per block."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_t(1.5, size=shape) * 10.0 ** rng.integers(-3, 3, size=shape)
-    return jnp.asarray(x.astype(np.float32), dtype)
+# Student-t (df 1.5) values over several scales: a few huge ones per block.
+heavy_tailed = functools.partial(heavy, df=1.5, decades=(-3, 3))
 
 
 def with_specials(A: jax.Array, blocksize: int) -> jax.Array:

@@ -10,8 +10,10 @@ import numpy as np
 import optax
 import pytest
 
+import fp8mm
 import fp8mm.nn as fnn
 from fp8mm.nn import linen as L
+from tests.helpers import cpu_subset, rand, rel
 
 KINDS = fnn.KINDS
 # Relative error of a quantized layer against nn.Dense with the same params (normal inputs).
@@ -21,17 +23,9 @@ FACTORIES = {
     "fp8_global": fnn.fp8_global_dot_general,
     "switchback": fnn.switchback_dot_general,
 }
-
-
-def rand(shape, seed=0, scale=1.0):
-    return jnp.asarray(
-        np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
-    )
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.linalg.norm(got - want) / np.linalg.norm(want)
+# Interpreted Pallas (the CPU) runs each layer once, both dtypes among them; the rest runs
+# there on XLA only (test_nn_nnx.py runs the SwitchBack training and int8 inference paths).
+PALLAS_CPU_CASES = {("fp8_mixed", None), ("fp8_global", jnp.bfloat16), ("switchback", jnp.bfloat16)}
 
 
 class MLP(nn.Module):
@@ -59,9 +53,11 @@ def test_fields_match_dense():
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
-def test_params_and_outputs_like_dense(kind, dtype):
+def test_params_and_outputs_like_dense(implementation, kind, dtype):
+    cpu_subset(implementation, (kind, dtype) in PALLAS_CPU_CASES)
     x = rand((2, 5, 64))
-    dense, quant = nn.Dense(32, dtype=dtype), L.LAYERS[kind](32, dtype=dtype)
+    dense = nn.Dense(32, dtype=dtype)
+    quant = L.LAYERS[kind](32, dtype=dtype, implementation=implementation)
     p_dense = dense.init(jax.random.key(0), x)
     p_quant = quant.init(jax.random.key(0), x)
     # Same names, shapes, dtypes and (same rng) values: checkpoints are interchangeable.
@@ -75,9 +71,11 @@ def test_params_and_outputs_like_dense(kind, dtype):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_injection_and_interception_match_layer(kind):
+def test_injection_and_interception_match_layer(implementation, kind):
+    cpu_subset(implementation)
     x = rand((6, 64), seed=1)
-    layer = MLP(L.LAYERS[kind])
+    impl = dict(implementation=implementation)
+    layer = MLP(lambda f: L.LAYERS[kind](f, **impl))
     params = MLP().init(jax.random.key(0), x)
 
     def run(model, p, ctx=None):
@@ -91,8 +89,8 @@ def test_injection_and_interception_match_layer(kind):
             return jax.jit(jax.value_and_grad(loss))(p)
 
     want = run(layer, params)
-    injected = MLP(lambda f: nn.Dense(f, dot_general=FACTORIES[kind]()))
-    intercepted = run(MLP(), params, L.quantize_dense(kind))
+    injected = MLP(lambda f: nn.Dense(f, dot_general=FACTORIES[kind](**impl)))
+    intercepted = run(MLP(), params, L.quantize_dense(kind, **impl))
     for got in (run(injected, params), intercepted):
         jax.tree.map(np.testing.assert_array_equal, got, want)
 
@@ -109,7 +107,10 @@ def test_interception_filter_and_unsupported_contraction():
 
 
 @pytest.mark.parametrize("kind", (None, *KINDS))
-def test_jit_training_step_lowers_loss(kind):
+def test_jit_training_step_lowers_loss(implementation, kind):
+    if kind is None and implementation != "xla":
+        pytest.skip("nn.Dense runs no fp8mm primitive")
+    cpu_subset(implementation)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((64, 16)), jnp.float32)
     y = jnp.asarray(np.tanh(np.asarray(x) @ rng.standard_normal((16, 8))), jnp.float32)
@@ -125,9 +126,10 @@ def test_jit_training_step_lowers_loss(kind):
         return optax.apply_updates(params, upd), opt, loss
 
     losses = []
-    for _ in range(30):
-        params, opt, loss = step(params, opt)
-        losses.append(float(loss))
+    with fp8mm.use_implementation(implementation):  # step is traced on its first call
+        for _ in range(30):
+            params, opt, loss = step(params, opt)
+            losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -145,12 +147,14 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("threshold", [0.0, 3.0])
-def test_int8_inference_params(threshold):
+def test_int8_inference_params(implementation, threshold):
+    cpu_subset(implementation)
     x = rand((8, 64), seed=2)
     x = x.at[:, 5].set(9.0)  # one outlier column
-    model = MLP(lambda f: L.SwitchBackDense(f, threshold=threshold))
+    model = MLP(lambda f: L.SwitchBackDense(f, threshold=threshold, implementation=implementation))
     params = model.init(jax.random.key(0), x)
-    int8, report = L.int8_inference_params(params)
+    with fp8mm.use_implementation(implementation):  # prepare_int8_weight
+        int8, report = L.int8_inference_params(params)
     layer0 = int8["params"]["Dense_0"]  # auto-named like nn.Dense
     assert layer0["CB"].dtype == jnp.int8 and "kernel" not in layer0
     assert layer0["CB"].shape == (48, 64) and layer0["SCB"].shape == (48,)
@@ -164,16 +168,18 @@ def test_int8_inference_params(threshold):
         assert rel(got, want) < 1e-2
 
 
-def test_outlier_statistics_are_sown():
+def test_outlier_statistics_are_sown(implementation):
+    cpu_subset(implementation)
     x = rand((8, 64), seed=3).at[:, [3, 17]].set(8.0)
-    model = MLP(lambda f: L.SwitchBackDense(f, threshold=6.0))
+    model = MLP(lambda f: L.SwitchBackDense(f, threshold=6.0, implementation=implementation))
     params = model.init(jax.random.key(0), x)
     _, inter = model.apply(params, x, mutable=["intermediates"])
     first = inter["intermediates"]["Dense_0"]
     np.testing.assert_array_equal(np.flatnonzero(first["outlier_cols"][0]), [3, 17])
     assert int(first["outlier_count"][0]) == 2
     # Without a threshold nothing is sown.
-    _, inter = MLP(L.SwitchBackDense).apply(params, x, mutable=["intermediates"])
+    plain = MLP(lambda f: L.SwitchBackDense(f, implementation=implementation))
+    _, inter = plain.apply(params, x, mutable=["intermediates"])
     assert not inter
 
 

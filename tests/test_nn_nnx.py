@@ -13,6 +13,7 @@ import fp8mm
 import fp8mm.nn as fnn
 from fp8mm.codebooks import create_fp8_map
 from fp8mm.nn import nnx as N
+from tests.helpers import cpu_subset, rand, rel
 
 KINDS = fnn.KINDS
 QUANT_TOL = {"fp8_mixed": 0.08, "fp8_global": 0.10, "switchback": 0.03}
@@ -21,15 +22,9 @@ FACTORIES = {
     "fp8_global": fnn.fp8_global_dot_general,
     "switchback": fnn.switchback_dot_general,
 }
-
-
-def rand(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
-
-
-def rel(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.linalg.norm(got - want) / np.linalg.norm(want)
+# Interpreted Pallas (the CPU) runs the SwitchBack layer (forward, training, int8 inference);
+# test_nn_linen.py runs each fp8 layer there, test_ops.py the ops.
+PALLAS_CPU_CASES = {("switchback", jnp.bfloat16)}
 
 
 class MLP(nnx.Module):
@@ -54,10 +49,11 @@ def test_signature_matches_linear():
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
-def test_params_and_outputs_like_linear(kind, dtype):
+def test_params_and_outputs_like_linear(implementation, kind, dtype):
+    cpu_subset(implementation, (kind, dtype) in PALLAS_CPU_CASES)
     x = rand((2, 5, 64))
     lin = nnx.Linear(64, 32, dtype=dtype, rngs=nnx.Rngs(0))
-    q = N.LAYERS[kind](64, 32, dtype=dtype, rngs=nnx.Rngs(0))
+    q = N.LAYERS[kind](64, 32, dtype=dtype, implementation=implementation, rngs=nnx.Rngs(0))
     s_lin, s_q = nnx.state(lin, nnx.Param), nnx.state(q, nnx.Param)
     assert jax.tree.structure(s_lin) == jax.tree.structure(s_q)
     jax.tree.map(np.testing.assert_array_equal, s_lin, s_q)
@@ -68,8 +64,10 @@ def test_params_and_outputs_like_linear(kind, dtype):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_injection_and_conversion_match_layer(kind):
+def test_injection_and_conversion_match_layer(implementation, kind):
+    cpu_subset(implementation)
     x = rand((6, 64), seed=1)
+    impl = dict(implementation=implementation)
 
     def value_and_grad(model):
         @nnx.jit
@@ -78,12 +76,14 @@ def test_injection_and_conversion_match_layer(kind):
 
         return f(model)
 
-    want = value_and_grad(MLP(N.LAYERS[kind], rngs=nnx.Rngs(0)))
+    want = value_and_grad(
+        MLP(lambda i, o, rngs: N.LAYERS[kind](i, o, **impl, rngs=rngs), rngs=nnx.Rngs(0))
+    )
     injected = MLP(
-        lambda i, o, rngs: nnx.Linear(i, o, dot_general=FACTORIES[kind](), rngs=rngs),
+        lambda i, o, rngs: nnx.Linear(i, o, dot_general=FACTORIES[kind](**impl), rngs=rngs),
         rngs=nnx.Rngs(0),
     )
-    converted = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), kind)
+    converted = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), kind, **impl)
     assert all(type(layer) is N.LAYERS[kind] for layer in converted.layers)
     for model in (injected, converted):
         got = value_and_grad(model)
@@ -103,7 +103,10 @@ def test_quantize_model_keeps_variables_and_filters():
 
 
 @pytest.mark.parametrize("kind", (None, *KINDS))
-def test_jit_training_step_lowers_loss(kind):
+def test_jit_training_step_lowers_loss(implementation, kind):
+    if kind is None and implementation != "xla":
+        pytest.skip("nnx.Linear runs no fp8mm primitive")
+    cpu_subset(implementation, kind == "switchback")
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)
     y = jnp.asarray(np.tanh(np.asarray(x) @ rng.standard_normal((64, 8)) / 8), jnp.float32)
@@ -116,16 +119,21 @@ def test_jit_training_step_lowers_loss(kind):
         opt.update(model, g)
         return loss
 
-    losses = [float(step(model, opt)) for _ in range(30)]
+    with fp8mm.use_implementation(implementation):  # step is traced on its first call
+        losses = [float(step(model, opt)) for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0]
 
 
 @pytest.mark.parametrize("threshold", [0.0, 3.0])
-def test_int8_inference(threshold):
+def test_int8_inference(implementation, threshold):
+    cpu_subset(implementation, threshold > 0)
     x = rand((8, 64), seed=2).at[:, 5].set(9.0)
-    model = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "switchback", threshold=threshold)
+    model = fnn.quantize_model(
+        MLP(rngs=nnx.Rngs(0)), "switchback", threshold=threshold, implementation=implementation
+    )
     want = nnx.jit(lambda m: m(x))(model)
-    report = fnn.to_int8_inference(model)
+    with fp8mm.use_implementation(implementation):  # prepare_int8_weight
+        report = fnn.to_int8_inference(model)
     layer = model.layers[0]
     assert not hasattr(layer, "kernel") and layer.CB[...].dtype == jnp.int8
     assert (
@@ -139,9 +147,12 @@ def test_int8_inference(threshold):
         assert rel(got, want) < 1e-2
 
 
-def test_outlier_statistics_are_sown():
+def test_outlier_statistics_are_sown(implementation):
+    cpu_subset(implementation)
     x = rand((8, 64), seed=3).at[:, [3, 17]].set(8.0)
-    model = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "switchback", threshold=6.0)
+    model = fnn.quantize_model(
+        MLP(rngs=nnx.Rngs(0)), "switchback", threshold=6.0, implementation=implementation
+    )
     _, inter = nnx.capture(model, nnx.Intermediate)(x)
     stats = inter["layers"][0]
     np.testing.assert_array_equal(np.flatnonzero(stats["outlier_cols"].get_value()[0]), [3, 17])
@@ -150,11 +161,13 @@ def test_outlier_statistics_are_sown():
 
 
 @pytest.mark.parametrize("array", [np.asarray, jnp.asarray], ids=["numpy", "jax"])
-def test_custom_code_forward_and_grad(array):
+def test_custom_code_forward_and_grad(implementation, array):
+    cpu_subset(implementation)
+    impl = dict(implementation=implementation)
     # Array codes used to be rejected by nnx.static; now they are kept as static host copies.
     code = array(create_fp8_map(True, 3, 4, 8))  # e3m4: not the default e4m3
     x = rand((6, 64), seed=4)
-    layer = N.Fp8MixedLinear(64, 32, fw_code=code, bw_code=code, rngs=nnx.Rngs(0))
+    layer = N.Fp8MixedLinear(64, 32, fw_code=code, bw_code=code, **impl, rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(np.asarray(layer.fw_code), np.asarray(code))
     assert len(jax.tree.leaves(nnx.state(layer))) == 2  # the codes are not state
 
@@ -166,19 +179,20 @@ def test_custom_code_forward_and_grad(array):
     kernel, bias = layer.kernel[...], layer.bias[...]
 
     def want_loss(kernel, bias):
-        return jnp.sum((fp8mm.matmul_fp8_mixed(x, kernel, code, code) + bias) ** 2)
+        return jnp.sum((fp8mm.matmul_fp8_mixed(x, kernel, code, code, **impl) + bias) ** 2)
 
     want, (gk, gb) = jax.jit(jax.value_and_grad(want_loss, (0, 1)))(kernel, bias)
     np.testing.assert_allclose(loss, want, rtol=1e-6)
     np.testing.assert_allclose(grads["kernel"][...], gk, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grads["bias"][...], gb, rtol=1e-5, atol=1e-6)
-    default = N.Fp8MixedLinear(64, 32, rngs=nnx.Rngs(0))
+    default = N.Fp8MixedLinear(64, 32, **impl, rngs=nnx.Rngs(0))
     assert not np.array_equal(nnx.jit(lambda m: m(x))(default), nnx.jit(lambda m: m(x))(layer))
 
     # quantize_model takes the same codes; split/merge and an optimizer step work with them.
-    converted = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "fp8_global", fw_code=code)
+    converted = fnn.quantize_model(MLP(rngs=nnx.Rngs(0)), "fp8_global", fw_code=code, **impl)
     direct = MLP(
-        lambda i, o, rngs: N.Fp8GlobalLinear(i, o, fw_code=code, rngs=rngs), rngs=nnx.Rngs(0)
+        lambda i, o, rngs: N.Fp8GlobalLinear(i, o, fw_code=code, **impl, rngs=rngs),
+        rngs=nnx.Rngs(0),
     )
     got, ref = value_and_grad(nnx.merge(*nnx.split(converted))), value_and_grad(direct)
     np.testing.assert_array_equal(got[0], ref[0])

@@ -20,28 +20,12 @@ import numpy as np
 import pytest
 
 import fp8mm
-from fp8mm import dispatch, reference
+from fp8mm import dispatch
 from fp8mm import functional as F
+from tests.helpers import assert_trees_equal, f32, heavy, interpreted, ref
 
 E4M3 = np.asarray(fp8mm.e4m3_code())
 E5M2 = np.asarray(fp8mm.e5m2_code())
-_CPU = jax.devices("cpu")[0]
-
-
-def cpu(fn, *args):
-    """`fn` run by XLA on the CPU: the oracle (a GPU drops float16 round trips)."""
-    args = [jax.device_put(a, _CPU) if isinstance(a, jax.Array) else a for a in args]
-    with jax.default_device(_CPU):
-        return jax.tree.map(np.asarray, fn(*args))
-
-
-def f32(x) -> np.ndarray:
-    return np.asarray(jnp.asarray(x).astype(jnp.float32))
-
-
-def heavy(shape, dtype, seed=0, scale=1.0):
-    x = np.random.default_rng(seed).standard_t(2, size=shape).astype(np.float32) * scale
-    return jnp.asarray(x).astype(dtype)
 
 
 # ----------------------------------------------------------------------------- int8 CAt
@@ -61,9 +45,8 @@ def test_column_codes_past_float16_range(implementation):
 def test_column_codes_heavy_tails_match_intended(implementation, threshold):
     A = heavy((67, 45), jnp.float16, seed=1, scale=300.0)
     CA, CAt, rs, cs, _ = F.int8_double_quant(A, threshold, implementation=implementation)
-    want = cpu(lambda a: reference.int8_double_quant(a, threshold), A)
-    for got, w in zip((CA, CAt, rs, cs), want[:4], strict=False):
-        np.testing.assert_array_equal(np.asarray(got), w)
+    want = ref("int8_double_quant", A, threshold)
+    assert_trees_equal((CA, CAt, rs, cs), want[:4])
     x = f32(A)
     over = np.abs(x) * 127 > 65504
     assert over.any()
@@ -120,9 +103,8 @@ def test_nan_int8_rows_and_columns(implementation, threshold):
     assert np.isnan(rs[3]) and np.isnan(rs).sum() == 1
     assert np.isnan(cs[5]) and np.isnan(cs).sum() == 1
     assert (np.asarray(CA)[3] == 0).all() and (np.asarray(CAt)[:, 5] == 0).all()
-    want = cpu(lambda a: reference.int8_double_quant(a, threshold), A)
-    for got, w in zip((CA, CAt), want[:2], strict=True):
-        np.testing.assert_array_equal(np.asarray(got), w)
+    want = ref("int8_double_quant", A, threshold)
+    assert_trees_equal((CA, CAt), want[:2])
     _, rs1, _ = F.int8_vectorwise_quant(A, threshold, implementation=implementation)
     np.testing.assert_array_equal(np.isnan(np.asarray(rs1)), np.isnan(rs))
     CB, SCB = F.int8_vectorwise_quant_t(A.T, implementation=implementation)
@@ -241,12 +223,9 @@ def test_int8_quant_from_own_dtype_is_bnb_exact_inside_float16_range(implementat
         got = fn(A, implementation=implementation)
         # The same implementation on the float16 cast: bitsandbytes' input.
         want = fn(A16, implementation=implementation)
-        for g, w in zip(got, want, strict=True):
-            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
-        if implementation == "pallas":  # and the oracle (the CPU reference) agrees
-            oracle = cpu(lambda a, fn=fn: getattr(reference, fn.__name__)(a), A16)
-            for g, w in zip(got, oracle, strict=True):
-                np.testing.assert_array_equal(np.asarray(g), w)
+        assert_trees_equal(got, want)
+        if implementation != "xla":  # and the oracle (the CPU reference) agrees
+            assert_trees_equal(got, ref(fn.__name__, A16))
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -339,7 +318,7 @@ def test_primitives_under_x64(implementation):
         ),
     }
     want = {k: jax.tree.map(np.asarray, f()) for k, f in calls.items()}
-    if implementation == "pallas" and jax.default_backend() != "gpu":
+    if interpreted(implementation):
         # Interpret mode cannot serve x64 exactly; an explicit choice says so.
         with dispatch._x64(True), pytest.raises(NotImplementedError, match="x64"):
             calls["quantize_blockwise"]()
@@ -348,8 +327,7 @@ def test_primitives_under_x64(implementation):
         for k, f in calls.items():
             # Traced under x64 (every public call is jitted inside as well).
             got = jax.tree.map(np.asarray, jax.jit(f)())
-            for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want[k]), strict=True):
-                np.testing.assert_array_equal(g, w, err_msg=k)
+            assert_trees_equal(got, want[k], k)
 
 
 # ----------------------------------------------------------------------------- Flax layers

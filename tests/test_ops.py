@@ -1,6 +1,9 @@
-"""The custom-VJP matmuls: parity with bitsandbytes, hand-written gradients, transformations."""
+"""The custom-VJP matmuls: parity with bitsandbytes, hand-written gradients, transformations.
 
-import contextlib
+Every test takes the `implementation` fixture. Interpreted Pallas (the CPU) runs the
+edge cases, one golden case and `test_kernels_match_xla`, whose agreement with XLA
+(bit for bit for the fp8 ops) carries the XLA path's formula checks over to the kernels.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,26 +11,14 @@ import numpy as np
 import pytest
 
 import fp8mm
-from fp8mm import reference as ref
 from tests import golden
+from tests.helpers import KERNEL_IMPLEMENTATIONS, ON_GPU, cpu_subset, on_cpu, rand, ref
+from tests.helpers import rel as rel_err
 
 FW = jnp.asarray(fp8mm.e4m3_code())
 BW = jnp.asarray(fp8mm.e5m2_code())
 TOL = {jnp.float16: 1.5e-2, jnp.bfloat16: 1.5e-2, jnp.float32: 1e-4}
 FP8_OPS = {"fp8_mixed": fp8mm.matmul_fp8_mixed, "fp8_global": fp8mm.matmul_fp8_global}
-
-
-def rel_err(got, want):
-    got = np.asarray(jnp.asarray(got).astype(jnp.float32), np.float64)
-    want = np.asarray(want, np.float64)
-    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))  # inf where bnb overflows
-    fin = np.isfinite(want)
-    return np.linalg.norm(got[fin] - want[fin]) / max(np.linalg.norm(want[fin]), 1e-30)
-
-
-def rand(shape, dtype=jnp.float32, seed=0, scale=1.0):
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
-    return jnp.asarray(x).astype(dtype)
 
 
 # ------------------------------------------------------------------------ golden parity
@@ -50,12 +41,13 @@ def _check_gradB(gB, case, tol):
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("case", golden.cases("fp8_mixed") + golden.cases("fp8_global"))
-def test_fp8_golden(case, jit):
+def test_fp8_golden(implementation, case, jit):
+    cpu_subset(implementation)
     A, B, g, bsz, bsz2, dtype = _fp8_case(case)
     op = FP8_OPS[case.split("/")[0]]
     # The golden file was made with get_block_sizes; check that ours agrees.
     assert fp8mm.get_block_sizes(A, B) == (bsz, bsz2)
-    f = lambda a, b: op(a, b, FW, BW, bsz, bsz2)
+    f = lambda a, b: op(a, b, FW, BW, bsz, bsz2, implementation=implementation)
     if jit:
         f = jax.jit(f)
     out, vjp = jax.vjp(f, A, B)
@@ -69,7 +61,8 @@ def test_fp8_golden(case, jit):
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("case", golden.cases("switchback"))
-def test_switchback_golden(case, jit):
+def test_switchback_golden(implementation, case, jit):
+    cpu_subset(implementation, case == "switchback/0" and not jit)
     A, B, g = (jnp.asarray(golden.get(case, n)).astype(jnp.float16) for n in ("A", "B", "g"))
     thr = float(golden.get(case, "thr"))
     bias = (
@@ -77,7 +70,9 @@ def test_switchback_golden(case, jit):
         if golden.has(case, "bias")
         else None
     )
-    f = lambda a, b, bi: fp8mm.switchback_bnb(a, b, threshold=thr, bias=bi)
+    f = lambda a, b, bi: fp8mm.switchback_bnb(
+        a, b, threshold=thr, bias=bi, implementation=implementation
+    )
     if jit:
         f = jax.jit(f)
     out, vjp = jax.vjp(f, A, B, bias)
@@ -92,8 +87,9 @@ def test_switchback_golden(case, jit):
     if thr == 0:
         want = golden.get(case, "out")
         got = np.asarray(out, np.float32)
-        if jax.default_backend() == "cpu":
-            # without outliers the XLA forward is the bit-exact int8 pipeline
+        if not ON_GPU:
+            # without outliers the forward is the bit-exact int8 pipeline (XLA and the
+            # kernels interpreted)
             np.testing.assert_array_equal(got, want)
         else:
             # the Triton epilogue rounds (acc*scale) and (+ bias) separately where CUDA's
@@ -105,23 +101,17 @@ def test_switchback_golden(case, jit):
 # ----------------------------------------------------------- hand-written formulas (§2)
 
 
-def _on_cpu(fn, *args):
-    """fn evaluated by XLA on the CPU: the oracle. (On a GPU, XLA's float32 reciprocal
-    is not correctly rounded, so the GPU-run reference can move codes at ties.)"""
-    cpu = jax.devices("cpu")[0]
-    return fn(*(jax.device_put(np.asarray(a), cpu) for a in args))
-
-
 def _fq_block(x, code, bs):
-    return _on_cpu(lambda a, c: ref.fake_quant_blockwise(a, c, bs), x, code)
+    return ref("fake_quant_blockwise", x, code, bs)
 
 
 def _fq_global(x, code):
-    return _on_cpu(ref.fake_quant_global, x, code)
+    return ref("fake_quant_global", x, code)
 
 
 def _mm(a, b, dtype):
-    return _on_cpu(
+    """The float32 product (on the CPU, at full precision) rounded to `dtype`."""
+    return on_cpu(
         lambda x, y: jnp.matmul(
             x.astype(jnp.float32), y.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
         ).astype(dtype),
@@ -144,10 +134,13 @@ SHAPE_DTYPES = [
 
 
 @pytest.mark.parametrize("sa, sb, dtype", SHAPE_DTYPES)
-def test_fp8_mixed_formulas(sa, sb, dtype):
+def test_fp8_mixed_formulas(implementation, sa, sb, dtype):
+    cpu_subset(implementation)
     A, B, g = rand(sa, dtype, 1, 3.0), rand(sb, dtype, 2, 0.1), rand((*sa[:-1], sb[1]), dtype, 3)
     bsz, bsz2 = fp8mm.get_block_sizes(A, B)
-    out, vjp = jax.vjp(lambda a, b: fp8mm.matmul_fp8_mixed(a, b, FW, BW), A, B)
+    out, vjp = jax.vjp(
+        lambda a, b: fp8mm.matmul_fp8_mixed(a, b, FW, BW, implementation=implementation), A, B
+    )
     gA, gB = vjp(g)
     qB = _fq_global(B, FW)
     A2, g2 = A.reshape(-1, sa[-1]), g.reshape(-1, sb[1])
@@ -162,9 +155,12 @@ def test_fp8_mixed_formulas(sa, sb, dtype):
 
 
 @pytest.mark.parametrize("sa, sb, dtype", SHAPE_DTYPES)
-def test_fp8_global_formulas(sa, sb, dtype):
+def test_fp8_global_formulas(implementation, sa, sb, dtype):
+    cpu_subset(implementation)
     A, B, g = rand(sa, dtype, 4, 3.0), rand(sb, dtype, 5, 0.1), rand((*sa[:-1], sb[1]), dtype, 6)
-    out, vjp = jax.vjp(lambda a, b: fp8mm.matmul_fp8_global(a, b, FW, BW), A, B)
+    out, vjp = jax.vjp(
+        lambda a, b: fp8mm.matmul_fp8_global(a, b, FW, BW, implementation=implementation), A, B
+    )
     gA, gB = vjp(g)
     qA, qB, qg = _fq_global(A, FW), _fq_global(B, FW), _fq_global(g, BW)
     A2, g2 = qA.reshape(-1, sa[-1]), qg.reshape(-1, sb[1])
@@ -179,9 +175,10 @@ def test_fp8_global_formulas(sa, sb, dtype):
 def _switchback_formulas(A, B, bias, thr):
     """The semantics of docs/exactness.md written out with the reference primitives (A 2-D)."""
     dtype = A.dtype
-    CA, SCA, cols = ref.int8_vectorwise_quant(A, thr)
-    CB, SCB, _ = ref.int8_vectorwise_quant(B, 0.0)
-    out = ref.int8_mm_dequant(ref.int8_linear_matmul(CA, CB), SCA, SCB).astype(jnp.float32)
+    CA, SCA, cols = ref("int8_vectorwise_quant", A, thr)
+    CB, SCB, _ = ref("int8_vectorwise_quant", B, 0.0)
+    acc = ref("int8_linear_matmul", CA, CB)
+    out = ref("int8_mm_dequant", acc, SCA, SCB).astype(jnp.float32)
     if bias is not None:
         out = out + bias.astype(jnp.float32)
     out = out.astype(dtype)
@@ -201,13 +198,19 @@ def _switchback_formulas(A, B, bias, thr):
 )
 @pytest.mark.parametrize("thr", [0.0, 2.5])
 @pytest.mark.parametrize("sa", [(12, 40), (2, 3, 40)])
-def test_switchback_formulas(sa, with_bias, thr, dtype):
+def test_switchback_formulas(implementation, sa, with_bias, thr, dtype):
+    cpu_subset(implementation)
     A = rand(sa, dtype, 7)
     B = rand((24, 40), dtype, 8, 0.2)
     g = rand((*sa[:-1], 24), dtype, 9)
     bias = rand((24,), dtype, 10) if with_bias else None
     out, vjp = jax.vjp(
-        lambda a, b, bi: fp8mm.switchback_bnb(a, b, threshold=thr, bias=bi), A, B, bias
+        lambda a, b, bi: fp8mm.switchback_bnb(
+            a, b, threshold=thr, bias=bi, implementation=implementation
+        ),
+        A,
+        B,
+        bias,
     )
     gA, gB, gBias = vjp(g)
     A2, g2 = A.reshape(-1, 40), g.reshape(-1, 24)
@@ -230,16 +233,20 @@ def test_switchback_formulas(sa, with_bias, thr, dtype):
 
 
 @pytest.mark.parametrize("op", ["fp8_mixed", "fp8_global", "switchback"])
-def test_float32_params_get_float32_grads(op):
+def test_float32_params_get_float32_grads(implementation, op):
+    cpu_subset(implementation)
     A = rand((6, 32), jnp.float16, 11)
     W = rand((32, 16), jnp.float32, 12, 0.1)  # float32 master weight
     b = rand((16,), jnp.float32, 13)
 
     def loss(a, w, bias):
         if op == "switchback":
-            y = fp8mm.switchback_bnb(a, w.T.astype(a.dtype), bias=bias)
+            y = fp8mm.switchback_bnb(
+                a, w.T.astype(a.dtype), bias=bias, implementation=implementation
+            )
         else:
-            y = FP8_OPS[op](a, w.astype(a.dtype), FW, BW) + bias.astype(a.dtype)
+            y = FP8_OPS[op](a, w.astype(a.dtype), FW, BW, implementation=implementation)
+            y = y + bias.astype(a.dtype)
         return jnp.sum(y.astype(jnp.float32) ** 2)
 
     gA, gW, gb = jax.grad(loss, argnums=(0, 1, 2))(A, W, b)
@@ -247,52 +254,62 @@ def test_float32_params_get_float32_grads(op):
     assert np.isfinite(np.asarray(gW)).all()
 
 
-def test_weight_dtype_differs_from_activation():
+def test_weight_dtype_differs_from_activation(implementation):
+    cpu_subset(implementation)
     A = rand((4, 32), jnp.bfloat16)
     B = rand((32, 8), jnp.float32, 1)
     for op in FP8_OPS.values():
-        out, vjp = jax.vjp(lambda a, b: op(a, b, FW, BW), A, B)
+        out, vjp = jax.vjp(lambda a, b: op(a, b, FW, BW, implementation=implementation), A, B)
         gA, gB = vjp(jnp.ones_like(out))
         assert out.dtype == jnp.bfloat16 and gA.dtype == jnp.bfloat16 and gB.dtype == jnp.float32
-    out, vjp = jax.vjp(lambda a, b: fp8mm.switchback_bnb(a, b), A, B.T)
+    out, vjp = jax.vjp(
+        lambda a, b: fp8mm.switchback_bnb(a, b, implementation=implementation), A, B.T
+    )
     gA, gB = vjp(jnp.ones_like(out))
     assert out.dtype == jnp.bfloat16 and gB.dtype == jnp.float32 and gB.shape == (8, 32)
 
 
-def test_codes_get_zero_cotangents():
+def test_codes_get_zero_cotangents(implementation):
+    cpu_subset(implementation)
     A, B = rand((4, 32)), rand((32, 8), seed=1)
     for op in FP8_OPS.values():
-        gfw, gbw = jax.grad(lambda fw, bw: jnp.sum(op(A, B, fw, bw)), argnums=(0, 1))(FW, BW)
+        loss = lambda fw, bw: jnp.sum(op(A, B, fw, bw, implementation=implementation))
+        gfw, gbw = jax.grad(loss, argnums=(0, 1))(FW, BW)
         assert gfw.shape == (256,) and not np.asarray(gfw).any() and not np.asarray(gbw).any()
 
 
 @pytest.mark.parametrize("op", ["fp8_mixed", "fp8_global", "switchback"])
-def test_zero_size(op):
+def test_zero_size(implementation, op):
     A = jnp.zeros((0, 32), jnp.float16)
     if op == "switchback":
         B = rand((8, 32), jnp.float16)
         bias = rand((8,), jnp.float16)
-        f = lambda a, b, bi: fp8mm.switchback_bnb(a, b, bias=bi, threshold=1.0)
+        f = lambda a, b, bi: fp8mm.switchback_bnb(
+            a, b, bias=bi, threshold=1.0, implementation=implementation
+        )
         out, vjp = jax.vjp(f, A, B, bias)
         gA, gB, gb = vjp(jnp.zeros_like(out))
         assert not np.asarray(gb).any()
     else:
         B = rand((32, 8), jnp.float16)
-        out, vjp = jax.vjp(lambda a, b: FP8_OPS[op](a, b, FW, BW), A, B)
+        out, vjp = jax.vjp(
+            lambda a, b: FP8_OPS[op](a, b, FW, BW, implementation=implementation), A, B
+        )
         gA, gB = vjp(jnp.zeros_like(out))
     assert out.shape == (0, 8) and gA.shape == (0, 32) and gB.shape == B.shape
     assert not np.asarray(gB).any()
 
 
 @pytest.mark.parametrize("op", ["fp8_mixed", "fp8_global", "switchback"])
-def test_dead_units_give_zeros_not_nan(op):
+def test_dead_units_give_zeros_not_nan(implementation, op):
+    cpu_subset(implementation, op == "switchback")
     A = rand((6, 64), jnp.float16).at[2].set(0)  # a dead row (all-zero after ReLU)
     if op == "switchback":
         B = rand((8, 64), jnp.float16).at[3].set(0)  # a dead output unit
-        f = lambda a, b: fp8mm.switchback_bnb(a, b)
+        f = lambda a, b: fp8mm.switchback_bnb(a, b, implementation=implementation)
     else:
         B = rand((64, 8), jnp.float16).at[:, 3].set(0)
-        f = lambda a, b: FP8_OPS[op](a, b, FW, BW)
+        f = lambda a, b: FP8_OPS[op](a, b, FW, BW, implementation=implementation)
     out, vjp = jax.vjp(f, A, B)
     grads = vjp(jnp.ones_like(out))
     for x in (out, *grads):
@@ -354,65 +371,76 @@ def test_bad_input(call, exc, match):
 # ------------------------------------------------------------------------- SwitchBack state
 
 
-def test_int8_inference_state():
-    A = rand((5, 48), jnp.float16, 20)
-    B = rand((16, 48), jnp.float16, 21, 0.2)
-    state = fp8mm.prepare_int8_weight(B)
-    assert state.CB.dtype == jnp.int8 and state.SCB.shape == (16,) and not state.has_fp16_weights
-    out_train = fp8mm.switchback_bnb(A, B)
-    out_inf = fp8mm.switchback_bnb(A, None, state=state)
-    np.testing.assert_array_equal(np.asarray(out_inf), np.asarray(out_train))
-    # state is a pytree: it goes through jit as an argument
-    out_jit = jax.jit(lambda a, s: fp8mm.switchback_bnb(a, None, state=s))(A, state)
-    np.testing.assert_array_equal(np.asarray(out_jit), np.asarray(out_train))
-    # gradA flows; there is no weight to train
-    gA = jax.grad(
-        lambda a: jnp.sum(fp8mm.switchback_bnb(a, None, state=state).astype(jnp.float32))
-    )(A)
-    assert gA.shape == A.shape and np.isfinite(np.asarray(gA)).all()
-    with pytest.raises(ValueError, match="CB"):
-        fp8mm.MatmulLtState(has_fp16_weights=False)
+def test_int8_inference_state(implementation):
+    with fp8mm.use_implementation(implementation):
+        A = rand((5, 48), jnp.float16, 20)
+        B = rand((16, 48), jnp.float16, 21, 0.2)
+        state = fp8mm.prepare_int8_weight(B)
+        assert (
+            state.CB.dtype == jnp.int8 and state.SCB.shape == (16,) and not state.has_fp16_weights
+        )
+        out_train = fp8mm.switchback_bnb(A, B)
+        out_inf = fp8mm.switchback_bnb(A, None, state=state)
+        np.testing.assert_array_equal(np.asarray(out_inf), np.asarray(out_train))
+        # state is a pytree: it goes through jit as an argument
+        out_jit = jax.jit(lambda a, s: fp8mm.switchback_bnb(a, None, state=s))(A, state)
+        np.testing.assert_array_equal(np.asarray(out_jit), np.asarray(out_train))
+        # gradA flows; there is no weight to train
+        gA = jax.grad(
+            lambda a: jnp.sum(fp8mm.switchback_bnb(a, None, state=state).astype(jnp.float32))
+        )(A)
+        assert gA.shape == A.shape and np.isfinite(np.asarray(gA)).all()
+        with pytest.raises(ValueError, match="CB"):
+            fp8mm.MatmulLtState(has_fp16_weights=False)
 
 
-def test_int8_inference_with_outliers_matches_bnb_formula():
-    A = rand((6, 32), jnp.float16, 22).at[1, 4].set(9.0)
-    B = rand((10, 32), jnp.float16, 23, 0.2)
-    state = fp8mm.prepare_int8_weight(B, threshold=5.0)
-    out = fp8mm.switchback_bnb(A, None, state=state)
-    CA, SCA, cols = ref.int8_vectorwise_quant(A, 5.0)
-    base = ref.int8_mm_dequant(ref.int8_linear_matmul(CA, state.CB), SCA, state.SCB)
-    Wd = (state.CB.astype(jnp.float32) * state.SCB[:, None] / 127.0).astype(jnp.float16)
-    extra = _mm(jnp.where(cols[None], A, 0), jnp.where(cols[None], Wd, 0).T, jnp.float16)
-    want = (base.astype(jnp.float32) + extra.astype(jnp.float32)).astype(jnp.float16)
-    assert rel_err(out, want) <= 1e-3
+def test_int8_inference_with_outliers_matches_bnb_formula(implementation):
+    cpu_subset(implementation)
+    with fp8mm.use_implementation(implementation):
+        A = rand((6, 32), jnp.float16, 22).at[1, 4].set(9.0)
+        B = rand((10, 32), jnp.float16, 23, 0.2)
+        state = fp8mm.prepare_int8_weight(B, threshold=5.0)
+        out = fp8mm.switchback_bnb(A, None, state=state)
+        CA, SCA, cols = ref("int8_vectorwise_quant", A, 5.0)
+        base = ref("int8_mm_dequant", ref("int8_linear_matmul", CA, state.CB), SCA, state.SCB)
+        Wd = (state.CB.astype(jnp.float32) * state.SCB[:, None] / 127.0).astype(jnp.float16)
+        extra = _mm(jnp.where(cols[None], A, 0), jnp.where(cols[None], Wd, 0).T, jnp.float16)
+        want = (base.astype(jnp.float32) + extra.astype(jnp.float32)).astype(jnp.float16)
+        assert rel_err(out, want) <= 1e-3
 
 
-def test_outliers_under_jit_and_capacity_fallback():
-    A = rand((16, 64), jnp.float16, 24)
-    A = A.at[:, :20].multiply(20.0)  # 20 outlier columns
-    B = rand((12, 64), jnp.float16, 25, 0.2)
-    eager = fp8mm.switchback_bnb(A, B, threshold=6.0)
-    f = jax.jit(
-        lambda a, b, cap: fp8mm.switchback_bnb(
-            a, b, threshold=6.0, outlier_capacity=cap, return_outliers=True
-        ),
-        static_argnums=2,
-    )
-    for cap in (64, 32, 4):  # 4 < 20 outliers: the exact masked product takes over
-        out, cols = f(A, B, cap)
-        assert int(np.asarray(cols).sum()) >= 15
-        assert rel_err(out, eager) <= 1e-3
-    with pytest.raises(ValueError, match="outlier_capacity"):
-        fp8mm.switchback_bnb(A, B, threshold=6.0, outlier_capacity=0)
+def test_outliers_under_jit_and_capacity_fallback(implementation):
+    cpu_subset(implementation)
+    with fp8mm.use_implementation(implementation):
+        A = rand((16, 64), jnp.float16, 24)
+        A = A.at[:, :20].multiply(20.0)  # 20 outlier columns
+        B = rand((12, 64), jnp.float16, 25, 0.2)
+        eager = fp8mm.switchback_bnb(A, B, threshold=6.0)
+        f = jax.jit(
+            lambda a, b, cap: fp8mm.switchback_bnb(
+                a, b, threshold=6.0, outlier_capacity=cap, return_outliers=True
+            ),
+            static_argnums=2,
+        )
+        for cap in (64, 32, 4):  # 4 < 20 outliers: the exact masked product takes over
+            out, cols = f(A, B, cap)
+            assert int(np.asarray(cols).sum()) >= 15
+            assert rel_err(out, eager) <= 1e-3
+        with pytest.raises(ValueError, match="outlier_capacity"):
+            fp8mm.switchback_bnb(A, B, threshold=6.0, outlier_capacity=0)
 
 
-def test_state_threshold_is_used():
-    A = rand((8, 32), jnp.float16, 26).at[0, 3].set(50.0)
-    B = rand((4, 32), jnp.float16, 27)
-    a = fp8mm.switchback_bnb(A, B, state=fp8mm.MatmulLtState(threshold=6.0), return_outliers=True)
-    b = fp8mm.switchback_bnb(A, B, threshold=6.0, return_outliers=True)
-    np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
-    assert bool(a[1][3])
+def test_state_threshold_is_used(implementation):
+    cpu_subset(implementation)
+    with fp8mm.use_implementation(implementation):
+        A = rand((8, 32), jnp.float16, 26).at[0, 3].set(50.0)
+        B = rand((4, 32), jnp.float16, 27)
+        a = fp8mm.switchback_bnb(
+            A, B, state=fp8mm.MatmulLtState(threshold=6.0), return_outliers=True
+        )
+        b = fp8mm.switchback_bnb(A, B, threshold=6.0, return_outliers=True)
+        np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+        assert bool(a[1][3])
 
 
 # ------------------------------------------------------------------------- transformations
@@ -429,40 +457,43 @@ def _ops():
 
 
 @pytest.mark.parametrize("name", ["fp8_mixed", "fp8_global", "switchback"])
-def test_transformations(name):
-    f, B = _ops()[name]
-    A = rand((3, 8, 32), jnp.float16, 32)
+def test_transformations(implementation, name):
+    cpu_subset(implementation)
+    with fp8mm.use_implementation(implementation):
+        f, B = _ops()[name]
+        A = rand((3, 8, 32), jnp.float16, 32)
 
-    def loss(a, b):
-        return jnp.sum(f(a, b).astype(jnp.float32) ** 2)
+        def loss(a, b):
+            return jnp.sum(f(a, b).astype(jnp.float32) ** 2)
 
-    val, (gA, gB) = jax.value_and_grad(loss, argnums=(0, 1))(A, B)
-    gA2, gB2 = jax.grad(loss, argnums=(0, 1))(A, B)
-    np.testing.assert_array_equal(np.asarray(gA), np.asarray(gA2))
-    # remat gives the same gradients
-    gA3, gB3 = jax.grad(jax.checkpoint(loss), argnums=(0, 1))(A, B)
-    np.testing.assert_array_equal(np.asarray(gA3), np.asarray(gA))
-    np.testing.assert_array_equal(np.asarray(gB3), np.asarray(gB))
-    # vmap over a batch of A equals the per-example results
-    outs = jax.vmap(lambda a: f(a, B))(A)
-    for i in range(A.shape[0]):
-        np.testing.assert_array_equal(np.asarray(outs[i]), np.asarray(f(A[i], B)))
-    gv = jax.vmap(jax.grad(loss), in_axes=(0, None))(A, B)
-    np.testing.assert_array_equal(np.asarray(gv[1]), np.asarray(jax.grad(loss)(A[1], B)))
-    # jit without retracing
-    traces = []
+        val, (gA, gB) = jax.value_and_grad(loss, argnums=(0, 1))(A, B)
+        gA2, gB2 = jax.grad(loss, argnums=(0, 1))(A, B)
+        np.testing.assert_array_equal(np.asarray(gA), np.asarray(gA2))
+        # remat gives the same gradients
+        gA3, gB3 = jax.grad(jax.checkpoint(loss), argnums=(0, 1))(A, B)
+        np.testing.assert_array_equal(np.asarray(gA3), np.asarray(gA))
+        np.testing.assert_array_equal(np.asarray(gB3), np.asarray(gB))
+        # vmap over a batch of A equals the per-example results
+        outs = jax.vmap(lambda a: f(a, B))(A)
+        for i in range(A.shape[0]):
+            np.testing.assert_array_equal(np.asarray(outs[i]), np.asarray(f(A[i], B)))
+        gv = jax.vmap(jax.grad(loss), in_axes=(0, None))(A, B)
+        np.testing.assert_array_equal(np.asarray(gv[1]), np.asarray(jax.grad(loss)(A[1], B)))
+        # jit without retracing
+        traces = []
 
-    @jax.jit
-    def step(a, b):
-        traces.append(1)
-        return jax.value_and_grad(loss, argnums=1)(a, b)
+        @jax.jit
+        def step(a, b):
+            traces.append(1)
+            return jax.value_and_grad(loss, argnums=1)(a, b)
 
-    for s in range(3):
-        v, _ = step(rand((3, 8, 32), jnp.float16, 40 + s), B)
-    assert len(traces) == 1
-    assert np.isfinite(float(v)) and np.isfinite(float(val))
+        for s in range(3):
+            v, _ = step(rand((3, 8, 32), jnp.float16, 40 + s), B)
+        assert len(traces) == 1
+        assert np.isfinite(float(v)) and np.isfinite(float(val))
 
 
+@pytest.mark.parametrize("implementation", KERNEL_IMPLEMENTATIONS)
 @pytest.mark.parametrize(
     "name, dtype",
     [
@@ -472,7 +503,7 @@ def test_transformations(name):
         ("switchback", jnp.float16),
     ],
 )
-def test_pallas_path_matches_xla(name, dtype):
+def test_kernels_match_xla(implementation, name, dtype):
     """The ops give the same numbers with the kernels (interpret mode on CPU) as with XLA."""
     A = rand((2, 24, 96), dtype, 50, 2.0)
     g = rand((2, 24, 40), dtype, 51)
@@ -488,21 +519,17 @@ def test_pallas_path_matches_xla(name, dtype):
     # On a GPU the XLA side runs on the CPU: XLA's float32 reciprocal on a GPU is
     # approximate, and with bfloat16 inputs (few significant bits) a one-ulp change
     # of 1/absmax already moves 7-8 codes of A here; the CPU reference is the oracle.
-    on_gpu = jax.default_backend() == "gpu"
-    cpu = jax.devices("cpu")[0]
-    res = {}
-    for impl in ("xla", "pallas"):
-        args = (A, B, g)
-        ctx = contextlib.nullcontext()
-        if impl == "xla" and on_gpu:
-            args, ctx = jax.device_put(args, cpu), jax.default_device(cpu)
-        with ctx:
-            out, vjp = jax.vjp(lambda a, b: f(a, b, impl), *args[:2])
-            res[impl] = (out, *vjp(args[2]))
-    for got, want in zip(res["pallas"], res["xla"], strict=True):
+    out, vjp = jax.vjp(lambda a, b: f(a, b, implementation), A, B)
+    got_all = (out, *vjp(g))
+
+    def xla(a, b, g):
+        out, vjp = jax.vjp(lambda a, b: f(a, b, "xla"), a, b)
+        return (out, *vjp(g))
+
+    for got, want in zip(got_all, on_cpu(xla, A, B, g), strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-        if on_gpu:  # cuBLAS and the CPU sum in different orders: one ulp of the dtype
+        if ON_GPU:  # cuBLAS and the CPU sum in different orders: one ulp of the dtype
             eps = float(jnp.finfo(dtype).eps)
             np.testing.assert_allclose(got, want, rtol=eps, atol=eps * np.abs(want).max())
         elif name == "switchback":  # the fused epilogue may differ by one float16 ulp
@@ -511,10 +538,13 @@ def test_pallas_path_matches_xla(name, dtype):
             np.testing.assert_array_equal(got, want)
 
 
-def test_switchback_zero_inner_dim():
-    out = fp8mm.switchback_bnb(jnp.ones((3, 0), jnp.float16), jnp.ones((4, 0), jnp.float16))
-    assert out.shape == (3, 4) and not np.asarray(out).any()
-    out = fp8mm.switchback_bnb(
-        jnp.ones((3, 8), jnp.float16), jnp.ones((4, 8), jnp.float16), outlier_capacity=np.int64(2)
-    )
-    assert out.shape == (3, 4)
+def test_switchback_zero_inner_dim(implementation):
+    with fp8mm.use_implementation(implementation):
+        out = fp8mm.switchback_bnb(jnp.ones((3, 0), jnp.float16), jnp.ones((4, 0), jnp.float16))
+        assert out.shape == (3, 4) and not np.asarray(out).any()
+        out = fp8mm.switchback_bnb(
+            jnp.ones((3, 8), jnp.float16),
+            jnp.ones((4, 8), jnp.float16),
+            outlier_capacity=np.int64(2),
+        )
+        assert out.shape == (3, 4)

@@ -1,7 +1,8 @@
-"""Property-based tests of the reference primitives (hypothesis).
+"""Property-based tests of the primitives (hypothesis), on every implementation.
 
 Example counts are small in CI (profile "ci"); set HYPOTHESIS_PROFILE=thorough
-for a longer search.
+for a longer search. Interpreted Pallas (the CPU) checks each property on one
+representative example instead of a search.
 """
 
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 import fp8mm
 from fp8mm import reference
+from tests.helpers import interpreted
 
 CODES = {
     "e4m3": np.asarray(fp8mm.e4m3_code()),
@@ -21,6 +23,37 @@ DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat
 dims = st.sampled_from([1, 2, 3, 5, 7, 31, 33, 64, 97, 130])
 
 
+def properties(interpreted_example, **strategies):
+    """`@given(**strategies)` for a test whose first argument is the `implementation` fixture.
+
+    The search runs inside the test, once per implementation; where the kernels
+    are interpreted (slow) the test runs on `interpreted_example` (keyword
+    arguments) alone.
+    """
+
+    def decorate(body):
+        def test(implementation):
+            if interpreted(implementation):
+                return body(implementation, **interpreted_example)
+            given(**strategies)(lambda **kw: body(implementation, **kw))()
+
+        test.__name__, test.__doc__ = body.__name__, body.__doc__
+        return test
+
+    return decorate
+
+
+def make_array(shape, dtype: str, scale: float, seed: int, sparse: bool):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32) * scale
+    if sparse:  # a few huge values and zeros, as after a ReLU
+        x[rng.random(shape) < 0.01] *= 50
+        x[rng.random(shape) < 0.2] = 0
+    if dtype == "float16":
+        x = np.clip(x, -60000, 60000)
+    return jnp.asarray(x).astype(DTYPES[dtype])
+
+
 @st.composite
 def arrays(draw, max_ndim=3):
     shape = tuple(draw(st.lists(dims, min_size=1, max_size=max_ndim)))
@@ -29,26 +62,25 @@ def arrays(draw, max_ndim=3):
     dtype = draw(st.sampled_from(sorted(DTYPES)))
     scale = draw(st.sampled_from([1e-6, 1e-3, 1.0, 30.0, 1e4]))
     seed = draw(st.integers(0, 2**31 - 1))
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape).astype(np.float32) * scale
-    if draw(st.booleans()):  # a few huge values and zeros, as after a ReLU
-        x[rng.random(shape) < 0.01] *= 50
-        x[rng.random(shape) < 0.2] = 0
-    if dtype == "float16":
-        x = np.clip(x, -60000, 60000)
-    return jnp.asarray(x).astype(DTYPES[dtype])
+    return make_array(shape, dtype, scale, seed, draw(st.booleans()))
 
 
-@given(A=arrays(), code=st.sampled_from(sorted(CODES)), bs=st.sampled_from([32, 64, 256, 4096]))
-def test_blockwise_on_grid_and_within_half_step(A, code, bs):
+@properties(
+    dict(A=make_array((5, 130), "float32", 30.0, 1, True), code="e4m3", bs=64),
+    A=arrays(),
+    code=st.sampled_from(sorted(CODES)),
+    bs=st.sampled_from([32, 64, 256, 4096]),
+)
+def test_blockwise_on_grid_and_within_half_step(implementation, A, code, bs):
     c = CODES[code]
-    q, state = fp8mm.quantize_blockwise(A, jnp.asarray(c), bs)
+    impl = dict(implementation=implementation)
+    q, state = fp8mm.quantize_blockwise(A, jnp.asarray(c), bs, **impl)
     x = np.asarray(A.astype(jnp.float32)).ravel()
     absmax = np.repeat(np.asarray(state.absmax), bs)[: x.size]
     # absmax is the block's max |x|
     blocks = np.pad(np.abs(x), (0, -x.size % bs)).reshape(-1, bs).max(1)
     np.testing.assert_array_equal(np.asarray(state.absmax), blocks)
-    deq = np.asarray(fp8mm.dequantize_blockwise(q, state).astype(jnp.float32)).ravel()
+    deq = np.asarray(fp8mm.dequantize_blockwise(q, state, **impl).astype(jnp.float32)).ravel()
     grid = c[np.asarray(q).ravel().astype(int)] * absmax
     np.testing.assert_array_equal(deq, np.asarray(jnp.asarray(grid).astype(A.dtype), np.float32))
     # nearest code: |x/absmax - code[q]| is at most half the gap to the next code
@@ -60,35 +92,44 @@ def test_blockwise_on_grid_and_within_half_step(A, code, bs):
     )
     ok = absmax > 0
     assert np.all(np.abs(xn - c[qi])[ok] <= gap[ok] / 2 + 1e-6)
-    fq = fp8mm.fake_quant_blockwise(A, jnp.asarray(c), bs)
+    fq = fp8mm.fake_quant_blockwise(A, jnp.asarray(c), bs, **impl)
     np.testing.assert_array_equal(np.asarray(fq, np.float32).ravel(), deq)
     # round trip: requantizing is stable for the symmetric fp8 grids (the dynamic map's
     # negative end is -0.99297, so a negative block max shrinks the absmax there)
-    fq2 = fp8mm.fake_quant_blockwise(fq, jnp.asarray(c), bs)
+    fq2 = fp8mm.fake_quant_blockwise(fq, jnp.asarray(c), bs, **impl)
     if A.dtype == jnp.float32 and code != "dynamic":
         np.testing.assert_array_equal(np.asarray(fq2), np.asarray(fq))
 
 
-@given(A=arrays(), code=st.sampled_from(sorted(CODES)))
-def test_global_properties(A, code):
+@properties(
+    dict(A=make_array((31, 33), "bfloat16", 1e4, 2, False), code="e5m2"),
+    A=arrays(),
+    code=st.sampled_from(sorted(CODES)),
+)
+def test_global_properties(implementation, A, code):
     c = CODES[code]
-    q, state = fp8mm.quantize(A, jnp.asarray(c))
+    impl = dict(implementation=implementation)
+    q, state = fp8mm.quantize(A, jnp.asarray(c), **impl)
     x = np.asarray(A.astype(jnp.float32))
     assert float(state.absmax) == float(np.abs(x).max())
-    deq = np.asarray(fp8mm.dequantize(q, state))
+    deq = np.asarray(fp8mm.dequantize(q, state, **impl))
     np.testing.assert_array_equal(deq, c[np.asarray(q).astype(int)] * np.float32(state.absmax))
     if float(state.absmax) > 0:
         err = np.abs(deq - x) / float(state.absmax)
         assert err.max() <= np.max(np.diff(c)) / 2 + 1e-6
-    fq = fp8mm.fake_quant_global(A, jnp.asarray(c))
+    fq = fp8mm.fake_quant_global(A, jnp.asarray(c), **impl)
     assert fq.dtype == A.dtype and fq.shape == A.shape
 
 
-@given(A=arrays(), thr=st.sampled_from([0.0, 0.5, 3.0]))
-def test_int8_properties(A, thr):
+@properties(
+    dict(A=make_array((33, 64), "float16", 1.0, 3, True), thr=3.0),
+    A=arrays(),
+    thr=st.sampled_from([0.0, 0.5, 3.0]),
+)
+def test_int8_properties(implementation, A, thr):
     if A.ndim < 2:
         A = A[None]
-    CA, CAt, rs, cs, cols = fp8mm.int8_double_quant(A, thr)
+    CA, CAt, rs, cs, cols = fp8mm.int8_double_quant(A, thr, implementation=implementation)
     # bitsandbytes' float16 values, except where the cast overflows (docs/exactness.md)
     a16 = np.asarray(reference.f16_or_wide(A)).reshape(-1, A.shape[-1])
     ca = np.asarray(CA).reshape(a16.shape).astype(int)
@@ -110,17 +151,12 @@ def test_int8_properties(A, thr):
     )
 
 
-@given(
-    m=dims,
-    n=dims,
-    k=dims,
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_int8_matmul_exact(m, n, k, seed):
+@properties(dict(m=7, n=33, k=130, seed=4), m=dims, n=dims, k=dims, seed=st.integers(0, 2**31 - 1))
+def test_int8_matmul_exact(implementation, m, n, k, seed):
     rng = np.random.default_rng(seed)
     A = rng.integers(-127, 128, (m, k), dtype=np.int8)
     B = rng.integers(-127, 128, (n, k), dtype=np.int8)
-    acc = fp8mm.int8_linear_matmul(jnp.asarray(A), jnp.asarray(B))
+    acc = fp8mm.int8_linear_matmul(jnp.asarray(A), jnp.asarray(B), implementation=implementation)
     np.testing.assert_array_equal(np.asarray(acc), A.astype(np.int64) @ B.astype(np.int64).T)
 
 
