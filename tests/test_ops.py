@@ -12,7 +12,15 @@ import pytest
 
 import fp8mm
 from tests import golden
-from tests.helpers import KERNEL_IMPLEMENTATIONS, ON_GPU, cpu_subset, on_cpu, rand, ref
+from tests.helpers import (
+    KERNEL_IMPLEMENTATIONS,
+    ON_GPU,
+    cpu_subset,
+    on_cpu,
+    rand,
+    ref,
+    skip_xla_on_gpu,
+)
 from tests.helpers import rel as rel_err
 
 FW = jnp.asarray(fp8mm.e4m3_code())
@@ -135,6 +143,7 @@ SHAPE_DTYPES = [
 
 @pytest.mark.parametrize("sa, sb, dtype", SHAPE_DTYPES)
 def test_fp8_mixed_formulas(implementation, sa, sb, dtype):
+    skip_xla_on_gpu(implementation)
     cpu_subset(implementation)
     A, B, g = rand(sa, dtype, 1, 3.0), rand(sb, dtype, 2, 0.1), rand((*sa[:-1], sb[1]), dtype, 3)
     bsz, bsz2 = fp8mm.get_block_sizes(A, B)
@@ -156,6 +165,7 @@ def test_fp8_mixed_formulas(implementation, sa, sb, dtype):
 
 @pytest.mark.parametrize("sa, sb, dtype", SHAPE_DTYPES)
 def test_fp8_global_formulas(implementation, sa, sb, dtype):
+    skip_xla_on_gpu(implementation)
     cpu_subset(implementation)
     A, B, g = rand(sa, dtype, 4, 3.0), rand(sb, dtype, 5, 0.1), rand((*sa[:-1], sb[1]), dtype, 6)
     out, vjp = jax.vjp(

@@ -12,7 +12,7 @@ import pytest
 import fp8mm
 from fp8mm import dispatch
 from fp8mm import reference as ref
-from tests.helpers import CPU, assert_trees_equal, cpu_subset, rand, rand_int8
+from tests.helpers import CPU, assert_trees_equal, cpu_subset, rand, rand_int8, skip_xla_on_gpu
 
 CODE = jnp.asarray(fp8mm.e4m3_code())
 FLOATS = [jnp.float32, jnp.float16, jnp.bfloat16]
@@ -405,6 +405,7 @@ def test_reference_matches_argmin_away_from_ties():
 
 
 def test_column_quant_exact_tie_rounds_half_even(implementation):
+    skip_xla_on_gpu(implementation)
     cpu_subset(implementation)
     # 0.30395508 * 127 rounds to 38.59375 in float16, and 38.59375 / 5.9375 is exactly 6.5:
     # torch's true division gives 6.5 and round-half-even 6. A reciprocal-multiply
