@@ -5,7 +5,7 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import hypothesis
 
-hypothesis.settings.register_profile("ci", max_examples=8, deadline=None, derandomize=True)
+hypothesis.settings.register_profile("ci", max_examples=6, deadline=None, derandomize=True)
 hypothesis.settings.register_profile("thorough", max_examples=400, deadline=None)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

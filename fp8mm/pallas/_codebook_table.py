@@ -96,6 +96,12 @@ def bucket_table(
     """
     if fold_nan and not midpoints_finite(np.asarray(code, np.float32)):
         raise ValueError("NaN folding needs a code whose midpoints are all finite")
+    return _bucket_table(code, shift, fold_nan)
+
+
+# Jitted: built op by op (eagerly) the table took ~4 s of host time per codebook.
+@functools.partial(jax.jit, static_argnames=("shift", "fold_nan"))
+def _bucket_table(code, shift: int, fold_nan: bool) -> jax.Array:
     buckets = num_buckets(shift)
     code = jnp.asarray(code, jnp.float32)
     mids = (code[:-1] + code[1:]) * np.float32(0.5)
