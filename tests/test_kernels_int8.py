@@ -17,6 +17,7 @@ import fp8mm
 from fp8mm import dispatch, reference
 from fp8mm.pallas import int8_matmul_triton as k8m
 from fp8mm.pallas import int8_quant as k8q
+from tests.helpers import assert_within_ulp
 
 INTERPRET = jax.default_backend() != "gpu"
 _CPU = jax.devices("cpu")[0]
@@ -69,31 +70,6 @@ def assert_equal(got, want):
     if got.dtype.kind == "f":
         bad &= ~(np.isnan(got) & np.isnan(want))
     assert not bad.any(), f"{bad.sum()} of {bad.size} differ, first at {np.argwhere(bad)[:5]}"
-
-
-def _ulp(x: np.ndarray, dtype) -> np.ndarray:
-    fi = jnp.finfo(dtype)
-    mag = np.maximum(np.abs(x), float(fi.smallest_normal))
-    return np.exp2(np.floor(np.log2(mag)) - fi.nmant)
-
-
-def assert_within_ulp(got, want, ulp_dtype=jnp.float16, bias=None):
-    """Within one ulp of `ulp_dtype` (the float16 result, or its bfloat16 cast).
-
-    With a bias, one float32 ulp of it more: the kernel rounds the product
-    before adding the bias where an FMA does not, which shows where the two
-    nearly cancel.
-    """
-    assert got.shape == want.shape and got.dtype == want.dtype
-    g = np.asarray(got.astype(jnp.float32))
-    w = np.asarray(want.astype(jnp.float32))
-    finite = np.isfinite(w)
-    assert np.array_equal(g[~finite], w[~finite], equal_nan=True)
-    tol = _ulp(w, ulp_dtype)
-    if bias is not None:
-        tol = tol + np.abs(np.asarray(bias, np.float32)) * 2.0**-22
-    err = np.abs(g - w)
-    assert np.all(err[finite] <= tol[finite]), f"max error {err[finite].max()}"
 
 
 # ----------------------------------------------------------------------------
