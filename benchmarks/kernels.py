@@ -201,6 +201,20 @@ def run_int8_matmul(r: Runner, plan: Plan) -> None:
             ops,
             "TOPS",
         )
+        # The fused product also per int8 matmul kernel of the registry by name ("pallas"
+        # is the first that serves); on a GPU only: Mosaic GPU kernels have no interpret mode.
+        by_name = "pallas" in plan.impls and jax.default_backend() == "gpu"
+        kernels = ("pallas_mosaic_gpu", "pallas_triton") if by_name else ()
+        for impl in (*plan.impls, *kernels):
+            r.jax_case(
+                row("int8_linear_matmul_dequant", impl),
+                lambda a, b, rs, cs, i=impl: fp8mm.int8_linear_matmul_dequant(
+                    a, b, rs, cs, None, dt, implementation=i
+                ),
+                (A8, B8, rs, cs),
+                ops,
+                "TOPS",
+            )
         for impl in plan.impls:
             r.jax_case(
                 row("int8_linear_matmul", impl),
@@ -210,33 +224,11 @@ def run_int8_matmul(r: Runner, plan: Plan) -> None:
                 "TOPS",
             )
             r.jax_case(
-                row("int8_linear_matmul_dequant", impl),
-                lambda a, b, rs, cs, i=impl: fp8mm.int8_linear_matmul_dequant(
-                    a, b, rs, cs, None, dt, implementation=i
-                ),
-                (A8, B8, rs, cs),
-                ops,
-                "TOPS",
-            )
-            r.jax_case(
                 row("int8_mm_dequant", impl, None),  # int32 in, float16 out
                 lambda c, rs, cs, i=impl: fp8mm.int8_mm_dequant(c, rs, cs, implementation=i),
                 (acc, rs, cs),
                 6.0 * t * n,
                 "GB/s",
-            )
-        # Each int8 matmul kernel of the registry by name ("pallas" is the first that
-        # serves); on a GPU only: Mosaic GPU kernels have no interpret mode.
-        by_name = "pallas" in plan.impls and jax.default_backend() == "gpu"
-        for impl in ("pallas_mosaic_gpu", "pallas_triton") if by_name else ():
-            r.jax_case(
-                row("int8_linear_matmul_dequant", impl),
-                lambda a, b, rs, cs, i=impl: fp8mm.int8_linear_matmul_dequant(
-                    a, b, rs, cs, None, dt, implementation=i
-                ),
-                (A8, B8, rs, cs),
-                ops,
-                "TOPS",
             )
 
 
