@@ -17,18 +17,24 @@ from fp8mm.functional import (
     int8_linear_matmul,
     int8_linear_matmul_dequant,
     int8_mm_dequant,
+    int8_scaled_matmul,
     int8_vectorwise_quant,
     int8_vectorwise_quant_t,
     outlier_indices,
     quantize,
     quantize_blockwise,
+    quantize_columnwise_and_transpose,
+    quantize_global,
+    quantize_rowwise,
 )
 from fp8mm.ops import (
     get_block_sizes,
     matmul_fp8_global,
     matmul_fp8_mixed,
     prepare_int8_weight,
+    prepare_switchback_weight,
     switchback_bnb,
+    switchback_linear,
 )
 from fp8mm.state import MatmulLtState, QuantState
 

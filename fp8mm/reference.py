@@ -486,3 +486,68 @@ def int8_linear_matmul_dequant(A, B, row_stats, col_stats, bias=None, out_dtype=
     beyond float16 range keep their float32 value (see `dequant_values`).
     """
     return dequant_values(int8_linear_matmul(A, B), row_stats, col_stats, bias, out_dtype)
+
+
+# ----------------------------------------------------------------------------
+# The SwitchBack paper's quantizations (bitsandbytes.triton, <= 0.49)
+# ----------------------------------------------------------------------------
+# One rule for every scale (row, column, whole tensor): codes are
+# round-half-even(x * (127 * (1/absmax))) of x in its own dtype (no float16
+# cast), with the correctly rounded reciprocal; NaN makes its scale NaN and its
+# codes 0; an all-zero row/column/tensor gives codes 0 and absmax 0.
+
+
+def _sb_codes(x: jax.Array, absmax: jax.Array) -> jax.Array:
+    return _to_int8(jnp.round(x * row_scale(absmax)))
+
+
+@jax.jit
+def quantize_rowwise(X: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Row-wise int8 codes of X [..., k] in its own dtype: (int8 [..., k], absmax float32 [...])."""
+    x = X.astype(jnp.float32)
+    absmax = absmax_nan(x, axis=-1)
+    return _sb_codes(x, absmax[..., None]), absmax
+
+
+@functools.partial(jax.jit, static_argnames=("transpose",))
+def quantize_global(W: jax.Array, transpose: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Whole-tensor int8 codes of W [r, c]: (int8 [r, c] or [c, r] transposed, absmax [])."""
+    w = W.astype(jnp.float32)
+    absmax = absmax_nan(w)
+    codes = _sb_codes(w, absmax)
+    return (codes.T if transpose else codes), absmax
+
+
+@jax.jit
+def quantize_columnwise_and_transpose(W: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Column-wise int8 codes of W [r, c], transposed: (int8 [c, r], absmax float32 [c])."""
+    w = W.astype(jnp.float32)
+    absmax = absmax_nan(w, axis=0)
+    return _sb_codes(w, absmax[None, :]).T, absmax
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def dequantize_rowwise(q: jax.Array, absmax: jax.Array, dtype=jnp.float16) -> jax.Array:
+    """(absmax * q) * (1/127) per row, rounded once to `dtype` (bitsandbytes' order)."""
+    t = absmax[..., None].astype(jnp.float32) * q.astype(jnp.float32)
+    return (t * np.float32(1.0 / 127.0)).astype(dtype)
+
+
+def scaled_values(acc, row_stats, col_stats, bias, out_dtype) -> jax.Array:
+    """((acc*row)*col)*(1/127²) (+ bias) in float32, rounded once to out_dtype."""
+    t = acc.astype(jnp.float32) * row_stats[..., None].astype(jnp.float32)
+    t = t * col_stats.astype(jnp.float32) * MM_DEQUANT_CONST
+    if bias is not None:
+        t = t + bias.astype(jnp.float32)
+    return t.astype(out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype",))
+def int8_scaled_matmul(A, B, row_stats, col_stats, bias=None, out_dtype=jnp.bfloat16):
+    """`scaled_values(int8_linear_matmul(A, B), ...)`: the SwitchBack paper's fused product.
+
+    A int8 [..., k], B int8 [n, k], row_stats float32 [...], col_stats float32
+    [n], bias None or float [n]; out_dtype [..., n], rounded once from float32
+    (no float16 step, unlike `int8_linear_matmul_dequant`).
+    """
+    return scaled_values(int8_linear_matmul(A, B), row_stats, col_stats, bias, out_dtype)

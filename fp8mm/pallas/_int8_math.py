@@ -199,15 +199,21 @@ def elementwise_tile_space(m: int, k: int, widths: tuple[int, ...]) -> tuple[Til
     return tuple(space)
 
 
-def epilogue_operands(row_stats, col_stats, bias) -> tuple:
-    """(row [m], col [n], bias [n] | None) in float32 for the kernels, and the bias mode."""
+def epilogue_operands(row_stats, col_stats, bias, direct: bool = False) -> tuple:
+    """(row [m], col [n], bias [n] | None) in float32 for the kernels, and the bias mode.
+
+    direct: the SwitchBack paper's epilogue (`reference.scaled_values`), where any
+    bias joins the float32 sum before the one rounding.
+    """
     f32 = jnp.float32
     bias32 = None if bias is None else bias.astype(f32)
-    return row_stats.reshape(-1).astype(f32), col_stats.astype(f32), bias32, bias_mode_of(bias)
+    mode = ("fused" if bias is not None else None) if direct else bias_mode_of(bias)
+    return row_stats.reshape(-1).astype(f32), col_stats.astype(f32), bias32, mode
 
 
-def dequant_math(acc, row, col, bias, *, bias_mode: str | None, out_dtype):
-    """reference.int8_mm_dequant on one tile, in the same operation order.
+def dequant_math(acc, row, col, bias, *, bias_mode: str | None, out_dtype, direct: bool = False):
+    """reference.int8_mm_dequant (direct: reference.scaled_values) on one tile, in the
+    same operation order.
 
     row, col and bias are float32 and broadcast against acc ([bm, 1] and [1, bn]
     in the Triton kernels, whole tiles in the Mosaic GPU kernel, whose layouts
@@ -216,6 +222,9 @@ def dequant_math(acc, row, col, bias, *, bias_mode: str | None, out_dtype):
     t = acc.astype(_F32) * row
     t = t * col
     t = t * reference.MM_DEQUANT_CONST
+    if direct:
+        # One rounding from float32: no float16 step to lose bf16 range or tiny values.
+        return (t if bias_mode is None else t + bias).astype(out_dtype)
     if bias_mode == "fused":
         t = t + bias
     if np.dtype(out_dtype) == np.dtype(jnp.float16):

@@ -55,10 +55,12 @@ __all__ = [
     "dequant_search_space",
     "int8_linear_matmul",
     "int8_linear_matmul_dequant",
+    "int8_scaled_matmul",
     "int8_mm_dequant",
     "matmul_search_space",
     "supported_int8_linear_matmul",
     "supported_int8_linear_matmul_dequant",
+    "supported_int8_scaled_matmul",
     "supported_int8_mm_dequant",
 ]
 
@@ -161,7 +163,7 @@ def _given(config, cls, choice):
 # ----------------------------------------------------------------------------
 
 
-def _matmul_kernel(*refs, m, n, k, cfg, dequant, bias_mode, out_dtype):
+def _matmul_kernel(*refs, m, n, k, cfg, dequant, bias_mode, out_dtype, direct):
     if dequant:
         a_ref, b_ref, row_ref, col_ref, *rest = refs
         bias_ref = rest.pop(0) if bias_mode is not None else None
@@ -202,7 +204,9 @@ def _matmul_kernel(*refs, m, n, k, cfg, dequant, bias_mode, out_dtype):
         row = masked_load(row_ref.at[rs], row_ok, 0.0)[:, None]
         col = masked_load(col_ref.at[cs], col_ok, 0.0)[None, :]
         bias = None if bias_ref is None else masked_load(bias_ref.at[cs], col_ok, 0.0)[None, :]
-        out = dequant_math(acc, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype)
+        out = dequant_math(
+            acc, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype, direct=direct
+        )
     else:
         out = acc
     _backend.store(o_ref.at[rs, cs], out, mask=out_mask)
@@ -232,9 +236,9 @@ def _dequant_kernel(*refs, m, n, cfg, bias_mode, out_dtype):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("bias_mode", "out_dtype", "dequant", "cfg", "interpret")
+    jax.jit, static_argnames=("bias_mode", "out_dtype", "dequant", "direct", "cfg", "interpret")
 )
-def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, interpret):
+def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, interpret, direct):
     m, k = a.shape
     n = b.shape[0]
     args = [a, b]
@@ -249,10 +253,15 @@ def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, inte
         dequant=dequant,
         bias_mode=bias_mode,
         out_dtype=out_dtype,
+        direct=direct,
     )
+    if direct:
+        name = "fp8mm_int8_scaled_matmul"
+    else:
+        name = "fp8mm_int8_linear_matmul_dequant" if dequant else "fp8mm_int8_linear_matmul"
     return pallas_call(
         kernel,
-        name="fp8mm_int8_linear_matmul_dequant" if dequant else "fp8mm_int8_linear_matmul",
+        name=name,
         interpret=interpret,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -299,23 +308,31 @@ def supported_int8_mm_dequant(acc: jax.Array, *epilogue) -> str | None:
     return too_large(acc)
 
 
-def _product(A, B, epilogue, config, interpret):
-    """A @ Bᵀ: int32 when `epilogue` is None, else (row_stats, col_stats, bias, out_dtype)."""
+def supported_int8_scaled_matmul(A: jax.Array, B: jax.Array, *epilogue) -> str | None:
+    """As `supported_int8_linear_matmul`: the epilogue's operands add no limit."""
+    del epilogue
+    return supported_int8_linear_matmul(A, B)
+
+
+def _product(A, B, epilogue, config, interpret, direct=False):
+    """A @ Bᵀ: int32 when `epilogue` is None, else (row_stats, col_stats, bias, out_dtype)
+    dequantized as `reference.int8_linear_matmul_dequant` (direct: `int8_scaled_matmul`)."""
     if (why := supported_int8_linear_matmul(A, B)) is not None:
         raise ValueError(why)
     out_shape = (*A.shape[:-1], B.shape[0])
     if epilogue is not None and (math.prod(out_shape) == 0 or A.shape[-1] == 0):
         *args, out_dtype = epilogue
-        return reference.int8_linear_matmul_dequant(A, B, *args).astype(out_dtype)
+        ref = reference.int8_scaled_matmul if direct else reference.int8_linear_matmul_dequant
+        return ref(A, B, *args, out_dtype=np.dtype(out_dtype))
     if math.prod(out_shape) == 0 or A.shape[-1] == 0:
         return jnp.zeros(out_shape, jnp.int32)
     a = A.reshape(-1, A.shape[-1])
     cfg = _given(config, MatmulConfig, choose_matmul_config(a.shape[0], B.shape[0], a.shape[1]))
     row = col = bias = mode = out_dtype = None
     if epilogue is not None:
-        row, col, bias, mode = epilogue_operands(*epilogue[:3])
+        row, col, bias, mode = epilogue_operands(*epilogue[:3], direct=direct)
         out_dtype = np.dtype(epilogue[3])
-    kw = dict(bias_mode=mode, out_dtype=out_dtype, cfg=cfg, interpret=interpret)
+    kw = dict(bias_mode=mode, out_dtype=out_dtype, cfg=cfg, interpret=interpret, direct=direct)
     out = _matmul_2d(a, B, row, col, bias, dequant=epilogue is not None, **kw)
     return out.reshape(out_shape)
 
@@ -358,6 +375,29 @@ def int8_linear_matmul_dequant(
       ValueError: an operand or the product is beyond the kernel's int32 indexing.
     """
     return _product(A, B, (row_stats, col_stats, bias, out_dtype), config, interpret)
+
+
+def int8_scaled_matmul(
+    A, B, row_stats, col_stats, bias=None, out_dtype=jnp.bfloat16, *, config=None, interpret=False
+) -> jax.Array:
+    """The SwitchBack paper's int8 product: ((A·Bᵀ)·row·col/127² + bias), rounded once.
+
+    Arguments and result as `fp8mm.int8_scaled_matmul` (validated there): A int8
+    [..., k], B int8 [n, k], row_stats float32 [...], col_stats float32 [n] (a
+    global scale comes broadcast), bias None or float [n] added in float32;
+    returns out_dtype [..., n], equal to `reference.int8_scaled_matmul` (within
+    one ulp of out_dtype with a bias, where the compiler may fuse the last
+    multiply-add).
+
+    Args:
+      config: the kernel's `MatmulConfig | None` (as in `int8_linear_matmul`).
+      interpret: run in Pallas interpret mode (CPU).
+
+    Raises:
+      ValueError: an operand or the product is beyond the kernel's int32 indexing.
+    """
+    epilogue = (row_stats, col_stats, bias, out_dtype)
+    return _product(A, B, epilogue, config, interpret, direct=True)
 
 
 def int8_mm_dequant(

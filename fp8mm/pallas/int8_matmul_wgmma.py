@@ -57,8 +57,10 @@ __all__ = [
     "choose_wgmma_config",
     "int8_linear_matmul",
     "int8_linear_matmul_dequant",
+    "int8_scaled_matmul",
     "supported_int8_linear_matmul",
     "supported_int8_linear_matmul_dequant",
+    "supported_int8_scaled_matmul",
     "wgmma_reason",
     "wgmma_search_space",
 ]
@@ -205,7 +207,7 @@ def _load_vector(ref, layout):
     return plgpu.load(ref, layout=layout, optimized=False)
 
 
-def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype):
+def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, direct):
     """One persistent program: loops over its output tiles (see the module docstring).
 
     Refs: a_gmem int8 [m, k], b_gmem int8 [n, k], then (dequant) row_gmem f32 [m],
@@ -282,7 +284,13 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype):
                                 _load_vector(bias_gmem.at[cols], col_layout), (tm, tn), [1]
                             )
                         out = dequant_math(
-                            out, row, col, bias, bias_mode=bias_mode, out_dtype=out_dtype
+                            out,
+                            row,
+                            col,
+                            bias,
+                            bias_mode=bias_mode,
+                            out_dtype=out_dtype,
+                            direct=direct,
                         )
                     # The previous tile's stores must have read their slots.
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
@@ -311,8 +319,10 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype):
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
-@functools.partial(jax.jit, static_argnames=("dequant", "bias_mode", "out_dtype", "cfg", "num_sms"))
-def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_sms):
+@functools.partial(
+    jax.jit, static_argnames=("dequant", "bias_mode", "out_dtype", "cfg", "num_sms", "direct")
+)
+def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_sms, direct):
     """[m, n] product of a [m, k] and b [n, k]: int32, or dequantized to out_dtype."""
     out_dtype = out_dtype if dequant else np.dtype(np.int32)
     m, k = a.shape
@@ -325,7 +335,15 @@ def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_
     )
     slots = cfg.epilogue_slots
     kernel = functools.partial(
-        _kernel, m=m, n=n, k=k, cfg=cfg, dequant=dequant, bias_mode=bias_mode, out_dtype=out_dtype
+        _kernel,
+        m=m,
+        n=n,
+        k=k,
+        cfg=cfg,
+        dequant=dequant,
+        bias_mode=bias_mode,
+        out_dtype=out_dtype,
+        direct=direct,
     )
     call = plgpu.kernel(
         kernel,
@@ -341,6 +359,8 @@ def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_
     args = (a, b) + ((row, col) if dequant else ()) + (() if bias_mode is None else (bias,))
     # plgpu.kernel takes no name=; the scope names the kernel in profiles and HLO.
     name = "fp8mm_int8_linear_matmul_dequant_wgmma" if dequant else "fp8mm_int8_linear_matmul_wgmma"
+    if direct:
+        name = "fp8mm_int8_scaled_matmul_wgmma"
     with jax.named_scope(name):
         return call(*args)
 
@@ -376,14 +396,22 @@ def _plan(A, B, config, interpret) -> tuple[int, int, int, WgmmaConfig]:
     return m, n, k, cfg
 
 
-def _product(A, B, epilogue, config, interpret):
-    """A @ Bᵀ: int32 when `epilogue` is None, else (row_stats, col_stats, bias, out_dtype)."""
+def supported_int8_scaled_matmul(A: jax.Array, B: jax.Array, *epilogue) -> str | None:
+    """As `supported_int8_linear_matmul`: the epilogue's operands add no limit."""
+    del epilogue
+    return supported_int8_linear_matmul(A, B)
+
+
+def _product(A, B, epilogue, config, interpret, direct=False):
+    """A @ Bᵀ: int32 when `epilogue` is None, else (row_stats, col_stats, bias, out_dtype)
+    dequantized as `reference.int8_linear_matmul_dequant` (direct: `int8_scaled_matmul`)."""
     m, n, k, cfg = _plan(A, B, config, interpret)
     row = col = bias = mode = out_dtype = None
     if epilogue is not None:
-        row, col, bias, mode = epilogue_operands(*epilogue[:3])
+        row, col, bias, mode = epilogue_operands(*epilogue[:3], direct=direct)
         out_dtype = np.dtype(epilogue[3])
     kw = dict(bias_mode=mode, out_dtype=out_dtype, cfg=cfg, num_sms=_target_device().core_count)
+    kw["direct"] = direct
     out = _matmul_2d(A.reshape(m, k), B, row, col, bias, dequant=epilogue is not None, **kw)
     return out.reshape(*A.shape[:-1], n)
 
@@ -426,3 +454,23 @@ def int8_linear_matmul_dequant(
         (`supported_int8_linear_matmul_dequant` names why).
     """
     return _product(A, B, (row_stats, col_stats, bias, out_dtype), config, interpret)
+
+
+def int8_scaled_matmul(
+    A, B, row_stats, col_stats, bias=None, out_dtype=jnp.bfloat16, *, config=None, interpret=False
+) -> jax.Array:
+    """The SwitchBack paper's fused int8 product by s8 wgmma (Hopper, compiled).
+
+    Arguments and result as `fp8mm.int8_scaled_matmul` (validated there), with
+    the shapes of `int8_linear_matmul`; the epilogue is
+    `reference.scaled_values` (bit for bit the Triton kernel's without a bias).
+
+    Args:
+      config: the kernel's `WgmmaConfig | None`; None: `choose_wgmma_config`.
+      interpret: must be False (Mosaic GPU kernels run only compiled).
+
+    Raises:
+      ValueError: interpret is True, or the kernel does not serve this call.
+    """
+    epilogue = (row_stats, col_stats, bias, out_dtype)
+    return _product(A, B, epilogue, config, interpret, direct=True)

@@ -78,6 +78,7 @@ __all__ = [
     "int8_vectorwise_quant_t",
     "quant_search_space",
     "quant_t_search_space",
+    "row_quant_2d",
     "row_quant_search_space",
     "supported_int8_double_quant",
     "supported_int8_vectorwise_quant",
@@ -265,8 +266,12 @@ def _quant_kernel(*refs, m, k, cfg, threshold, double):
     _backend.store(cat_ref.at[rs, cs], cat, mask=mask)
 
 
-def _row_quant_kernel(a_ref, ca_ref, stats_ref, *, m, k, cfg, interpret):
-    """Row absmax and codes of whole rows in one pass (threshold 0: no outlier columns)."""
+def _row_quant_kernel(a_ref, ca_ref, stats_ref, *, m, k, cfg, native, interpret):
+    """Row absmax and codes of whole rows in one pass (threshold 0: no outlier columns).
+
+    native: quantize A's own values (the SwitchBack paper's rule) instead of their
+    float16 cast (bitsandbytes').
+    """
     bm = cfg.block_rows
     i = pl.program_id(0)
     row_ok = range_mask(i * bm, bm, m, m % bm != 0)
@@ -277,7 +282,9 @@ def _row_quant_kernel(a_ref, ca_ref, stats_ref, *, m, k, cfg, interpret):
     rs, cs = pl.ds(i * bm, bm), pl.ds(np.int32(0), cfg.block_cols)
     # bitsandbytes quantizes A as float16: round once, whatever A's dtype (unless the
     # cast overflows: reference.f16_or_wide).
-    x = f16_or_wide(masked_load(a_ref.at[rs, cs], mask, 0.0).astype(_F32), a_ref.dtype)
+    x = masked_load(a_ref.at[rs, cs], mask, 0.0).astype(_F32)
+    if not native:
+        x = f16_or_wide(x, a_ref.dtype)
     absmax = any_nan_max(jnp.abs(x), 1)
     # 127 * (1/absmax) with a correctly rounded reciprocal, prescaled as reference.row_scale.
     s = reference.block_prescale(absmax)
@@ -374,12 +381,17 @@ def _quant_2d(a16, *, threshold, double, cfg, interpret):
     return codes, row_stats, col_stats, outlier_cols
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "interpret"))
-def _row_quant_2d(a, *, cfg, interpret):
+@functools.partial(jax.jit, static_argnames=("cfg", "native", "interpret"))
+def row_quant_2d(a, *, cfg, native=False, interpret=False):
+    """(codes int8 [m, k], absmax float32 [m]) of a [m, k] by the single-pass row kernel.
+
+    Shared with `fp8mm.pallas.int8_switchback` (native=True: A's own values,
+    not their float16 cast); cfg.block_cols must cover k.
+    """
     m, k = a.shape
     return pallas_call(
-        functools.partial(_row_quant_kernel, m=m, k=k, cfg=cfg, interpret=interpret),
-        name="fp8mm_int8_vectorwise_quant_rows",
+        functools.partial(_row_quant_kernel, m=m, k=k, cfg=cfg, native=native, interpret=interpret),
+        name="fp8mm_quantize_rowwise" if native else "fp8mm_int8_vectorwise_quant_rows",
         interpret=interpret,
         num_warps=cfg.num_warps,
         grid=(pl.cdiv(m, cfg.block_rows),),
@@ -480,7 +492,7 @@ def int8_vectorwise_quant(
                 f"config {cfg} cannot quantize rows of {k} elements in one pass: "
                 f"the row kernel needs block_cols >= {k}"
             )
-        ca, row_stats = _row_quant_2d(a2, cfg=cfg, interpret=interpret)
+        ca, row_stats = row_quant_2d(a2, cfg=cfg, interpret=interpret)
         cols = jnp.zeros((k,), jnp.bool_)
     else:
         cfg = _given(config, choose_quant_config(m, k))

@@ -1,0 +1,254 @@
+"""Pallas GPU kernels (Triton) for the SwitchBack paper's int8 quantizations.
+
+`quantize_rowwise`, `quantize_global` and `quantize_columnwise_and_transpose`
+take the arguments of their namesakes in `fp8mm.reference` (plus `config` and
+`interpret`) and return what the reference returns, bit for bit: int8 codes
+round-half-even(x * (127 * (1/absmax))) of the input's own values (no float16
+cast) and float32 absmax.
+
+Kernels:
+
+* rows: the single-pass row kernel of `fp8mm.pallas.int8_quant` with
+  `native=True` (whole rows of up to 16384 elements a program; longer rows are
+  not served: the XLA reference runs them).
+* `_scaled_quant_kernel`: codes of a [r, c] weight with one absmax per column
+  (a whole-tensor absmax comes broadcast), written as they are or transposed
+  into the K-major [c, r] layout that the int8 GEMM of the input gradient needs.
+  The absmax is an XLA reduction before it (exact on every backend); the
+  kernel takes the correctly rounded reciprocal (`rcp.rn.f32`), since Triton's
+  own division is approximate.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from fp8mm import reference
+from fp8mm.pallas import _backend
+from fp8mm.pallas._backend import pallas_call, too_large
+from fp8mm.pallas._int8_math import (
+    Tile,
+    and_masks,
+    elementwise_tile,
+    elementwise_tile_space,
+    masked_load,
+    next_pow2,
+    range_mask,
+    to_int8,
+)
+from fp8mm.pallas.int8_quant import (
+    choose_row_quant_config,
+    row_quant_2d,
+    row_quant_search_space,
+)
+
+__all__ = [
+    "Tile",
+    "choose_row_quant_config",
+    "choose_scaled_quant_config",
+    "quantize_columnwise_and_transpose",
+    "quantize_global",
+    "quantize_rowwise",
+    "row_quant_search_space",
+    "scaled_quant_search_space",
+    "supported_quantize_columnwise_and_transpose",
+    "supported_quantize_global",
+    "supported_quantize_rowwise",
+]
+
+_F32 = jnp.float32
+
+
+# ----------------------------------------------------------------------------
+# Configs: the row kernel's are int8_quant's (`choose_row_quant_config`)
+# ----------------------------------------------------------------------------
+
+
+def choose_scaled_quant_config(r: int, c: int, transpose: bool) -> Tile:
+    """Codes of W [r, c]: one [block_rows, block_cols] tile of W a program.
+
+    Transposed, square 64x64 tiles keep both the read of W and the transposed
+    write long contiguous runs (as `int8_quant.choose_quant_t_config`); as they
+    are, the elementwise tile of at most 8192 elements, 256 wide.
+    """
+    if transpose:
+        return Tile(min(64, next_pow2(r)), min(64, next_pow2(c)))
+    return elementwise_tile(r, c, 256)
+
+
+def scaled_quant_search_space(r: int, c: int, transpose: bool) -> tuple[Tile, ...]:
+    """Square tiles of 32 to 128 transposed; elementwise tiles 64 to 512 wide otherwise."""
+    if not transpose:
+        return elementwise_tile_space(r, c, (64, 128, 256, 512))
+    pr, pc = next_pow2(r), next_pow2(c)
+    space = {}
+    for side in (32, 64, 128):
+        for warps in (4, 8):
+            space[Tile(min(side, pr), min(side, pc), warps)] = None
+    return tuple(space)
+
+
+def _given(config: Tile | None, choice: Tile) -> Tile:
+    if config is None:
+        return choice
+    if not isinstance(config, Tile):
+        raise TypeError(f"config must be a fp8mm.pallas.int8_switchback.Tile, got {config!r}")
+    return config
+
+
+# ----------------------------------------------------------------------------
+# Kernel
+# ----------------------------------------------------------------------------
+
+
+def _scaled_quant_kernel(w_ref, absmax_ref, o_ref, *, r, c, cfg, transpose, interpret):
+    bm, bn = cfg.block_rows, cfg.block_cols
+    i, j = pl.program_id(0), pl.program_id(1)
+    r_ok = range_mask(i * bm, bm, r, r % bm != 0)
+    c_ok = range_mask(j * bn, bn, c, c % bn != 0)
+    rs, cs = pl.ds(i * bm, bm), pl.ds(j * bn, bn)
+    w = masked_load(w_ref.at[rs, cs], and_masks(r_ok, c_ok), 0.0).astype(_F32)
+    absmax = masked_load(absmax_ref.at[cs], c_ok, 1.0)
+    # reference.row_scale with a correctly rounded reciprocal (prescaled for huge absmax).
+    s = reference.block_prescale(absmax)
+    scale = (np.float32(127.0) * s) * _backend.recip_rn(absmax * s, interpret)
+    codes = to_int8(w * scale[None, :])
+    if transpose:
+        _backend.store(o_ref.at[cs, rs], codes.T, mask=and_masks(c_ok, r_ok))
+    else:
+        _backend.store(o_ref.at[rs, cs], codes, mask=and_masks(r_ok, c_ok))
+
+
+@functools.partial(jax.jit, static_argnames=("transpose", "cfg", "interpret"))
+def _scaled_quant_2d(w, absmax, *, transpose, cfg, interpret):
+    """Codes of w [r, c] with the column absmax [c]: int8 [r, c], or [c, r] transposed."""
+    r, c = w.shape
+    kernel = functools.partial(
+        _scaled_quant_kernel, r=r, c=c, cfg=cfg, transpose=transpose, interpret=interpret
+    )
+    return pallas_call(
+        kernel,
+        name="fp8mm_quantize_scaled_t" if transpose else "fp8mm_quantize_scaled",
+        interpret=interpret,
+        num_warps=cfg.num_warps,
+        grid=(pl.cdiv(r, cfg.block_rows), pl.cdiv(c, cfg.block_cols)),
+        out_shape=jax.ShapeDtypeStruct((c, r) if transpose else (r, c), jnp.int8),
+    )(w, absmax)
+
+
+@functools.partial(jax.jit, static_argnames=("per_column", "transpose", "cfg", "interpret"))
+def _quantize_2d(w, *, per_column, transpose, cfg, interpret):
+    # The absmax reduction is XLA's (exact anywhere; absmax_nan keeps NaN), fused with
+    # the read of W; the kernel then reads W once more.
+    w32 = w.astype(_F32)
+    absmax = reference.absmax_nan(w32, axis=0 if per_column else None)
+    vec = absmax if per_column else jnp.broadcast_to(absmax, (w.shape[1],))
+    codes = _scaled_quant_2d(w, vec, transpose=transpose, cfg=cfg, interpret=interpret)
+    return codes, absmax
+
+
+# ----------------------------------------------------------------------------
+# Public wrappers and what they serve
+# ----------------------------------------------------------------------------
+
+
+def supported_quantize_rowwise(X: jax.Array) -> str | None:
+    """None when the single-pass row kernel holds X's rows (at most 16384 elements)."""
+    if X.size and choose_row_quant_config(1, X.shape[-1]) is None:
+        return f"rows of {X.shape[-1]} elements exceed the single-pass row kernel's 16384"
+    return too_large(X)
+
+
+def supported_quantize_global(W: jax.Array, transpose: bool = False) -> str | None:
+    """None: the kernel serves every validated W up to its int32 indexing."""
+    del transpose
+    return too_large(W)
+
+
+def supported_quantize_columnwise_and_transpose(W: jax.Array) -> str | None:
+    """None: the kernel serves every validated W up to its int32 indexing."""
+    return too_large(W)
+
+
+def _check_served(why: str | None) -> None:
+    if why is not None:
+        raise ValueError(why)
+
+
+def quantize_rowwise(
+    X: jax.Array, *, config: Tile | None = None, interpret: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """Row-wise int8 codes of X's own values in one pass (`reference.quantize_rowwise`).
+
+    Args:
+      X: float [..., k] (float32, float16 or bfloat16), k <= 16384.
+      config: the row kernel's `Tile` (`choose_row_quant_config`; block_cols
+        must cover k); None: the heuristic.
+      interpret: run in Pallas interpret mode (CPU).
+
+    Returns:
+      codes int8 [..., k], absmax float32 [...].
+
+    Raises:
+      ValueError: rows longer than 16384, X beyond the kernel's int32 indexing,
+        or a `config` that cannot hold a row.
+    """
+    _check_served(supported_quantize_rowwise(X))
+    if X.size == 0:
+        return reference.quantize_rowwise(X)
+    k = X.shape[-1]
+    a2 = X.reshape(-1, k)
+    cfg = _given(config, choose_row_quant_config(*a2.shape))
+    if cfg.block_cols < k:
+        raise ValueError(f"config {cfg} cannot hold rows of {k} elements (block_cols < {k})")
+    codes, absmax = row_quant_2d(a2, cfg=cfg, native=True, interpret=interpret)
+    return codes.reshape(X.shape), absmax.reshape(X.shape[:-1])
+
+
+def quantize_global(
+    W: jax.Array, transpose: bool = False, *, config: Tile | None = None, interpret: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """Whole-tensor int8 codes of W, optionally transposed (`reference.quantize_global`).
+
+    One absmax serves W and Wᵀ, so the transposed codes are the K-major operand
+    of the input-gradient GEMM with the forward's scale.
+
+    Args:
+      W: float [r, c].
+      transpose: write the codes as [c, r].
+      config: the kernel's `Tile` over W (`choose_scaled_quant_config`); None: the heuristic.
+      interpret: run in Pallas interpret mode (CPU).
+
+    Returns:
+      codes int8 [r, c] ([c, r] transposed), absmax float32 [].
+    """
+    _check_served(supported_quantize_global(W))
+    if W.size == 0:
+        return reference.quantize_global(W, transpose)
+    cfg = _given(config, choose_scaled_quant_config(*W.shape, transpose))
+    return _quantize_2d(W, per_column=False, transpose=transpose, cfg=cfg, interpret=interpret)
+
+
+def quantize_columnwise_and_transpose(
+    W: jax.Array, *, config: Tile | None = None, interpret: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """Column-wise int8 codes of W, transposed (`reference.quantize_columnwise_and_transpose`).
+
+    Args:
+      W: float [r, c].
+      config: the kernel's `Tile` over W (`choose_scaled_quant_config`); None: the heuristic.
+      interpret: run in Pallas interpret mode (CPU).
+
+    Returns:
+      codes int8 [c, r], absmax float32 [c].
+    """
+    _check_served(supported_quantize_columnwise_and_transpose(W))
+    if W.size == 0:
+        return reference.quantize_columnwise_and_transpose(W)
+    cfg = _given(config, choose_scaled_quant_config(*W.shape, True))
+    return _quantize_2d(W, per_column=True, transpose=True, cfg=cfg, interpret=interpret)
