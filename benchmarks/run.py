@@ -75,7 +75,14 @@ from benchmarks.common import (
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("bnb", "kernels", "ops", "train", "layers")
-OPS = ("matmul_fp8_mixed", "matmul_fp8_global", "switchback_bnb")
+OPS = (
+    "matmul_fp8_mixed",
+    "matmul_fp8_global",
+    "switchback_bnb",
+    "switchback_global",
+    "switchback_vectorwise",
+    "switchback_global_mem_efficient",
+)
 MODES = ("fwd", "fwd+bwd")
 LINEAR = "linear (baseline)"
 DENSE = "nn.Dense (baseline)"
@@ -135,6 +142,23 @@ def run_ops(r: Runner, plan: Plan, dtypes: Sequence[str], tokens: Sequence[int])
                 ),
                 "switchback_bnb": (
                     lambda i: lambda a, w: fp8mm.switchback_bnb(a, w, implementation=i),
+                    Wl,
+                ),
+                # The SwitchBack paper's layer (fp8mm.switchback_linear), Linear layout.
+                "switchback_global": (
+                    lambda i: lambda a, w: fp8mm.switchback_linear(a, w, implementation=i),
+                    Wl,
+                ),
+                "switchback_vectorwise": (
+                    lambda i: lambda a, w: fp8mm.switchback_linear(
+                        a, w, vector_wise_quantization=True, implementation=i
+                    ),
+                    Wl,
+                ),
+                "switchback_global_mem_efficient": (
+                    lambda i: lambda a, w: fp8mm.switchback_linear(
+                        a, w, mem_efficient=True, implementation=i
+                    ),
                     Wl,
                 ),
             }

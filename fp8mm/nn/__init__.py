@@ -1,12 +1,17 @@
 """Flax layers running fp8mm's 8-bit matmuls, for linen and nnx.
 
-* `fp8mm.nn.linen`: `Fp8MixedDense`, `Fp8GlobalDense`, `SwitchBackDense`
-  (drop-in `nn.Dense`), the `quantize_dense` context and
+* `fp8mm.nn.linen`: `Fp8MixedDense`, `Fp8GlobalDense`, `SwitchBackDense`, the
+  SwitchBack paper's `SwitchBackGlobalDense`, `SwitchBackVectorwiseDense`,
+  `SwitchBackGlobalMemEfficientDense` (drop-in `nn.Dense`), the `quantize_dense` context and
   `int8_inference_params`.
-* `fp8mm.nn.nnx`: `Fp8MixedLinear`, `Fp8GlobalLinear`, `SwitchBackLinear`
-  (drop-in `nnx.Linear`), `quantize_model` and `to_int8_inference`.
-* `fp8_mixed_dot_general`, `fp8_global_dot_general`, `switchback_dot_general`:
-  callables for stock `nn.Dense(dot_general=...)` / `nnx.Linear(dot_general=...)`.
+* `fp8mm.nn.nnx`: `Fp8MixedLinear`, `Fp8GlobalLinear`, `SwitchBackLinear`,
+  `SwitchBackGlobalLinear`, `SwitchBackVectorwiseLinear`,
+  `SwitchBackGlobalMemEfficientLinear` (drop-in `nnx.Linear`), `quantize_model`
+  and `to_int8_inference`.
+* `fp8_mixed_dot_general`, `fp8_global_dot_general`, `switchback_dot_general`,
+  `switchback_global_dot_general`, `switchback_vectorwise_dot_general`,
+  `switchback_global_mem_efficient_dot_general`: callables for stock
+  `nn.Dense(dot_general=...)` / `nnx.Linear(dot_general=...)`.
 * `split_int8_params` / `merge_int8_params`: train the float parts of a linen
   model holding int8 inference weights (see `fp8mm.nn.linen.int8_inference_params`).
 * `KINDS` and `OPTIONS` (kind -> its option names); every function here raises
@@ -40,6 +45,9 @@ __all__ = [
     "quantized_dense",
     "split_int8_params",
     "switchback_dot_general",
+    "switchback_global_dot_general",
+    "switchback_global_mem_efficient_dot_general",
+    "switchback_vectorwise_dot_general",
     "to_int8_inference",
 ]
 
@@ -104,3 +112,35 @@ def switchback_dot_general(
             implementation=implementation,
         )
     )
+
+
+def _paper_dot_general(kind: str, name: str, what: str):
+    """The `dot_general` factory of a SwitchBack paper kind (implementation only)."""
+
+    def factory(*, implementation: Impl = None):
+        return make_dot_general(QuantSpec(kind, implementation=implementation))
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"""`dot_general` for nn.Dense / nnx.Linear running `fp8mm.switchback_linear`
+    ({what}): int8 forward and input gradient, 16-bit weight gradient.
+
+    The bias stays outside the int8 product (flax adds it); the layers
+    (`SwitchBack...Dense` / `SwitchBack...Linear`) fuse it.
+
+    Args:
+      implementation: None, "xla", "pallas", a kernel name or a sequence of these.
+    """
+    return factory
+
+
+switchback_global_dot_general = _paper_dot_general(
+    "switchback_global", "switchback_global_dot_general", "global weight scale"
+)
+switchback_vectorwise_dot_general = _paper_dot_general(
+    "switchback_vectorwise", "switchback_vectorwise_dot_general", "per-feature weight scales"
+)
+switchback_global_mem_efficient_dot_general = _paper_dot_general(
+    "switchback_global_mem_efficient",
+    "switchback_global_mem_efficient_dot_general",
+    "global weight scale, int8 activations kept for the weight gradient",
+)

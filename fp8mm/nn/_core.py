@@ -49,14 +49,20 @@ class LayerKind:
         the product on one device, x [..., in] and kernel [in, out] (Dense layout).
       split_problem: `(spec, part, x, kernel) -> reason | None`: why `partition` cannot
         split the product exactly over `part`'s mesh (see fp8mm.nn.sharding); None if it can.
-      int8_weights: the kind takes int8 inference weights (CB/SCB) in place of the kernel.
+      int8_prepare: `(spec, kernel [in, out]) -> (CB int8 [out, in], SCB float32 [out])`,
+        the kind's int8 inference weights; None when the kind takes none.
     """
 
     options: tuple[str, ...]
     op: Callable[..., Any]
     product: Callable[..., tuple[jax.Array, jax.Array | None]]
     split_problem: Callable[..., str | None]
-    int8_weights: bool = False
+    int8_prepare: Callable[..., tuple[jax.Array, jax.Array]] | None = None
+
+    @property
+    def int8_weights(self) -> bool:
+        """Whether the kind takes int8 inference weights (CB/SCB) in place of the kernel."""
+        return self.int8_prepare is not None
 
 
 def _fp8_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
@@ -88,6 +94,38 @@ def _switchback_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
     return y, (cols if spec.threshold > 0 else None)
 
 
+def _prepare_switchback(spec: QuantSpec, kernel):
+    state = ops.prepare_int8_weight(kernel.T, spec.threshold, implementation=spec.implementation)
+    return state.CB, state.SCB
+
+
+def _paper_kind(*, vectorwise: bool, mem_efficient: bool) -> LayerKind:
+    """The row of a `switchback_linear` kind (the SwitchBack paper's layer)."""
+
+    def product(op, spec: QuantSpec, x, kernel, bias, int8_state):
+        # The Dense kernel [in, out] is used as it is (weight_layout="dense"); int8
+        # inference weights come as the state, CB [out, in].
+        w, layout = (kernel, "dense") if int8_state is None else (int8_state, "linear")
+        y = op(
+            x,
+            w,
+            bias,
+            vector_wise_quantization=vectorwise,
+            mem_efficient=mem_efficient,
+            weight_layout=layout,
+            implementation=spec.implementation,
+        )
+        return y, None
+
+    def prepare(spec: QuantSpec, kernel):
+        state = ops.prepare_switchback_weight(
+            kernel.T, vector_wise_quantization=vectorwise, implementation=spec.implementation
+        )
+        return state.CB, state.SCB
+
+    return LayerKind(("implementation",), ops.switchback_linear, product, _split_paper, prepare)
+
+
 _GLOBAL_ABSMAX = "global (whole-tensor) absmax needs a cross-device max inside the op"
 
 
@@ -108,6 +146,14 @@ def _split_fp8_global(spec: QuantSpec, part: Partition, x, kernel) -> str:
     return _GLOBAL_ABSMAX
 
 
+def _split_paper(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
+    if part.size(part.model_axis) > 1:
+        # Global: one absmax over the whole weight. Vectorwise: the input gradient's
+        # per-input-feature scales reduce over the output features.
+        return "the weight's scale for the input gradient spans the output features"
+    return None  # rows of X and of the gradient are quantized per row: batch splits are exact
+
+
 def _split_switchback(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
     if part.size(part.batch_axis) > 1 and spec.threshold > 0:
         return "outlier columns are found over all rows; a batch shard sees only its own"
@@ -116,7 +162,14 @@ def _split_switchback(spec: QuantSpec, part: Partition, x, kernel) -> str | None
 
 _FP8_OPTIONS = ("fw_code", "bw_code", "bsz", "bsz2", "implementation")
 
-Kind = Literal["fp8_mixed", "fp8_global", "switchback"]
+Kind = Literal[
+    "fp8_mixed",
+    "fp8_global",
+    "switchback",
+    "switchback_global",
+    "switchback_vectorwise",
+    "switchback_global_mem_efficient",
+]
 KIND_TABLE: Mapping[str, LayerKind] = MappingProxyType(
     {
         "fp8_mixed": LayerKind(_FP8_OPTIONS, ops.matmul_fp8_mixed, _fp8_product, _split_fp8_mixed),
@@ -128,8 +181,11 @@ KIND_TABLE: Mapping[str, LayerKind] = MappingProxyType(
             ops.switchback_bnb,
             _switchback_product,
             _split_switchback,
-            int8_weights=True,
+            _prepare_switchback,
         ),
+        "switchback_global": _paper_kind(vectorwise=False, mem_efficient=False),
+        "switchback_vectorwise": _paper_kind(vectorwise=True, mem_efficient=False),
+        "switchback_global_mem_efficient": _paper_kind(vectorwise=False, mem_efficient=True),
     }
 )
 if set(typing.get_args(Kind)) != set(KIND_TABLE):  # pragma: no cover - a developer's slip
@@ -272,7 +328,9 @@ class QuantSpec:
     codes by their contents.
 
     Attributes:
-      kind: "fp8_mixed", "fp8_global" or "switchback" (`KINDS`).
+      kind: "fp8_mixed", "fp8_global", "switchback" (`switchback_bnb`), or the
+        SwitchBack paper's "switchback_global", "switchback_vectorwise",
+        "switchback_global_mem_efficient" (`switchback_linear`) (`KINDS`).
       fw_code: float32 [256] forward code; None for e4m3 (bitsandbytes' LinearFP8*).
       bw_code: float32 [256] backward code; None for e5m2.
       bsz: forward block size; -1 for `fp8mm.get_block_sizes`.

@@ -1,13 +1,15 @@
 """SwitchBack int8 inference weights for linen parameter trees, and the bytes they save.
 
 A trained SwitchBack layer holds a float 'kernel' [in, out]; for inference it
-can instead hold 'CB' (int8 [out, in], the row-wise quantized weight in
-Linear layout) and 'SCB' (float32 [out] row scales), exactly the
+can instead hold 'CB' (int8 [out, in], the quantized weight in Linear layout)
+and 'SCB' (float32 [out] row scales), exactly the
 `MatmulLtState(has_fp16_weights=False)` that `fp8mm.prepare_int8_weight`
-builds. With threshold 0 the forward output equals the training-mode
-layer's (SwitchBack quantizes the weight the same way on every training
-call); with threshold > 0 the outlier columns use the dequantized int8 weight,
-as bitsandbytes does, so they differ slightly.
+builds ("switchback") or `fp8mm.prepare_switchback_weight` (the SwitchBack
+paper's kinds; a global scale is stored once per row). With threshold 0 the
+forward output equals the training-mode layer's (SwitchBack quantizes the
+weight the same way on every training call); with threshold > 0 the outlier
+columns use the dequantized int8 weight, as bitsandbytes does, so they differ
+slightly.
 
 The int8 leaves sit in 'params' but are not trained. To train the float parts
 of such a model (biases, layers left in float), split them off with
@@ -30,8 +32,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fp8mm import ops
-from fp8mm.nn._core import check_callable
+from fp8mm.nn._core import INT8_KINDS, KIND_TABLE, QuantSpec, check_callable, check_kind
 
 __all__ = [
     "Int8Report",
@@ -73,22 +74,22 @@ class Int8Report:
         )
 
 
-# Module paths of the linen layers that ran as SwitchBack while a recorder is active.
-_switchback_paths: contextvars.ContextVar[set[tuple[str, ...]] | None] = contextvars.ContextVar(
-    "fp8mm_switchback_paths", default=None
+# Module path -> kind of the linen layers of an int8 kind that ran while a recorder is active.
+_switchback_paths: contextvars.ContextVar[dict[tuple[str, ...], str] | None] = (
+    contextvars.ContextVar("fp8mm_switchback_paths", default=None)
 )
 
 
-def record_switchback(path: tuple[str, ...]) -> None:
-    """Called by every linen SwitchBack product while tracing (see `int8_inference_params`)."""
+def record_switchback(path: tuple[str, ...], kind: str) -> None:
+    """Called by every linen product of an int8 kind while tracing (`int8_inference_params`)."""
     seen = _switchback_paths.get()
     if seen is not None:
-        seen.add(tuple(path))
+        seen[tuple(path)] = kind
 
 
 @contextlib.contextmanager
-def _recording() -> Iterator[set[tuple[str, ...]]]:
-    seen: set[tuple[str, ...]] = set()
+def _recording() -> Iterator[dict[tuple[str, ...], str]]:
+    seen: dict[tuple[str, ...], str] = {}
     token = _switchback_paths.set(seen)
     try:
         yield seen
@@ -108,18 +109,20 @@ def int8_inference_params(
     model: nn.Module | None = None,
     *args: Any,
     filter: Callable[[str], bool] | None = None,
+    kind: str = "switchback",
     **kwargs: Any,
 ) -> tuple[dict[str, Any], Int8Report]:
-    """Replaces each Dense-style 'kernel' [in, out] by SwitchBack int8 'CB'/'SCB'.
+    """Replaces each Dense-style 'kernel' [in, out] by the int8 'CB'/'SCB' of a SwitchBack kind.
 
-    Only `SwitchBackDense` layers (or nn.Dense under `quantize_dense("switchback")`)
-    understand the converted entries; any other Dense given them fails when the
-    model is applied. Restrict the conversion with `filter` when the tree holds
-    other Dense layers, and pass `model` with the arguments of `model.apply` to
-    have that checked now: the model is traced once (abstractly, `jax.eval_shape`)
-    and a converted layer that does not run as SwitchBack raises ValueError naming
-    it. Call it inside the `quantize_dense("switchback")` context when that is how
-    the model runs.
+    Only layers of that kind (`SwitchBackDense` for "switchback",
+    `SwitchBackGlobalDense` for "switchback_global", ..., or nn.Dense under
+    `quantize_dense(kind)`) understand the converted entries; any other Dense
+    given them fails when the model is applied. Restrict the conversion with
+    `filter` when the tree holds other Dense layers, and pass `model` with the
+    arguments of `model.apply` to have that checked now: the model is traced once
+    (abstractly, `jax.eval_shape`) and a converted layer that does not run as
+    `kind` raises ValueError naming it. Call it inside the `quantize_dense(kind)`
+    context when that is how the model runs.
 
     Args:
       params: linen 'params' tree (nested dicts), or the variables dict holding it
@@ -128,6 +131,9 @@ def int8_inference_params(
       *args: positional arguments of `model.apply` after the variables.
       filter: optional predicate on the layer path ("params/Block_0/Dense_1"); False
         keeps that layer's float kernel.
+      kind: the layers' kind: "switchback" (row-wise weights, `prepare_int8_weight`),
+        "switchback_global", "switchback_vectorwise" or "switchback_global_mem_efficient"
+        (`prepare_switchback_weight`).
       **kwargs: keyword arguments of `model.apply` (e.g. rngs=, train=False).
 
     Returns:
@@ -138,6 +144,12 @@ def int8_inference_params(
     """
     _check_params(params)
     check_callable("filter", filter)
+    check_kind(kind)
+    if kind not in INT8_KINDS:
+        raise ValueError(
+            f"kind must be one of {INT8_KINDS} (the kinds with int8 weights), got {kind!r}"
+        )
+    spec = QuantSpec(kind)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a flax.linen Module or None, got {type(model).__name__}")
     if model is None and (args or kwargs):
@@ -159,19 +171,18 @@ def int8_inference_params(
             elif not (convert and key == "kernel"):
                 out[key] = value
         if convert:
-            state = ops.prepare_int8_weight(kernel.T)
-            out["CB"], out["SCB"] = state.CB, state.SCB
+            out["CB"], out["SCB"] = KIND_TABLE[kind].int8_prepare(spec, kernel)
             converted.append(path)
         return out
 
     new = walk(params, "")
     if model is not None:
-        _check_switchback(params, model, args, kwargs, converted)
+        _check_switchback(params, model, args, kwargs, converted, kind)
     report = Int8Report(tuple(converted), tree_bytes(params), tree_bytes(new))
     return new, report
 
 
-def _check_switchback(params, model, args, kwargs, converted: list[str]) -> None:
+def _check_switchback(params, model, args, kwargs, converted: list[str], kind: str) -> None:
     has_collection = "params" in params and isinstance(params["params"], Mapping)
     variables = params if has_collection else {"params": params}
     kwargs = {"mutable": True, **kwargs}  # sown statistics and batch stats must not stop it
@@ -183,11 +194,11 @@ def _check_switchback(params, model, args, kwargs, converted: list[str]) -> None
         parts = tuple(path.split("/"))
         return parts[len(prefix) :] if parts[: len(prefix)] == prefix else None
 
-    bad = [p for p in converted if module_path(p) not in ran]
+    bad = [p for p in converted if ran.get(module_path(p)) != kind]
     if bad:
         raise ValueError(
-            f"int8_inference_params: layer(s) {bad} do not run as SwitchBack layers "
-            "(SwitchBackDense, or nn.Dense under quantize_dense('switchback')) in "
+            f"int8_inference_params: layer(s) {bad} do not run as {kind!r} layers "
+            f"(a layer of that kind, or nn.Dense under quantize_dense({kind!r})) in "
             f"{type(model).__name__}.apply, so they cannot use int8 weights; leave them "
             "float with filter= (e.g. filter=lambda path: path not in "
             f"{bad!r})"

@@ -1,6 +1,8 @@
 """flax.linen layers: drop-in `nn.Dense` replacements running fp8mm's 8-bit matmuls.
 
-* `Fp8MixedDense`, `Fp8GlobalDense`, `SwitchBackDense`: the attributes,
+* `Fp8MixedDense`, `Fp8GlobalDense`, `SwitchBackDense` and the SwitchBack
+  paper's `SwitchBackGlobalDense`, `SwitchBackVectorwiseDense`,
+  `SwitchBackGlobalMemEfficientDense`: the attributes,
   defaults and parameters ('kernel' [in, out], 'bias' [out]) of `nn.Dense`,
   plus the quantization options, so a checkpoint of an `nn.Dense` model loads
   into the quantized model and back.
@@ -50,6 +52,9 @@ __all__ = [
     "Fp8MixedDense",
     "Int8Report",
     "SwitchBackDense",
+    "SwitchBackGlobalDense",
+    "SwitchBackGlobalMemEfficientDense",
+    "SwitchBackVectorwiseDense",
     "int8_inference_params",
     "make_dot_general",
     "merge_int8_params",
@@ -79,7 +84,7 @@ def _dense_call(module: nn.Module, inputs: jax.Array, spec: QuantSpec) -> jax.Ar
             module.param_dtype,
         )
     if _core.KIND_TABLE[spec.kind].int8_weights:
-        record_switchback(module.path)
+        record_switchback(module.path, spec.kind)
     bias = None
     if module.use_bias:
         bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
@@ -216,8 +221,46 @@ class SwitchBackDense(_QuantDense):
     implementation: Impl = None
 
 
+class SwitchBackGlobalDense(_QuantDense):
+    """nn.Dense through `fp8mm.switchback_linear`: the SwitchBack paper's layer, one weight scale.
+
+    int8 forward and int8 input gradient (activations and output gradient
+    row-wise, the weight with one scale), 16-bit weight gradient. Holds the
+    float 'kernel' [in, out], or after `int8_inference_params(...,
+    kind="switchback_global")` 'CB' int8 [out, in] and 'SCB' float32 [out].
+
+    Attributes (besides nn.Dense's):
+      implementation: None, "xla", "pallas", a kernel name or a sequence of these.
+    """
+
+    _KIND = "switchback_global"
+
+    implementation: Impl = None
+
+
+class SwitchBackVectorwiseDense(SwitchBackGlobalDense):
+    """As `SwitchBackGlobalDense` with per-feature weight scales (forward per output
+    feature, input gradient per input feature): bitsandbytes' SwitchBackLinearVectorwise."""
+
+    _KIND = "switchback_vectorwise"
+
+
+class SwitchBackGlobalMemEfficientDense(SwitchBackGlobalDense):
+    """As `SwitchBackGlobalDense`, keeping the activations as int8 + row scales for the
+    weight gradient instead of in 16 bit: bitsandbytes' SwitchBackLinearGlobalMemEfficient."""
+
+    _KIND = "switchback_global_mem_efficient"
+
+
 LAYERS: dict[str, type[_QuantDense]] = _core.check_layer_options(
-    (Fp8MixedDense, Fp8GlobalDense, SwitchBackDense),
+    (
+        Fp8MixedDense,
+        Fp8GlobalDense,
+        SwitchBackDense,
+        SwitchBackGlobalDense,
+        SwitchBackVectorwiseDense,
+        SwitchBackGlobalMemEfficientDense,
+    ),
     lambda cls: {
         f.name: f.default for f in dataclasses.fields(cls) if f.name in _core.OPTION_DEFAULTS
     },
@@ -255,12 +298,14 @@ def quantize_dense(
     under an equal context before (a training loop) stay silent.
 
     Args:
-      kind: "fp8_mixed", "fp8_global" or "switchback".
+      kind: one of `fp8mm.nn.KINDS`: "fp8_mixed", "fp8_global", "switchback",
+        "switchback_global", "switchback_vectorwise", "switchback_global_mem_efficient".
       filter: optional predicate on the (bound) nn.Dense; False leaves it as is
         (e.g. `lambda m: m.name != "lm_head"`).
       **options: the kind's `QuantSpec` fields (`fp8mm.nn.OPTIONS[kind]`):
         fw_code, bw_code, bsz, bsz2, implementation for the fp8 kinds; threshold,
-        outlier_capacity, implementation for "switchback".
+        outlier_capacity, implementation for "switchback"; implementation for the
+        SwitchBack paper's kinds.
 
     Yields:
       the `QuantSpec` in use.

@@ -1,6 +1,8 @@
 """flax.nnx layers: drop-in `nnx.Linear` replacements running fp8mm's 8-bit matmuls.
 
-* `Fp8MixedLinear`, `Fp8GlobalLinear`, `SwitchBackLinear`: the constructor,
+* `Fp8MixedLinear`, `Fp8GlobalLinear`, `SwitchBackLinear` and the SwitchBack
+  paper's `SwitchBackGlobalLinear`, `SwitchBackVectorwiseLinear`,
+  `SwitchBackGlobalMemEfficientLinear`: the constructor,
   attributes and parameters ('kernel' [in, out], 'bias' [out]) of
   `nnx.Linear`, plus the quantization options.
 * `quantize_model(model, kind)`: swaps every `nnx.Linear` of a model for the
@@ -33,7 +35,7 @@ import numpy as np
 from flax import nnx
 from flax.typing import Dtype, Initializer, PrecisionLike
 
-from fp8mm import _checks, _host, ops
+from fp8mm import _checks, _host
 from fp8mm.dispatch import Impl
 from fp8mm.nn import _core
 from fp8mm.nn import _flax_compat as compat
@@ -46,7 +48,10 @@ __all__ = [
     "Fp8MixedLinear",
     "Int8Weight",
     "StaticCode",
+    "SwitchBackGlobalLinear",
+    "SwitchBackGlobalMemEfficientLinear",
     "SwitchBackLinear",
+    "SwitchBackVectorwiseLinear",
     "quantize_model",
     "to_int8_inference",
 ]
@@ -345,14 +350,49 @@ class SwitchBackLinear(_QuantLinear):
 
     def to_int8(self) -> None:
         """Replaces the float kernel by the int8 inference weight (`prepare_int8_weight`)."""
-        if getattr(self, "CB", None) is not None:
-            return
-        state = ops.prepare_int8_weight(
-            self.kernel[...].T, self.threshold, implementation=self.implementation
-        )
-        self.CB = Int8Weight(state.CB)
-        self.SCB = Int8Weight(state.SCB)
-        del self.kernel
+        _to_int8(self)
+
+
+def _to_int8(layer: _QuantLinear) -> None:
+    """The kind's int8 inference weights 'CB'/'SCB' in place of the float kernel."""
+    if getattr(layer, "CB", None) is not None:
+        return
+    cb, scb = _core.KIND_TABLE[layer._KIND].int8_prepare(layer.spec(), layer.kernel[...])
+    layer.CB = Int8Weight(cb)
+    layer.SCB = Int8Weight(scb)
+    del layer.kernel
+
+
+class SwitchBackGlobalLinear(_QuantLinear):
+    """nnx.Linear through `fp8mm.switchback_linear`: the SwitchBack paper's layer, global
+    weight scale (int8 forward and input gradient, 16-bit weight gradient).
+
+    Extra keyword argument: implementation. After `to_int8()` the layer holds
+    `Int8Weight` 'CB'/'SCB' (`prepare_switchback_weight`) instead of 'kernel'.
+    """
+
+    _KIND = "switchback_global"
+
+    def __init__(self, in_features: int, out_features: int, **kwargs: Any):
+        self._init(in_features, out_features, {}, kwargs)
+
+    def to_int8(self) -> None:
+        """Replaces the float kernel by the int8 inference weight (`prepare_switchback_weight`)."""
+        _to_int8(self)
+
+
+class SwitchBackVectorwiseLinear(SwitchBackGlobalLinear):
+    """As `SwitchBackGlobalLinear` with per-feature weight scales (bitsandbytes'
+    SwitchBackLinearVectorwise)."""
+
+    _KIND = "switchback_vectorwise"
+
+
+class SwitchBackGlobalMemEfficientLinear(SwitchBackGlobalLinear):
+    """As `SwitchBackGlobalLinear`, keeping the activations as int8 + row scales for the
+    weight gradient (bitsandbytes' SwitchBackLinearGlobalMemEfficient)."""
+
+    _KIND = "switchback_global_mem_efficient"
 
 
 def _declared_options(cls: type) -> dict[str, Any]:
@@ -365,7 +405,15 @@ def _declared_options(cls: type) -> dict[str, Any]:
 
 
 LAYERS: dict[str, type[_QuantLinear]] = _core.check_layer_options(
-    (Fp8MixedLinear, Fp8GlobalLinear, SwitchBackLinear), _declared_options
+    (
+        Fp8MixedLinear,
+        Fp8GlobalLinear,
+        SwitchBackLinear,
+        SwitchBackGlobalLinear,
+        SwitchBackVectorwiseLinear,
+        SwitchBackGlobalMemEfficientLinear,
+    ),
+    _declared_options,
 )
 
 
@@ -407,7 +455,8 @@ def quantize_model(
 
     Args:
       model: an nnx Module (modified in place).
-      kind: "fp8_mixed", "fp8_global" or "switchback".
+      kind: one of `fp8mm.nn.KINDS` ("fp8_mixed", "fp8_global", "switchback",
+        "switchback_global", "switchback_vectorwise", "switchback_global_mem_efficient").
       filter: optional predicate on (path, layer), called for every nnx.Linear and
         fp8mm layer; False leaves that layer as it is.
       **options: the kind's quantization options (`fp8mm.nn.OPTIONS[kind]`, e.g.
@@ -465,7 +514,11 @@ def quantize_model(
 
 
 def to_int8_inference(model: nnx.Module) -> Int8Report:
-    """Turns every `SwitchBackLinear` of `model` into int8 inference weights, in place.
+    """Turns every SwitchBack layer of `model` into int8 inference weights, in place.
+
+    `SwitchBackLinear` and the SwitchBack paper's `SwitchBackGlobalLinear`,
+    `SwitchBackVectorwiseLinear`, `SwitchBackGlobalMemEfficientLinear`, each with
+    its own kind's quantization.
 
     Returns:
       `Int8Report` with the bytes of all Variables of the model before and after.
@@ -478,7 +531,7 @@ def to_int8_inference(model: nnx.Module) -> Int8Report:
     before = tree_bytes(nnx.state(model))
     layers = []
     for path, m in list(nnx.iter_modules(model)):
-        if isinstance(m, SwitchBackLinear):
+        if isinstance(m, _QuantLinear) and _core.KIND_TABLE[m._KIND].int8_weights:
             m.to_int8()
             layers.append("/".join(map(str, path)))
     return Int8Report(tuple(layers), before, tree_bytes(nnx.state(model)))
