@@ -34,7 +34,15 @@ from tqdm import tqdm
 
 from fp8mm.nn import linen as fl
 
-KINDS = ("plain", "fp8_mixed", "fp8_global", "switchback")
+KINDS = (
+    "plain",
+    "fp8_mixed",
+    "fp8_global",
+    "switchback",
+    "switchback_global",
+    "switchback_vectorwise",
+    "switchback_global_mem_efficient",
+)
 DENSE = {"plain": nn.Dense, **fl.LAYERS}
 
 
@@ -148,7 +156,7 @@ def train(kind: str, preset: Preset, train_data, eval_data, params0, seed: int):
     params, opt = params0, tx.init(params0)
     data = batches(train_data, preset.batch, preset.seq_len, seed)
     losses, times = [], []
-    bar = tqdm(range(preset.steps), desc=f"{kind:>10}", ncols=90, mininterval=0.5)
+    bar = tqdm(range(preset.steps), desc=f"{kind:>31}", ncols=110, mininterval=0.5)
     for _ in bar:
         t0 = time.perf_counter()
         params, opt, loss = step(params, opt, jnp.asarray(next(data)))

@@ -17,15 +17,30 @@ from tests.helpers import cpu_subset, rand, rel
 
 KINDS = fnn.KINDS
 # Relative error of a quantized layer against nn.Dense with the same params (normal inputs).
-QUANT_TOL = {"fp8_mixed": 0.08, "fp8_global": 0.10, "switchback": 0.03}
+QUANT_TOL = {
+    "fp8_mixed": 0.08,
+    "fp8_global": 0.10,
+    "switchback": 0.03,
+    "switchback_global": 0.03,
+    "switchback_vectorwise": 0.03,
+    "switchback_global_mem_efficient": 0.03,
+}
 FACTORIES = {
     "fp8_mixed": fnn.fp8_mixed_dot_general,
     "fp8_global": fnn.fp8_global_dot_general,
     "switchback": fnn.switchback_dot_general,
+    "switchback_global": fnn.switchback_global_dot_general,
+    "switchback_vectorwise": fnn.switchback_vectorwise_dot_general,
+    "switchback_global_mem_efficient": fnn.switchback_global_mem_efficient_dot_general,
 }
 # Interpreted Pallas (the CPU) runs each layer once, both dtypes among them; the rest runs
 # there on XLA only (test_nn_nnx.py runs the SwitchBack training and int8 inference paths).
-PALLAS_CPU_CASES = {("fp8_mixed", None), ("fp8_global", jnp.bfloat16), ("switchback", jnp.bfloat16)}
+PALLAS_CPU_CASES = {
+    ("fp8_mixed", None),
+    ("fp8_global", jnp.bfloat16),
+    ("switchback", jnp.bfloat16),
+    ("switchback_global", jnp.bfloat16),
+}
 
 
 class MLP(nn.Module):
