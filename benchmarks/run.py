@@ -150,14 +150,18 @@ def run_ops(r: Runner, plan: Plan, dtypes: Sequence[str], tokens: Sequence[int])
                     Wl,
                 ),
                 "switchback_vectorwise": (
-                    lambda i: lambda a, w: fp8mm.switchback_linear(
-                        a, w, vector_wise_quantization=True, implementation=i
+                    lambda i: (
+                        lambda a, w: fp8mm.switchback_linear(
+                            a, w, vector_wise_quantization=True, implementation=i
+                        )
                     ),
                     Wl,
                 ),
                 "switchback_global_mem_efficient": (
-                    lambda i: lambda a, w: fp8mm.switchback_linear(
-                        a, w, mem_efficient=True, implementation=i
+                    lambda i: (
+                        lambda a, w: fp8mm.switchback_linear(
+                            a, w, mem_efficient=True, implementation=i
+                        )
                     ),
                     Wl,
                 ),

@@ -197,8 +197,8 @@ def _check_switchback(params, model, args, kwargs, converted: list[str], kind: s
     bad = [p for p in converted if ran.get(module_path(p)) != kind]
     if bad:
         raise ValueError(
-            f"int8_inference_params: layer(s) {bad} do not run as SwitchBack layers of kind {kind!r} "
-            f"(a layer of that kind, or nn.Dense under quantize_dense({kind!r})) in "
+            f"int8_inference_params: layer(s) {bad} do not run as SwitchBack layers of "
+            f"kind {kind!r} (a layer of that kind, or nn.Dense under quantize_dense({kind!r})) in "
             f"{type(model).__name__}.apply, so they cannot use int8 weights; leave them "
             "float with filter= (e.g. filter=lambda path: path not in "
             f"{bad!r})"
