@@ -46,13 +46,17 @@ def _spec(shape, dtype):
 
 @pytest.mark.skipif(wg.plgpu is None, reason="this jaxlib has no Mosaic GPU")
 @pytest.mark.parametrize(
-    ("bias_dtype", "out_dtype"), [*MODES, (None, jnp.float32), ("int32", jnp.int32)]
+    ("bias_dtype", "out_dtype"),
+    [*MODES, (None, jnp.float32), ("int32", jnp.int32), ("direct", jnp.bfloat16)],
 )
 def test_lowers_for_cuda(bias_dtype, out_dtype):
     m, n, k = 256, 512, 384
     dequant = out_dtype != jnp.int32
+    direct = bias_dtype == "direct"  # the SwitchBack paper's epilogue, with a fused bias
     bias = None if bias_dtype in (None, "int32") else _spec((n,), jnp.float32)
-    bias_mode = None if bias is None else _int8_math.bias_mode_of(jnp.zeros((n,), bias_dtype))
+    bias_mode = "fused" if direct else None
+    if bias is not None and not direct:
+        bias_mode = _int8_math.bias_mode_of(jnp.zeros((n,), bias_dtype))
     stats = (_spec((m,), jnp.float32), _spec((n,), jnp.float32)) if dequant else (None, None)
     lowered = wg._matmul_2d.trace(
         _spec((m, k), jnp.int8),
@@ -64,6 +68,7 @@ def test_lowers_for_cuda(bias_dtype, out_dtype):
         out_dtype=np.dtype(out_dtype) if dequant else None,
         cfg=wg.WgmmaConfig(),
         num_sms=132,
+        direct=direct,
     ).lower(lowering_platforms=("cuda",))
     assert "mosaic_gpu" in lowered.as_text()
     assert lowered.out_info.shape == (m, n) and lowered.out_info.dtype == out_dtype
@@ -71,7 +76,7 @@ def test_lowers_for_cuda(bias_dtype, out_dtype):
 
 def test_dispatch_rules(monkeypatch):
     # The registry lists this kernel first for both matmuls, then the Triton one.
-    for name in ("int8_linear_matmul_dequant", "int8_linear_matmul"):
+    for name in ("int8_linear_matmul_dequant", "int8_linear_matmul", "int8_scaled_matmul"):
         kernels = dispatch.REGISTRY[name].kernels
         assert [k.name for k in kernels] == ["pallas_mosaic_gpu", "pallas_triton"]
         assert kernels[0].module == wg.__name__ and not kernels[0].interpretable

@@ -238,7 +238,9 @@ def _dequant_kernel(*refs, m, n, cfg, bias_mode, out_dtype):
 @functools.partial(
     jax.jit, static_argnames=("bias_mode", "out_dtype", "dequant", "direct", "cfg", "interpret")
 )
-def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, interpret, direct):
+def _matmul_2d(
+    a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, interpret, direct=False
+):
     m, k = a.shape
     n = b.shape[0]
     args = [a, b]

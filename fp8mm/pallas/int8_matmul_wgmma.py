@@ -322,7 +322,7 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, 
 @functools.partial(
     jax.jit, static_argnames=("dequant", "bias_mode", "out_dtype", "cfg", "num_sms", "direct")
 )
-def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_sms, direct):
+def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_sms, direct=False):
     """[m, n] product of a [m, k] and b [n, k]: int32, or dequantized to out_dtype."""
     out_dtype = out_dtype if dequant else np.dtype(np.int32)
     m, k = a.shape
