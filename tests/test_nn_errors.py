@@ -236,7 +236,7 @@ CASES = [
         "dense-int8-state-kind",
         lambda: fnn.quantized_dense(SPEC, x_(), None, int8_state=STATE),
         ValueError,
-        "int8_state is for kind 'switchback' only, not 'fp8_mixed'",
+        r"int8_state is for the SwitchBack kinds only \(switchback, .*\), not 'fp8_mixed'",
     ),
     (
         "dense-int8-state-type",

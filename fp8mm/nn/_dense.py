@@ -71,7 +71,7 @@ def _check_operands(spec: QuantSpec, x, kernel, bias, int8_state) -> None:
     if int8_state is not None:
         if not KIND_TABLE[spec.kind].int8_weights:
             raise ValueError(
-                f"int8_state is for kind {' or '.join(map(repr, INT8_KINDS))} only, "
+                f"int8_state is for the SwitchBack kinds only ({', '.join(INT8_KINDS)}), "
                 f"not {spec.kind!r}"
             )
         if not isinstance(int8_state, MatmulLtState):
