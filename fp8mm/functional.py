@@ -420,7 +420,11 @@ def quantize_rowwise(X: jax.Array, *, implementation: Impl = None) -> tuple[jax.
 
 
 def quantize_global(
-    W: jax.Array, transpose: bool = False, *, implementation: Impl = None
+    W: jax.Array,
+    transpose: bool = False,
+    absmax: jax.Array | None = None,
+    *,
+    implementation: Impl = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Whole-tensor int8 quantization of W (the SwitchBack paper's global weight).
 
@@ -432,6 +436,8 @@ def quantize_global(
     Args:
       W: float [r, c].
       transpose: static bool; return the codes of Wᵀ, [c, r].
+      absmax: optional float32 [], W's absmax when already known (a backward pass
+        re-quantizing the forward's weight); None computes it.
       implementation: None, "xla", "pallas", a kernel name or a sequence of these.
 
     Returns:
@@ -446,7 +452,11 @@ def quantize_global(
     _checks.check_float("W", W)
     _checks.check_ndim("W", W, 2)
     transpose = _checks.check_bool("transpose", transpose)
-    return _QUANTIZE_GLOBAL(W, transpose, implementation=implementation)
+    if absmax is not None:
+        _checks.check_dtype("absmax", absmax, jnp.float32)
+        if absmax.shape != ():
+            raise ValueError(f"absmax must be a float32 scalar, got shape {absmax.shape}")
+    return _QUANTIZE_GLOBAL(W, transpose, absmax, implementation=implementation)
 
 
 def quantize_columnwise_and_transpose(

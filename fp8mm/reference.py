@@ -510,10 +510,13 @@ def quantize_rowwise(X: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("transpose",))
-def quantize_global(W: jax.Array, transpose: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Whole-tensor int8 codes of W [r, c]: (int8 [r, c] or [c, r] transposed, absmax [])."""
+def quantize_global(W: jax.Array, transpose: bool = False, absmax=None):
+    """Whole-tensor int8 codes of W [r, c]: (int8 [r, c] or [c, r] transposed, absmax []).
+
+    absmax: W's absmax when already known (None: computed).
+    """
     w = W.astype(jnp.float32)
-    absmax = absmax_nan(w)
+    absmax = absmax_nan(w) if absmax is None else absmax
     codes = _sb_codes(w, absmax)
     return (codes.T if transpose else codes), absmax
 

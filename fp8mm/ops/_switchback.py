@@ -61,12 +61,14 @@ def _dequant_weight(CB: jax.Array, SCB: jax.Array, dtype) -> jax.Array:
 
 
 def _outlier_product(A2, Bsub_fn, cols, capacity: int, dtype):
-    """A2[:, cols] @ Bsub[:, cols]ᵀ for the boolean column mask `cols`, in float32.
+    """A2[:, cols] @ Bsub[:, cols]ᵀ for the boolean column mask `cols`, rounded once to `dtype`.
 
     Outlier columns are data-dependent; under jit they are gathered into a
     fixed number of slots (`capacity`). When more columns are outliers, a
     masked dense product gives the same exact sum, so the result is never
-    silently truncated.
+    silently truncated. The product is returned in `dtype` straight from the GEMM's
+    float32 accumulator: a float32 [tokens, out] result would cost more memory
+    traffic than the product itself.
     """
     k = A2.shape[1]
     count = jnp.sum(cols)
@@ -76,12 +78,12 @@ def _outlier_product(A2, Bsub_fn, cols, capacity: int, dtype):
         valid = jnp.arange(capacity) < count
         a = jnp.where(valid[None, :], A2[:, idx], 0).astype(dtype)
         b = jnp.where(valid[None, :], Bsub_fn(idx), 0).astype(dtype)
-        return matmul(a, b, (1, 1), jnp.float32)
+        return matmul(a, b, (1, 1), dtype)
 
     def dense():
         a = jnp.where(cols[None, :], A2, 0).astype(dtype)
         b = jnp.where(cols[None, :], Bsub_fn(jnp.arange(k)), 0).astype(dtype)
-        return matmul(a, b, (1, 1), jnp.float32)
+        return matmul(a, b, (1, 1), dtype)
 
     if capacity >= k:
         return dense()
@@ -112,7 +114,7 @@ def _forward(A, B, bias, CB, SCB, cfg: _Config):
             sub_b = lambda idx: (CB[:, idx].astype(jnp.float32) * SCB[:, None] / 127.0).astype(
                 dtype
             )
-        extra = _outlier_product(A2, sub_b, cols, cfg.outlier_capacity, dtype).astype(dtype)
+        extra = _outlier_product(A2, sub_b, cols, cfg.outlier_capacity, dtype)
         out = (out.astype(jnp.float32) + extra.astype(jnp.float32)).astype(dtype)
     return out.reshape(*A.shape[:-1], n), cols, CB, SCB
 

@@ -56,16 +56,17 @@ def _forward_weight(W, cfg: _Config):
     return F.quantize_global(W, True, implementation=impl)
 
 
-def _dgrad_weight(W, cfg: _Config):
-    """(int8 [in, out] K-major for G·W, scale float32 [in] or []) for the input gradient."""
+def _dgrad_weight(W, w_scale, cfg: _Config):
+    """(int8 [in, out] K-major for G·W, scale float32 [in] or []) for the input gradient.
+
+    w_scale is the forward's weight scale: global, it is this product's too.
+    """
     impl = cfg.implementation
-    if cfg.layout == "linear":
-        if cfg.vectorwise:
-            return F.quantize_columnwise_and_transpose(W, implementation=impl)
-        return F.quantize_global(W, True, implementation=impl)
     if cfg.vectorwise:
+        if cfg.layout == "linear":
+            return F.quantize_columnwise_and_transpose(W, implementation=impl)
         return F.quantize_rowwise(W, implementation=impl)
-    return F.quantize_global(W, implementation=impl)
+    return F.quantize_global(W, cfg.layout == "linear", w_scale, implementation=impl)
 
 
 def _int8_product(x2, w8, w_scale, bias, dtype, impl):
@@ -79,7 +80,7 @@ def _forward(X, W, bias, cfg: _Config):
     x2 = as_2d(X)
     w8, sw = _forward_weight(W, cfg)
     out, x8, sx = _int8_product(x2, w8, sw, bias, X.dtype, cfg.implementation)
-    return out.reshape(*X.shape[:-1], w8.shape[0]), x2, x8, sx
+    return out.reshape(*X.shape[:-1], w8.shape[0]), x2, x8, sx, sw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -88,21 +89,22 @@ def _linear(X, W, bias, cfg: _Config):
 
 
 def _linear_fwd(X, W, bias, cfg: _Config):
-    out, x2, x8, sx = _forward(X, W, bias, cfg)
+    out, x2, x8, sx, sw = _forward(X, W, bias, cfg)
     # W is a parameter (alive anyway): the input gradient re-quantizes it rather than
-    # keeping a second int8 copy. mem_efficient keeps X as its int8 codes.
+    # keeping a second int8 copy; a global scale is kept (one float). mem_efficient
+    # keeps X as its int8 codes.
     saved = (x8, sx) if cfg.mem_efficient else x2
-    return out, (saved, W, bias)
+    return out, (saved, W, None if cfg.vectorwise else sw, bias)
 
 
 def _linear_bwd(cfg: _Config, res, g):
-    saved, W, bias = res
+    saved, W, w_scale, bias = res
     impl = cfg.implementation
     dtype = g.dtype  # the output's dtype, which is X's
     g2 = as_2d(g)
     # Input gradient in int8: G row-wise times the weight quantized for it.
     g8, sg = F.quantize_rowwise(g2, implementation=impl)
-    wt8, swt = _dgrad_weight(W, cfg)
+    wt8, swt = _dgrad_weight(W, w_scale, cfg)
     grad_x = F.int8_scaled_matmul(g8, wt8, sg, swt, None, dtype, implementation=impl)
     grad_x = grad_x.reshape(*g.shape[:-1], wt8.shape[0])
     # Weight gradient in 16 bit: its inner dimension is the token count.

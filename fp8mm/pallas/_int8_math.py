@@ -30,6 +30,7 @@ from fp8mm.pallas import _backend
 
 __all__ = [
     "Tile",
+    "absmax_bits",
     "and_masks",
     "any_nan_max",
     "bias_mode_of",
@@ -45,6 +46,7 @@ __all__ = [
     "reduce_any",
     "round_half_even",
     "to_int8",
+    "to_int8_rn",
 ]
 
 _F32 = jnp.float32
@@ -112,6 +114,35 @@ def to_int8(q: jax.Array) -> jax.Array:
     # Clipping before rounding gives the same integers as after, and keeps
     # floor() away from infinities.
     return round_half_even(clip_nan(q)).astype(jnp.int8)
+
+
+def to_int8_rn(q: jax.Array, interpret: bool) -> jax.Array:
+    """`to_int8(q)` by one `cvt.rni.s32.f32` when compiled (round half to even, NaN -> 0).
+
+    A dozen fewer instructions an element than `round_half_even`, which is what
+    keeps the single-pass row kernels near copy bandwidth.
+    """
+    if interpret:
+        return to_int8(q)
+    [r] = _backend.elementwise_inline_asm(
+        "cvt.rni.s32.f32 $0, $1;",
+        args=[q],
+        constraints="=r,f",
+        pack=1,
+        result_shape_dtypes=[jax.ShapeDtypeStruct(q.shape, jnp.int32)],
+    )
+    return jnp.minimum(jnp.maximum(r, -127), 127).astype(jnp.int8)
+
+
+def absmax_bits(x: jax.Array, axis) -> jax.Array:
+    """max |x| along `axis`, NaN where a NaN is reduced over, in one integer reduction.
+
+    The bits of a non-negative float32 order as int32 exactly as the floats do,
+    and every NaN's bits lie above inf's, so an integer max keeps NaN (a float
+    max in Triton drops it) without a second reduction. x must not be empty.
+    """
+    bits = jax.lax.bitcast_convert_type(jnp.abs(x), jnp.int32)
+    return jax.lax.bitcast_convert_type(jnp.max(bits, axis=axis), jnp.float32)
 
 
 def f16_or_wide(x: jax.Array, dtype) -> jax.Array:

@@ -50,8 +50,8 @@ from fp8mm.pallas import _backend
 from fp8mm.pallas._backend import pallas_call, too_large
 from fp8mm.pallas._int8_math import (
     Tile,
+    absmax_bits,
     and_masks,
-    any_nan_max,
     clip_nan,
     elementwise_tile,
     elementwise_tile_space,
@@ -65,6 +65,7 @@ from fp8mm.pallas._int8_math import (
     reduce_any,
     round_half_even,
     to_int8,
+    to_int8_rn,
 )
 
 __all__ = [
@@ -285,11 +286,11 @@ def _row_quant_kernel(a_ref, ca_ref, stats_ref, *, m, k, cfg, native, interpret)
     x = masked_load(a_ref.at[rs, cs], mask, 0.0).astype(_F32)
     if not native:
         x = f16_or_wide(x, a_ref.dtype)
-    absmax = any_nan_max(jnp.abs(x), 1)
+    absmax = absmax_bits(x, 1)
     # 127 * (1/absmax) with a correctly rounded reciprocal, prescaled as reference.row_scale.
     s = reference.block_prescale(absmax)
     scale = (np.float32(127.0) * s) * _backend.recip_rn(absmax * s, interpret)
-    _backend.store(ca_ref.at[rs, cs], to_int8(x * scale[:, None]), mask=mask)
+    _backend.store(ca_ref.at[rs, cs], to_int8_rn(x * scale[:, None], interpret), mask=mask)
     _backend.store(stats_ref.at[rs], absmax, mask=row_ok)
 
 

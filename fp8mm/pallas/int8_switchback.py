@@ -33,13 +33,14 @@ from fp8mm.pallas import _backend
 from fp8mm.pallas._backend import pallas_call, too_large
 from fp8mm.pallas._int8_math import (
     Tile,
+    absmax_bits,
     and_masks,
     elementwise_tile,
     elementwise_tile_space,
     masked_load,
     next_pow2,
     range_mask,
-    to_int8,
+    to_int8_rn,
 )
 from fp8mm.pallas.int8_quant import (
     choose_row_quant_config,
@@ -117,7 +118,7 @@ def _scaled_quant_kernel(w_ref, absmax_ref, o_ref, *, r, c, cfg, transpose, inte
     # reference.row_scale with a correctly rounded reciprocal (prescaled for huge absmax).
     s = reference.block_prescale(absmax)
     scale = (np.float32(127.0) * s) * _backend.recip_rn(absmax * s, interpret)
-    codes = to_int8(w * scale[None, :])
+    codes = to_int8_rn(w * scale[None, :], interpret)
     if transpose:
         _backend.store(o_ref.at[cs, rs], codes.T, mask=and_masks(c_ok, r_ok))
     else:
@@ -142,11 +143,11 @@ def _scaled_quant_2d(w, absmax, *, transpose, cfg, interpret):
 
 
 @functools.partial(jax.jit, static_argnames=("per_column", "transpose", "cfg", "interpret"))
-def _quantize_2d(w, *, per_column, transpose, cfg, interpret):
-    # The absmax reduction is XLA's (exact anywhere; absmax_nan keeps NaN), fused with
-    # the read of W; the kernel then reads W once more.
-    w32 = w.astype(_F32)
-    absmax = reference.absmax_nan(w32, axis=0 if per_column else None)
+def _quantize_2d(w, absmax, *, per_column, transpose, cfg, interpret):
+    # The absmax reduction is XLA's (exact anywhere; one integer max keeps NaN); the
+    # kernel then reads W once more.
+    if absmax is None:
+        absmax = absmax_bits(w.astype(_F32), 0 if per_column else None)
     vec = absmax if per_column else jnp.broadcast_to(absmax, (w.shape[1],))
     codes = _scaled_quant_2d(w, vec, transpose=transpose, cfg=cfg, interpret=interpret)
     return codes, absmax
@@ -164,9 +165,9 @@ def supported_quantize_rowwise(X: jax.Array) -> str | None:
     return too_large(X)
 
 
-def supported_quantize_global(W: jax.Array, transpose: bool = False) -> str | None:
+def supported_quantize_global(W: jax.Array, transpose: bool = False, absmax=None) -> str | None:
     """None: the kernel serves every validated W up to its int32 indexing."""
-    del transpose
+    del transpose, absmax
     return too_large(W)
 
 
@@ -211,7 +212,12 @@ def quantize_rowwise(
 
 
 def quantize_global(
-    W: jax.Array, transpose: bool = False, *, config: Tile | None = None, interpret: bool = False
+    W: jax.Array,
+    transpose: bool = False,
+    absmax: jax.Array | None = None,
+    *,
+    config: Tile | None = None,
+    interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Whole-tensor int8 codes of W, optionally transposed (`reference.quantize_global`).
 
@@ -221,6 +227,8 @@ def quantize_global(
     Args:
       W: float [r, c].
       transpose: write the codes as [c, r].
+      absmax: W's float32 [] absmax when known (the backward pass keeps the
+        forward's); None: one reduction over W first.
       config: the kernel's `Tile` over W (`choose_scaled_quant_config`); None: the heuristic.
       interpret: run in Pallas interpret mode (CPU).
 
@@ -229,9 +237,10 @@ def quantize_global(
     """
     _check_served(supported_quantize_global(W))
     if W.size == 0:
-        return reference.quantize_global(W, transpose)
+        return reference.quantize_global(W, transpose, absmax)
     cfg = _given(config, choose_scaled_quant_config(*W.shape, transpose))
-    return _quantize_2d(W, per_column=False, transpose=transpose, cfg=cfg, interpret=interpret)
+    kw = dict(per_column=False, transpose=transpose, cfg=cfg, interpret=interpret)
+    return _quantize_2d(W, absmax, **kw)
 
 
 def quantize_columnwise_and_transpose(
@@ -251,4 +260,4 @@ def quantize_columnwise_and_transpose(
     if W.size == 0:
         return reference.quantize_columnwise_and_transpose(W)
     cfg = _given(config, choose_scaled_quant_config(*W.shape, True))
-    return _quantize_2d(W, per_column=True, transpose=True, cfg=cfg, interpret=interpret)
+    return _quantize_2d(W, None, per_column=True, transpose=True, cfg=cfg, interpret=interpret)
