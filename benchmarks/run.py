@@ -79,6 +79,7 @@ OPS = (
     "matmul_fp8_mixed",
     "matmul_fp8_global",
     "switchback_bnb",
+    "switchback_bnb(threshold=6)",
     "switchback_global",
     "switchback_vectorwise",
     "switchback_global_mem_efficient",
@@ -88,6 +89,11 @@ LINEAR = "linear (baseline)"
 DENSE = "nn.Dense (baseline)"
 
 # --smoke runs Pallas (interpret mode on CPU: seconds per compile) only in these cases.
+SMOKE_SKIP_OPS = (
+    "switchback_bnb(threshold=6)",
+    "switchback_vectorwise",
+    "switchback_global_mem_efficient",
+)
 SMOKE_PALLAS = {
     ("kernels", "fake_quant_blockwise(4096)", "-"),
     ("kernels", "int8_linear_matmul_dequant", "-"),
@@ -142,6 +148,13 @@ def run_ops(r: Runner, plan: Plan, dtypes: Sequence[str], tokens: Sequence[int])
                 ),
                 "switchback_bnb": (
                     lambda i: lambda a, w: fp8mm.switchback_bnb(a, w, implementation=i),
+                    Wl,
+                ),
+                # LLM.int8()'s default outlier threshold: outlier columns in 16 bit.
+                "switchback_bnb(threshold=6)": (
+                    lambda i: (
+                        lambda a, w: fp8mm.switchback_bnb(a, w, threshold=6.0, implementation=i)
+                    ),
                     Wl,
                 ),
                 # The SwitchBack paper's layer (fp8mm.switchback_linear), Linear layout.
@@ -224,6 +237,7 @@ def run_layers(r: Runner, plan: Plan) -> None:
                 ("Fp8MixedDense", fl.Fp8MixedDense),
                 ("Fp8GlobalDense", fl.Fp8GlobalDense),
                 ("SwitchBackDense", fl.SwitchBackDense),
+                ("SwitchBackGlobalDense", fl.SwitchBackGlobalDense),
             ):
                 for impl in plan.impls:
                     layer = cls(n, dtype=dt, implementation=impl)
@@ -637,6 +651,9 @@ def smoke_include(plan: Plan) -> Callable[[Row], bool]:
         if row.section == "train" and row.group not in (DENSE, "SwitchBackDense"):
             return False
         if row.section == "layers" and (row.mode == "fwd" or "Fp8" in row.group):
+            return False
+        # The op variants run the code paths of the rows kept beside them.
+        if row.section == "ops" and row.group in SMOKE_SKIP_OPS:
             return False
         if row.impl == "pallas" and (row.section, row.group, row.mode) not in SMOKE_PALLAS:
             return False
