@@ -10,9 +10,15 @@ jobs=${2:-$(nproc)}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # Slowest first, so the long files start at once; any other file follows.
-order="test_ops test_kernels_int8 test_kernels_codebook test_numerics test_properties test_nn_sharding
+order="test_ops test_kernels_int8 test_kernels_codebook test_numerics test_switchback_linear
+  test_properties test_nn_sharding
   test_bad_input test_nn_linen test_nn_nnx test_golden_primitives test_benchmarks_smoke
   test_primitives test_example"
+# XLA's CPU backend at optimization level 0: the suite compiles hundreds of small
+# programs whose run time is negligible; level 0 roughly halves the compile time
+# (measured on 2 cores: test_ops 319 s -> 206 s) and IEEE arithmetic is the same at any
+# level (the bit-exact tests pass at both). A caller's XLA_FLAGS follow, and win.
+export XLA_FLAGS="--xla_backend_optimization_level=0 ${XLA_FLAGS:-}"
 files=""
 for name in $order; do [ -f "tests/$name.py" ] && files="$files tests/$name.py"; done
 for f in tests/test_*.py; do
