@@ -158,7 +158,8 @@ def test_targets_file_is_read(bench, tmp_path):
     # The numbers come from the file: with the switchback fwd+bwd limit lowered to 0.85,
     # the 0.90 row misses, and a file with only that target checks nothing else.
     text = common.TARGETS_PATH.read_text()
-    old = 'group = ["switchback_bnb"]\nmode = "fwd+bwd"\nmetric = "time_ratio"\nop = "<="\nlimit = 0.95'
+    old = 'group = ["switchback_bnb"]\nmode = "fwd+bwd"\nmetric = "time_ratio"\nop = "<="\n'
+    old += "limit = 0.95"
     assert text.count(old) == 1
     strict = tmp_path / "strict.toml"
     strict.write_text(text.replace(old, old.replace("0.95", "0.85")))

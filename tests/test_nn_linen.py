@@ -14,25 +14,8 @@ import fp8mm
 import fp8mm.nn as fnn
 from fp8mm.nn import linen as L
 from tests.helpers import cpu_subset, rand, rel
+from tests.nn_cases import FACTORIES, KINDS, QUANT_TOL
 
-KINDS = fnn.KINDS
-# Relative error of a quantized layer against nn.Dense with the same params (normal inputs).
-QUANT_TOL = {
-    "fp8_mixed": 0.08,
-    "fp8_global": 0.10,
-    "switchback": 0.03,
-    "switchback_global": 0.03,
-    "switchback_vectorwise": 0.03,
-    "switchback_global_mem_efficient": 0.03,
-}
-FACTORIES = {
-    "fp8_mixed": fnn.fp8_mixed_dot_general,
-    "fp8_global": fnn.fp8_global_dot_general,
-    "switchback": fnn.switchback_dot_general,
-    "switchback_global": fnn.switchback_global_dot_general,
-    "switchback_vectorwise": fnn.switchback_vectorwise_dot_general,
-    "switchback_global_mem_efficient": fnn.switchback_global_mem_efficient_dot_general,
-}
 # Interpreted Pallas (the CPU) runs each layer once, both dtypes among them; the rest runs
 # there on XLA only (test_nn_nnx.py runs the SwitchBack training and int8 inference paths).
 PALLAS_CPU_CASES = {

@@ -14,24 +14,8 @@ import fp8mm.nn as fnn
 from fp8mm.codebooks import create_fp8_map
 from fp8mm.nn import nnx as N
 from tests.helpers import cpu_subset, rand, rel
+from tests.nn_cases import FACTORIES, KINDS, QUANT_TOL
 
-KINDS = fnn.KINDS
-QUANT_TOL = {
-    "fp8_mixed": 0.08,
-    "fp8_global": 0.10,
-    "switchback": 0.03,
-    "switchback_global": 0.03,
-    "switchback_vectorwise": 0.03,
-    "switchback_global_mem_efficient": 0.03,
-}
-FACTORIES = {
-    "fp8_mixed": fnn.fp8_mixed_dot_general,
-    "fp8_global": fnn.fp8_global_dot_general,
-    "switchback": fnn.switchback_dot_general,
-    "switchback_global": fnn.switchback_global_dot_general,
-    "switchback_vectorwise": fnn.switchback_vectorwise_dot_general,
-    "switchback_global_mem_efficient": fnn.switchback_global_mem_efficient_dot_general,
-}
 # Interpreted Pallas (the CPU) runs the SwitchBack layer (forward, training, int8 inference);
 # test_nn_linen.py runs each fp8 layer there, test_ops.py the ops.
 PALLAS_CPU_CASES = {("switchback", jnp.bfloat16)}

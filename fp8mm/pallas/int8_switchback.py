@@ -40,12 +40,13 @@ from fp8mm.pallas._int8_math import (
     elementwise_tile,
     elementwise_tile_space,
     masked_load,
-    next_pow2,
     range_mask,
     to_int8_rn,
 )
 from fp8mm.pallas.int8_quant import (
+    choose_quant_t_config,
     choose_row_quant_config,
+    quant_t_search_space,
     row_quant_2d,
     row_quant_search_space,
 )
@@ -75,25 +76,20 @@ _F32 = jnp.float32
 def choose_scaled_quant_config(r: int, c: int, transpose: bool) -> Tile:
     """Codes of W [r, c]: one [block_rows, block_cols] tile of W a program.
 
-    Transposed, square 64x64 tiles keep both the read of W and the transposed
-    write long contiguous runs (as `int8_quant.choose_quant_t_config`); as they
-    are, the elementwise tile of at most 8192 elements, 256 wide.
+    Transposed, the square tiles of `int8_quant.choose_quant_t_config` (both the
+    read of W and the transposed write are long contiguous runs); as they are,
+    the elementwise tile of at most 8192 elements, 256 wide.
     """
     if transpose:
-        return Tile(min(64, next_pow2(r)), min(64, next_pow2(c)))
+        return choose_quant_t_config(r, c)
     return elementwise_tile(r, c, 256)
 
 
 def scaled_quant_search_space(r: int, c: int, transpose: bool) -> tuple[Tile, ...]:
-    """Square tiles of 32 to 128 transposed; elementwise tiles 64 to 512 wide otherwise."""
-    if not transpose:
-        return elementwise_tile_space(r, c, (64, 128, 256, 512))
-    pr, pc = next_pow2(r), next_pow2(c)
-    space = {}
-    for side in (32, 64, 128):
-        for warps in (4, 8):
-            space[Tile(min(side, pr), min(side, pc), warps)] = None
-    return tuple(space)
+    """`int8_quant.quant_t_search_space` transposed; elementwise tiles 64 to 512 wide otherwise."""
+    if transpose:
+        return quant_t_search_space(r, c)
+    return elementwise_tile_space(r, c, (64, 128, 256, 512))
 
 
 def _given(config: Tile | None, choice: Tile) -> Tile:
