@@ -74,7 +74,8 @@ WORKER = textwrap.dedent(
     dp = Mesh(devs.reshape(4, 1), ("data", "model"))
     tp = Mesh(devs.reshape(1, 4), ("data", "model"))
     both = Mesh(devs.reshape(2, 2), ("data", "model"))
-    for kind in LAYERS:
+    # mem_efficient differs from switchback_global only in what the backward keeps.
+    for kind in [k for k in LAYERS if k != "switchback_global_mem_efficient"]:
         ref = run(kind)
         same(run(kind, dp), ref, f"{kind} data-parallel (GSPMD)")
         got = run(kind, tp, "model")
@@ -93,6 +94,34 @@ WORKER = textwrap.dedent(
             print("ok refused", kind, str(e)[:60])
         else:
             raise AssertionError(f"{kind} shard_map should refuse {dict(mesh.shape)}")
+    # The Pallas path (interpreted here) under partition, and int8 inference weights
+    # split with the output features: one layer's forward and gradients.
+    from fp8mm.nn import int8_inference_params
+    meshes = {"dp": (dp, "data", None), "both": (both, "data", "model")}
+    for kind, mesh, impl, int8 in [
+        ("fp8_mixed", "dp", "pallas", False),
+        ("switchback", "both", "pallas", False),
+        ("switchback_global", "dp", "pallas", False),
+        ("switchback", "both", "xla", True),
+        ("switchback_global", "both", "xla", True),
+    ]:
+        layer = LAYERS[kind](32, implementation=impl)
+        p = layer.init(jax.random.key(0), x)
+        if int8:
+            p = int8_inference_params(p, kind=kind)[0]
+            shard = sharding.dense_param_shardings(p, meshes[mesh][0], meshes[mesh][2])
+            assert shard["params"]["CB"].spec == P("model", None), shard
+            p = jax.device_put(p, shard)
+        loss = lambda p, x: jnp.sum(layer.apply(p, x) ** 2)
+        f = jax.value_and_grad(loss, argnums=(0, 1), allow_int=True)
+        want = f(p, x)
+        with sharding.partition(*meshes[mesh]):
+            got = jax.jit(f)(p, x)
+        for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            if jnp.issubdtype(v.dtype, jnp.floating):
+                np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=2e-5,
+                                           err_msg=f"{kind} {mesh} {impl} int8={int8}")
+        print("ok partition", kind, mesh, impl, "int8" if int8 else "")
     print("ALL OK")
     """
 )

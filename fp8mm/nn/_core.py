@@ -147,7 +147,8 @@ def _split_fp8_global(spec: QuantSpec, part: Partition, x, kernel) -> str:
 
 
 def _split_paper(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
-    if part.size(part.model_axis) > 1:
+    # int8 inference weights (kernel None) carry fixed per-row scales: any split is exact.
+    if kernel is not None and part.size(part.model_axis) > 1:
         # Global: one absmax over the whole weight. Vectorwise: the input gradient's
         # per-input-feature scales reduce over the output features.
         return "the weight's scale for the input gradient spans the output features"

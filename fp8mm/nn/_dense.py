@@ -167,34 +167,26 @@ def _partitioned(spec: QuantSpec, part: Partition, x, kernel, bias, int8_state):
     _check_exact(spec, part, x, kernel, int8_state)
     b, m = part.batch_axis, part.model_axis
     rest = (None,) * (x.ndim - 1)
-    args = (x, kernel, bias, int8_state)
+    # The int8 weight travels as its two arrays (a MatmulLtState of PartitionSpecs is no
+    # state) and is rebuilt per shard: CB rows and SCB split with the output features.
+    cb, scb = (None, None) if int8_state is None else (int8_state.CB, int8_state.SCB)
+    args = (x, kernel, bias, cb, scb)
     specs = (
         P(b, *rest),
         None if kernel is None else P(None, m),
         None if bias is None else P(m),
-        None if int8_state is None else dataclasses.replace(int8_state, CB=P(m, None), SCB=P(m)),
+        None if cb is None else P(m, None),
+        None if scb is None else P(m),
     )
     out_specs = (P(b, *rest[:-1], m), P() if spec.threshold > 0 else None)
 
-    axes = tuple(a for a in (b, m) if a is not None)
+    def body(x, kernel, bias, cb, scb):
+        state = None if cb is None else dataclasses.replace(int8_state, CB=cb, SCB=scb)
+        return _local(spec, x, kernel, bias, state)
 
-    def body(*args):
-        # Make every operand device-varying first: the custom VJPs return cotangents as
-        # varying as their inputs, and the transpose of this cast is the psum that
-        # sums, e.g., the weight gradient over the batch shards.
-        x, kernel, bias, int8_state = jax.tree.map(lambda a: _vary(a, axes), args)
-        return _local(spec, x, kernel, bias, int8_state)
-
-    return shard_map(body, mesh=part.mesh, in_specs=specs, out_specs=out_specs)(*args)
-
-
-def _vary(a: jax.Array, axes: tuple[str, ...]) -> jax.Array:
-    aval = jax.typeof(a)
-    mat = getattr(aval, "manual_axis_type", None)  # JAX 0.10; earlier versions: aval.vma
-    have = mat.varying if mat is not None else getattr(aval, "vma", frozenset())
-    missing = tuple(ax for ax in axes if ax not in have)
-    if not missing:
-        return a
-    if hasattr(jax.lax, "pcast"):
-        return jax.lax.pcast(a, missing, to="varying")
-    return jax.lax.pvary(a, missing)  # JAX < 0.8
+    # check_vma=False: the Pallas kernels' interpret mode (the CPU) cannot trace under
+    # the varying-axes check. The transpose then sums the cotangent of every operand
+    # that is replicated over an axis (the weight gradient over the batch shards).
+    return shard_map(body, mesh=part.mesh, in_specs=specs, out_specs=out_specs, check_vma=False)(
+        *args
+    )

@@ -16,16 +16,22 @@ Two ways to run fp8mm layers on a `jax.sharding.Mesh`:
    path is partitioned. It is offered only where per-shard quantization is
    exactly the global one:
 
-   | kind       | batch (data) axis                | output-feature (model) axis      |
-   |------------|----------------------------------|----------------------------------|
-   | switchback | yes if threshold == 0            | yes (weight rows are per feature)|
-   | fp8_mixed  | yes if shards hold whole blocks  | no (global weight absmax; bsz2   |
-   |            |                                  | blocks span the full width)      |
-   | fp8_global | no (global absmax of A and grad) | no                               |
+   | kind         | batch (data) axis               | output-feature (model) axis     |
+   |--------------|---------------------------------|---------------------------------|
+   | switchback   | yes if threshold == 0           | yes (weight rows per feature)   |
+   | fp8_mixed    | yes if shards hold whole blocks | no (global weight absmax; bsz2  |
+   |              |                                 | blocks span the full width)     |
+   | fp8_global   | no (global absmax of A, grad)   | no                              |
+   | switchback_* | yes (rows of X and of the       | no (the input gradient's weight |
+   | (the paper's)| gradient are quantized per row) | scale spans the output          |
+   |              |                                 | features); yes with int8 weights|
 
    Other cases raise `NotImplementedError` (never a silently different
    result); use GSPMD for them, or the XLA path. Exact cross-device versions
-   need the ops to take an `axis_name` for a `pmax` of the absmax.
+   need the ops to take an `axis_name` for a `pmax` of the absmax. The
+   shard_map runs with `check_vma=False` (Pallas interpret mode cannot trace
+   under the varying-axes check); so must a shard_map of your own around
+   fp8mm's Pallas kernels.
 """
 
 from __future__ import annotations
@@ -50,13 +56,17 @@ __all__ = [
 ]
 
 
-def shard_map(f, *, mesh: Mesh, in_specs, out_specs):
+def shard_map(f, *, mesh: Mesh, in_specs, out_specs, check_vma: bool = True):
     """`jax.shard_map` (JAX >= 0.7), else `jax.experimental.shard_map.shard_map`."""
     if hasattr(jax, "shard_map"):
-        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+        return jax.shard_map(
+            f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check_vma
+        )
     from jax.experimental.shard_map import shard_map as legacy  # pragma: no cover
 
-    return legacy(f, mesh, in_specs=in_specs, out_specs=out_specs)  # pragma: no cover
+    return legacy(
+        f, mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check_vma
+    )  # pragma: no cover
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +157,10 @@ def dense_param_shardings(params: Any, mesh: Mesh, model_axis: str | None = None
     """NamedShardings for a linen params tree: kernels [in, out] and biases split on `out`.
 
     Dense-style leaves (2-D 'kernel', 1-D 'bias' beside it) are split on the
-    output features over `model_axis` (tensor parallelism); everything else,
-    and all leaves when model_axis is None, is replicated.
+    output features over `model_axis` (tensor parallelism), and so are the int8
+    inference weights of SwitchBack layers ('CB' [out, in] on its rows, 'SCB'
+    [out], the bias); everything else, and all leaves when model_axis is None,
+    is replicated.
     """
     if not isinstance(params, Mapping):
         raise TypeError(
@@ -160,13 +172,16 @@ def dense_param_shardings(params: Any, mesh: Mesh, model_axis: str | None = None
     def walk(tree):
         if not isinstance(tree, Mapping):
             return NamedSharding(mesh, P())
-        dense = model_axis is not None and getattr(tree.get("kernel"), "ndim", 0) == 2
+        kernel = getattr(tree.get("kernel"), "ndim", 0) == 2
+        int8 = getattr(tree.get("CB"), "ndim", 0) == 2
+        split = {}
+        if model_axis is not None and (kernel or int8):
+            split = {"kernel": P(None, model_axis), "CB": P(model_axis, None)}
+            split.update(SCB=P(model_axis), bias=P(model_axis))
         out = {}
         for key, value in tree.items():
-            if dense and key == "kernel":
-                out[key] = NamedSharding(mesh, P(None, model_axis))
-            elif dense and key == "bias":
-                out[key] = NamedSharding(mesh, P(model_axis))
+            if key in split and not isinstance(value, Mapping):
+                out[key] = NamedSharding(mesh, split[key])
             else:
                 out[key] = walk(value)
         return out
