@@ -373,6 +373,7 @@ def test_prepared_weight_inference(implementation, vectorwise):
         (lambda X, W: fp8mm.switchback_linear(X, W, implementation="cuda"), ValueError, "cuda"),
         (lambda X, W: fp8mm.switchback_linear(X, fp8mm.MatmulLtState()), ValueError, "int8"),
         (lambda X, W: fp8mm.quantize_global(W, transpose="yes"), TypeError, "transpose"),
+        (lambda X, W: fp8mm.switchback_bnb(X, W, axis_names=3), TypeError, "axis_names"),
         (lambda X, W: fp8mm.quantize_rowwise(jnp.ones((2, 3), jnp.int8)), TypeError, "X|A"),
         (
             lambda X, W: fp8mm.int8_scaled_matmul(

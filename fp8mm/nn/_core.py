@@ -30,7 +30,7 @@ import numpy as np
 from fp8mm import _checks, _host, ops
 from fp8mm.codebooks import e4m3_code, e5m2_code
 from fp8mm.dispatch import Impl
-from fp8mm.nn.sharding import Partition
+from fp8mm.nn.sharding import Partition, current_partition
 from fp8mm.state import MatmulLtState
 
 __all__ = ["KINDS", "KIND_TABLE", "OPTIONS", "OPTION_DEFAULTS", "Kind", "LayerKind", "QuantSpec"]
@@ -81,6 +81,9 @@ def _fp8_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
 def _switchback_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
     # switchback_bnb wants the Linear layout [out, in]; XLA fuses the transpose.
     w = None if kernel is None or int8_state is not None else kernel.T
+    # Under `partition` with the batch split, outlier columns are combined over its axis.
+    part = current_partition()
+    batch = part.batch_axis if part is not None and part.size(part.batch_axis) > 1 else None
     y, cols = op(
         x,
         w,
@@ -90,6 +93,7 @@ def _switchback_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
         outlier_capacity=spec.outlier_capacity,
         return_outliers=True,
         implementation=spec.implementation,
+        axis_names=batch if spec.threshold > 0 else None,
     )
     return y, (cols if spec.threshold > 0 else None)
 
@@ -156,9 +160,9 @@ def _split_paper(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
 
 
 def _split_switchback(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
-    if part.size(part.batch_axis) > 1 and spec.threshold > 0:
-        return "outlier columns are found over all rows; a batch shard sees only its own"
-    return None  # weight rows are quantized per output feature: any model split is exact
+    # Weight rows are quantized per output feature (any model split is exact), rows of
+    # A per row; outlier columns are combined over the batch axis inside the op.
+    return None
 
 
 _FP8_OPTIONS = ("fw_code", "bw_code", "bsz", "bsz2", "implementation")

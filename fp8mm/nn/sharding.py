@@ -18,7 +18,8 @@ Two ways to run fp8mm layers on a `jax.sharding.Mesh`:
 
    | kind         | batch (data) axis               | output-feature (model) axis     |
    |--------------|---------------------------------|---------------------------------|
-   | switchback   | yes if threshold == 0           | yes (weight rows per feature)   |
+   | switchback   | yes (outlier columns combined   | yes (weight rows per feature)   |
+   |              | over the axis: a pmax)          |                                 |
    | fp8_mixed    | yes if shards hold whole blocks | no (global weight absmax; bsz2  |
    |              |                                 | blocks span the full width)     |
    | fp8_global   | no (global absmax of A, grad)   | no                              |

@@ -30,6 +30,7 @@ class _Config:
     has_fp16_weights: bool
     outlier_capacity: int
     implementation: Impl
+    axis_names: tuple[str, ...] = ()  # mesh axes A's rows are split over (inside shard_map)
 
 
 def prepare_int8_weight(B: jax.Array, threshold: float = 0.0, *, implementation: Impl = None):
@@ -95,6 +96,12 @@ def _forward(A, B, bias, CB, SCB, cfg: _Config):
     dtype = A.dtype
     A2 = as_2d(A)
     CA, SCA, cols = F.int8_vectorwise_quant(A2, cfg.threshold, implementation=impl)
+    if cfg.threshold > 0.0 and cfg.axis_names:
+        # Outlier columns are found over all rows: a column is one if any shard's rows
+        # hold an outlier in it. The row absmax leaves out outlier elements only (a
+        # per-element rule), so a shard's codes are right once those columns are zeroed.
+        cols = jax.lax.pmax(cols.astype(jnp.int32), cfg.axis_names) > 0
+        CA = jnp.where(cols[None, :], jnp.int8(0), CA)
     if cfg.has_fp16_weights:
         CB, SCB, _ = F.int8_vectorwise_quant(B, implementation=impl)
     n = CB.shape[0]
@@ -201,8 +208,19 @@ def _outlier_capacity(outlier_capacity, k: int) -> int:
     return int(outlier_capacity)
 
 
+def _axis_names(axis_names) -> tuple[str, ...]:
+    if axis_names is None:
+        return ()
+    names = (axis_names,) if isinstance(axis_names, str) else axis_names
+    if not isinstance(names, (tuple, list)) or not all(isinstance(a, str) for a in names):
+        raise TypeError(
+            f"axis_names must be a mesh axis name or a tuple of them, got {axis_names!r}"
+        )
+    return tuple(names)
+
+
 def _switchback_args(
-    A, B, state, threshold, bias, outlier_capacity, return_outliers, implementation
+    A, B, state, threshold, bias, outlier_capacity, return_outliers, implementation, axis_names
 ) -> tuple:
     """`switchback_bnb`'s arguments validated: (B, CB, SCB, cfg, return_outliers).
 
@@ -231,6 +249,7 @@ def _switchback_args(
         state.has_fp16_weights,
         _outlier_capacity(outlier_capacity, k),
         static_implementation(implementation),
+        _axis_names(axis_names),
     )
     return B, CB, SCB, cfg, return_outliers
 
@@ -245,6 +264,7 @@ def switchback_bnb(
     outlier_capacity: int | None = None,
     return_outliers: bool = False,
     implementation: Impl = None,
+    axis_names: str | tuple[str, ...] | None = None,
 ):
     """SwitchBack int8 matmul (bitsandbytes `switchback_bnb`): A @ Bᵀ (+ bias).
 
@@ -272,12 +292,15 @@ def switchback_bnb(
         statistics, bitsandbytes' outlier pooler).
       implementation: None, "xla", "pallas", a kernel name or a sequence of
         these, for the int8 primitives (see `fp8mm.dispatch`).
+      axis_names: inside `jax.shard_map`, the mesh axes A's rows are split over:
+        the outlier columns are combined over them (a max across devices), so
+        every shard decomposes the same columns as one device would. None outside.
 
     Returns:
       [..., n] in A's dtype, or (out, outlier_cols) with return_outliers.
     """
     B, CB, SCB, cfg, return_outliers = _switchback_args(
-        A, B, state, threshold, bias, outlier_capacity, return_outliers, implementation
+        A, B, state, threshold, bias, outlier_capacity, return_outliers, implementation, axis_names
     )
     out, cols = _switchback_jit(A, B, bias, CB, SCB, cfg)
     return (out, cols) if return_outliers else out
