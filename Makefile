@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.stamp-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$*]'
+	$(PY) -m pip install --progress-bar on -e '.[$*]'
 	touch $@
 
 demo: $(VENV)/.stamp-examples
