@@ -46,6 +46,13 @@ def as_2d(x: jax.Array) -> jax.Array:
     return x.reshape(int(np.prod(x.shape[:-1])), x.shape[-1])
 
 
+def bias_grad(g2: jax.Array, bias: jax.Array | None) -> jax.Array | None:
+    """Σ over the rows of g2 [m, n] in float32, in bias's dtype; None without a bias."""
+    if bias is None:
+        return None
+    return jnp.sum(g2.astype(jnp.float32), axis=0).astype(bias.dtype)
+
+
 def check_inner(A, B, axis: int, layout: str) -> None:
     """Refuses a weight B whose `axis` is not A's last (the contracted features)."""
     if A.shape[-1] != B.shape[axis]:

@@ -18,7 +18,7 @@ import numpy as np
 from fp8mm import _checks, dispatch
 from fp8mm import functional as F
 from fp8mm.dispatch import Impl
-from fp8mm.ops._common import as_2d, check_inner, matmul, static_implementation
+from fp8mm.ops._common import as_2d, bias_grad, check_inner, matmul, static_implementation
 from fp8mm.state import MatmulLtState
 
 _INV127 = np.float32(1.0 / 127.0)
@@ -152,9 +152,7 @@ def _switchback_bwd(cfg: _Config, res, cts):
     gradB = None
     if B is not None:
         gradB = matmul(g2, A2, (0, 0), dtype).astype(B.dtype)
-    gradBias = None
-    if bias is not None:
-        gradBias = jnp.sum(as_2d(g).astype(jnp.float32), axis=0).astype(bias.dtype)
+    gradBias = bias_grad(as_2d(g), bias)
     return gradA, gradB, gradBias, dispatch.zero_cotangent(CB), dispatch.zero_cotangent(SCB)
 
 

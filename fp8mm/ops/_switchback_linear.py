@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from fp8mm import _checks, dispatch, reference
 from fp8mm import functional as F
 from fp8mm.dispatch import Impl
-from fp8mm.ops._common import as_2d, matmul, static_implementation
+from fp8mm.ops._common import as_2d, bias_grad, matmul, static_implementation
 from fp8mm.state import MatmulLtState
 
 WEIGHT_LAYOUTS = ("linear", "dense")
@@ -113,10 +113,7 @@ def _linear_bwd(cfg: _Config, res, g):
         grad_w = matmul(g2, x2, (0, 0), dtype)
     else:
         grad_w = matmul(x2, g2, (0, 0), dtype)
-    grad_b = None
-    if bias is not None:
-        grad_b = jnp.sum(g2.astype(jnp.float32), axis=0).astype(bias.dtype)
-    return grad_x, grad_w.astype(W.dtype), grad_b
+    return grad_x, grad_w.astype(W.dtype), bias_grad(g2, bias)
 
 
 _linear.defvjp(_linear_fwd, _linear_bwd)
@@ -140,10 +137,7 @@ def _linear_int8_bwd(cfg: _Config, res, g):
     # upstream) goes through the dequantized weight CB * SCB/127 in 16 bit.
     w = reference.dequantize_rowwise(CB, SCB, dtype)
     grad_x = matmul(g2, w, (1, 0), dtype).reshape(*g.shape[:-1], CB.shape[1])
-    grad_b = None
-    if bias is not None:
-        grad_b = jnp.sum(g2.astype(jnp.float32), axis=0).astype(bias.dtype)
-    return grad_x, dispatch.zero_cotangent(CB), dispatch.zero_cotangent(SCB), grad_b
+    return grad_x, dispatch.zero_cotangent(CB), dispatch.zero_cotangent(SCB), bias_grad(g2, bias)
 
 
 _linear_int8.defvjp(_linear_int8_fwd, _linear_int8_bwd)
