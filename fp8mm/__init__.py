@@ -5,8 +5,16 @@ bit for bit; see the README for the layers built on them.
 """
 
 from fp8mm import functional as _functional
+from fp8mm import functional_fp8 as _functional_fp8
 from fp8mm import ops as _ops
-from fp8mm.codebooks import create_dynamic_map, create_fp8_map, e4m3_code, e5m2_code
+from fp8mm.codebooks import (
+    Fp8Format,
+    create_dynamic_map,
+    create_fp8_map,
+    e4m3_code,
+    e5m2_code,
+    native_format,
+)
 from fp8mm.dispatch import default_implementation, use_implementation
 from fp8mm.functional import (
     dequantize,
@@ -27,6 +35,7 @@ from fp8mm.functional import (
     quantize_global,
     quantize_rowwise,
 )
+from fp8mm.functional_fp8 import dequantize_fp8, fp8_row_scales, fp8_scaled_matmul, quantize_fp8
 from fp8mm.ops import (
     get_block_sizes,
     matmul_fp8_global,
@@ -36,13 +45,15 @@ from fp8mm.ops import (
     switchback_bnb,
     switchback_linear,
 )
-from fp8mm.state import MatmulLtState, QuantState
+from fp8mm.state import Fp8Tensor, MatmulLtState, QuantState
 
 __version__ = "0.1.0"
 
 # The primitives and the ops are listed in their modules' __all__ (hence F401 is off
 # for this file in pyproject.toml).
 __all__ = [
+    "Fp8Format",
+    "Fp8Tensor",
     "MatmulLtState",
     "QuantState",
     "create_dynamic_map",
@@ -50,7 +61,9 @@ __all__ = [
     "default_implementation",
     "e4m3_code",
     "e5m2_code",
+    "native_format",
     "use_implementation",
 ]
 __all__ += _functional.__all__
+__all__ += _functional_fp8.__all__
 __all__ += _ops.__all__

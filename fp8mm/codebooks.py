@@ -7,16 +7,28 @@ tables agree with bitsandbytes to the last bit (checked against the golden file)
 Arguments that give no usable table (a zero maximum, a float32 overflow, a map
 bitsandbytes' own assertion rejects) raise ValueError instead of returning NaN.
 `dynamic_code()` is the cached dynamic map that the primitives use for code=None.
+`native_format(code)` says whether a code is a scaled float8 grid (bitsandbytes'
+e4m3 and e5m2 codes are), which the native-FP8 matmuls multiply on FP8 tensor cores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
+import ml_dtypes
 import numpy as np
 
-__all__ = ["create_dynamic_map", "create_fp8_map", "dynamic_code", "e4m3_code", "e5m2_code"]
+__all__ = [
+    "Fp8Format",
+    "create_dynamic_map",
+    "create_fp8_map",
+    "dynamic_code",
+    "e4m3_code",
+    "e5m2_code",
+    "native_format",
+]
 
 
 def create_fp8_map(
@@ -189,3 +201,70 @@ def dynamic_code() -> np.ndarray:
     code = create_dynamic_map()
     code.setflags(write=False)
     return code
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Fp8Format:
+    """A codebook read as a scaled float8 grid: code[i] * scale is (nearly) a float8 value.
+
+    Attributes:
+      name: "e4m3" or "e5m2", the bitsandbytes code it describes.
+      dtype: the float8 dtype of the bytes (float8_e4m3fn or float8_e5m2).
+      scale: code[i] * scale is the float8 value of index i: 240 for e4m3, 57344
+        for e5m2 (the grids' largest values, 240 and 57344, are the codes' 1.0).
+      table: uint8 [256], index i -> the bits of the float8 value nearest to
+        code[i] * scale. Exact for 234 of e4m3's and 246 of e5m2's entries; the
+        others lie below 6.1e-5 (e4m3) and 1e-9 (e5m2) of absmax, in the
+        bottom binades bitsandbytes' grid has and float8 lacks.
+    """
+
+    name: str
+    dtype: np.dtype
+    scale: float
+    table: np.ndarray
+
+    def values(self) -> np.ndarray:
+        """float32 [256]: the float8 value of each index (table as float8, widened)."""
+        return self.table.view(self.dtype).astype(np.float32)
+
+
+@functools.cache
+def _formats() -> tuple[tuple[bytes, Fp8Format], ...]:
+    out = []
+    for name, code, dtype, scale in (
+        ("e4m3", e4m3_code(), ml_dtypes.float8_e4m3fn, 240.0),
+        ("e5m2", e5m2_code(), ml_dtypes.float8_e5m2, 57344.0),
+    ):
+        # float64 product, one rounding to float8 (round to nearest even).
+        table = (code.astype(np.float64) * scale).astype(dtype).view(np.uint8)
+        table.setflags(write=False)
+        out.append((code.tobytes(), Fp8Format(name, np.dtype(dtype), scale, table)))
+    return tuple(out)
+
+
+def native_format(code) -> Fp8Format | None:
+    """The float8 format of a concrete codebook, or None if it is no scaled float8 grid.
+
+    Only bitsandbytes' e4m3 (`create_fp8_map(True, 4, 3, 8)`) and e5m2
+    (`create_fp8_map(True, 5, 2, 8)`) codes have one: other grids (the dynamic
+    map, custom codes) do not sit on a float8 grid and get None.
+
+    Args:
+      code: float32 [256] codebook (numpy or a concrete jax array).
+
+    Returns:
+      Its `Fp8Format`, or None.
+
+    Examples:
+      >>> import fp8mm
+      >>> fmt = fp8mm.native_format(fp8mm.e4m3_code())
+      >>> fmt.name, fmt.dtype.name, fmt.scale
+      ('e4m3', 'float8_e4m3fn', 240.0)
+      >>> fp8mm.native_format(fp8mm.create_dynamic_map()) is None
+      True
+    """
+    data = np.asarray(code, np.float32).tobytes()
+    for key, fmt in _formats():
+        if data == key:
+            return fmt
+    return None

@@ -1,8 +1,10 @@
 """Quantization states: immutable pytrees that carry what a quantized tensor needs.
 
 These are plain data containers (no computation), so every layer can import
-them: `QuantState` describes a codebook-quantized tensor, `MatmulLtState` the
-configuration and optional pre-quantized int8 weight of a SwitchBack matmul.
+them: `QuantState` describes a codebook-quantized tensor, `Fp8Tensor` the same
+codes as float8 bytes with float32 scales (the native-FP8 matmuls' operands),
+`MatmulLtState` the configuration and optional pre-quantized int8 weight of a
+SwitchBack matmul.
 Where bitsandbytes mutates its state objects, fp8mm returns new values instead.
 """
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from fp8mm import _checks
 
-__all__ = ["MatmulLtState", "QuantState"]
+__all__ = ["Fp8Tensor", "MatmulLtState", "QuantState"]
 
 
 @jax.tree_util.register_dataclass
@@ -77,6 +79,34 @@ class QuantState:
                 f"QuantState.shape must be a tuple of non-negative ints, got {self.shape!r}"
             )
         object.__setattr__(self, "shape", tuple(int(s) for s in shape))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Fp8Tensor:
+    """A tensor quantized with bitsandbytes' e4m3 or e5m2 code, held as float8 bytes.
+
+    Element i of block b stands for `data[i] * scale[b]` (float32), the value
+    bitsandbytes' `code[q] * absmax[b]` dequantizes to (`fp8mm.quantize_fp8`).
+
+    Attributes:
+      data: float8_e4m3fn or float8_e5m2, the quantized tensor's shape.
+      scale: float32, [num_blocks] (blockwise: absmax / format scale of each
+        block of `blocksize` row-major elements) or [] (global).
+      blocksize: elements per block, or None for global quantization. Static.
+    """
+
+    data: jax.Array
+    scale: jax.Array
+    blocksize: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    def __post_init__(self):
+        if self.blocksize is not None:
+            _checks.check_blocksize(self.blocksize, "Fp8Tensor.blocksize")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
 
 
 @jax.tree_util.register_dataclass

@@ -22,8 +22,12 @@ import numpy as np
 
 from fp8mm import _checks, _host
 from fp8mm import functional as F
+from fp8mm import functional_fp8 as F8
 from fp8mm.dispatch import Impl
 from fp8mm.ops._common import as_2d, check_inner, matmul, static_implementation
+from fp8mm.ops._fp8_native import NativeConfig, native_fp8, native_reason
+
+GEMMS = ("emulated", "native")
 
 _BLOCK_STEPS = (4096, 2048, 1024, 512, 256, 128, 64, 0)
 
@@ -245,6 +249,13 @@ def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation) -> tuple:
     return fw_code, bw_code, bsz, bsz2
 
 
+def _check_gemm(gemm) -> None:
+    if not isinstance(gemm, str):
+        raise TypeError(f"gemm must be one of {GEMMS}, got {gemm!r}")
+    if gemm not in GEMMS:
+        raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
+
+
 # --------------------------------------------------------------------------- public ops
 
 _ARGS_DOC = """
@@ -257,11 +268,20 @@ _ARGS_DOC = """
       bw_code: float32 [256] backward code (e5m2 in the layers); None as above.
       bsz: static forward block size, -1 for `get_block_sizes`.
       bsz2: static backward block size, -1 for `get_block_sizes`.
+      gemm: "emulated" (bitsandbytes' simulation: codes dequantized to A's
+        dtype, a 16-bit GEMM) or "native" (the same codes as float8 bytes,
+        multiplied on FP8 tensor cores with float32 scales after the
+        accumulation; needs bitsandbytes' e4m3/e5m2 codes, and runs the
+        emulated path for shapes whose blocks straddle rows: docs/exactness.md).
       implementation: None, "xla", "pallas", a kernel name or a sequence of
-        these, for the quantization primitives (see `fp8mm.dispatch`).
+        these, for the quantization primitives (and native GEMMs; see
+        `fp8mm.dispatch`).
 
     Returns:
       [..., n] in A's dtype.
+
+    Raises:
+      NotImplementedError: gemm="native" with a code that is no float8 grid.
     """
 
 
@@ -276,11 +296,25 @@ def _public_op(recipe: Recipe, name: str, summary: str):
         bsz: int = -1,
         bsz2: int = -1,
         *,
+        gemm: str = "emulated",
         implementation: Impl = None,
     ) -> jax.Array:
         fw_code, bw_code, bsz, bsz2 = _check_fp8_args(
             A, B, fw_code, bw_code, bsz, bsz2, implementation
         )
+        _check_gemm(gemm)
+        if gemm == "native":
+            ncfg = NativeConfig(
+                recipe is MIXED,
+                F8.format_of(fw_code, "fw_code").name,
+                F8.format_of(bw_code, "bw_code").name,
+                bsz,
+                bsz2,
+                static_implementation(implementation),
+                jnp.dtype(B.dtype),
+            )
+            if native_reason(A.shape, B.shape, ncfg) is None:
+                return native_fp8(A, B, ncfg)
         cfg = _Config.make(bsz, bsz2, implementation, fw_code, bw_code)
         return _fp8(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), recipe, cfg)
 

@@ -1,0 +1,131 @@
+"""bitsandbytes' fp8 recipes on FP8 tensor cores: the custom VJP of gemm="native".
+
+The quantization is the emulated path's, code for code (`fp8mm.quantize_fp8`:
+the same absmax, nearest-code rule and uint8 codes, held as float8 bytes with
+float32 scales absmax/240 for e4m3 and absmax/57344 for e5m2). The products
+run on those bytes (`fp8mm.fp8_scaled_matmul`) with the scales applied in
+float32 after accumulation, where the emulated path dequantizes to 16 bits
+first and runs a 16-bit GEMM:
+
+* forward: out = A8 · B8 (e4m3 x e4m3), A's scales per row (per row and K chunk
+  when bsz < k), B's global;
+* dgrad: gradA = g8 · B8ᵀ (e5m2 x e4m3), g's scales per row (and chunk);
+* wgrad: mixed, gradB = Aᵀ · g in 16 bits as bitsandbytes; global, gradB =
+  A8ᵀ · g8 (e4m3 x e5m2), both scales global.
+
+Residuals are the float8 bytes and scales (one byte per element), plus A
+itself for the mixed recipe's 16-bit weight gradient.
+
+Shapes whose blocks straddle rows (k not a multiple of bsz nor a divisor of
+it, likewise n and bsz2 for the output gradient), and zero-size operands, have
+no per-row scales; they run the emulated path, whose codes are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fp8mm import functional_fp8 as F8
+from fp8mm.codebooks import e4m3_code, e5m2_code
+from fp8mm.dispatch import Impl
+from fp8mm.ops._common import as_2d, matmul
+
+_CODES = {"e4m3": e4m3_code, "e5m2": e5m2_code}
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeConfig:
+    """Static settings of one native call.
+
+    Attributes:
+      blockwise: True for the mixed recipe (blockwise A and g, 16-bit gradB),
+        False for the global one (global A and g, fp8 gradB).
+      fw: the forward code's format ("e4m3" in bitsandbytes' layers), for A and B.
+      bw: the backward code's format ("e5m2"), for the output gradient.
+      bsz: A's block size (mixed); bsz2: g's block size (mixed).
+      implementation: for the quantization and the GEMMs (see `fp8mm.dispatch`).
+      b_dtype: B's dtype, gradB's (the residuals hold B only as float8).
+    """
+
+    blockwise: bool
+    fw: str
+    bw: str
+    bsz: int
+    bsz2: int
+    implementation: Impl
+    b_dtype: Any
+
+
+def native_reason(A_shape, B_shape, cfg: NativeConfig) -> str | None:
+    """None when the native path serves these shapes, else why the emulated path runs."""
+    m = 1
+    for s in A_shape[:-1]:
+        m *= s
+    k, n = B_shape
+    if 0 in (m, k, n):
+        return "an operand is empty"
+    if cfg.blockwise:
+        return F8.row_scale_reason(k, cfg.bsz) or F8.row_scale_reason(n, cfg.bsz2)
+    return None
+
+
+def _gemm(a8, b8, a_scale, b_scale, out_dtype, cfg: NativeConfig):
+    return F8.fp8_scaled_matmul(
+        a8, b8, a_scale, b_scale, out_dtype, implementation=_gemm_impl(cfg.implementation)
+    )
+
+
+def _gemm_impl(implementation: Impl) -> Impl:
+    """The GEMM's implementation: the FP8 GEMM has no interpretable kernel, so "pallas"
+    off a GPU (interpret mode, as everywhere else in the library) multiplies with XLA."""
+    if isinstance(implementation, str) and implementation == "pallas":
+        return ("pallas", "xla")
+    return implementation
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def native_fp8(A: jax.Array, B: jax.Array, cfg: NativeConfig) -> jax.Array:
+    """A [..., k] @ B [k, n] in A's dtype, bitsandbytes' recipe on FP8 tensor cores."""
+    return _fwd(A, B, cfg)[0]
+
+
+def _fwd(A, B, cfg: NativeConfig):
+    impl = cfg.implementation
+    A2 = as_2d(A)
+    fw = _CODES[cfg.fw]()
+    qa = F8.quantize_fp8(A2, fw, cfg.bsz if cfg.blockwise else None, implementation=impl)
+    qb = F8.quantize_fp8(B, fw, None, implementation=impl)
+    out = _gemm(qa.data, qb.data.T, F8.fp8_row_scales(qa), qb.scale, A.dtype, cfg)
+    out = out.reshape(*A.shape[:-1], B.shape[1])
+    # The mixed recipe's gradB reads A in 16 bits; the global one reads Q(A) = Q(Aᵀ)ᵀ.
+    return out, (A if cfg.blockwise else qa, qb)
+
+
+def _bwd(cfg: NativeConfig, res, g):
+    """gradA = Q_bw(g) · Q(B)ᵀ on FP8 (the 8-bit activation gradient bitsandbytes' recipes
+    are about); gradB = Aᵀ · g in 16 bits (mixed: the token-long sum where quantization noise
+    accumulates most) or Q(A)ᵀ · Q_bw(g) on FP8 (global: everything quantized)."""
+    a_res, qb = res
+    g2 = as_2d(g)
+    impl = cfg.implementation
+    bw = _CODES[cfg.bw]()
+    qg = F8.quantize_fp8(g2, bw, cfg.bsz2 if cfg.blockwise else None, implementation=impl)
+    gradA = _gemm(qg.data, qb.data, F8.fp8_row_scales(qg), qb.scale, g.dtype, cfg)
+    if cfg.blockwise:
+        gradB = matmul(as_2d(a_res).astype(g.dtype), g2, (0, 0), g.dtype)
+    else:
+        k = a_res.data.shape[1]
+        a_scale = jnp.broadcast_to(a_res.scale, (k, 1))
+        gradB = _gemm(a_res.data.T, qg.data.T, a_scale, qg.scale, g.dtype, cfg)
+    # out (hence g) has A's dtype; gradB is rounded to g's dtype first, then to B's, as
+    # the emulated path (torch's .to()).
+    a_shape = (*g.shape[:-1], qb.data.shape[0])
+    return gradA.reshape(a_shape), gradB.astype(cfg.b_dtype)
+
+
+native_fp8.defvjp(_fwd, _bwd)
