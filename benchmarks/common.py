@@ -708,6 +708,7 @@ class Plan:
       impls: fp8mm implementations ("xla", "pallas").
       layer_tokens: token counts for the Flax layer section.
       smoke: tiny CPU run (no meaningful numbers).
+      ops: the ops section's ops to time (None: all).
     """
 
     tokens: tuple[int, ...]
@@ -716,6 +717,7 @@ class Plan:
     impls: tuple[str, ...]
     layer_tokens: tuple[int, ...]
     smoke: bool = False
+    ops: tuple[str, ...] | None = None
 
     def linear_shapes(self, tokens: Iterable[int] | None = None) -> list[tuple[int, int, int]]:
         """(tokens, in, out) for every token count (default all) and feature pair."""

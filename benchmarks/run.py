@@ -78,6 +78,8 @@ SECTIONS = ("bnb", "kernels", "ops", "train", "layers")
 OPS = (
     "matmul_fp8_mixed",
     "matmul_fp8_global",
+    "matmul_fp8_mixed[native]",
+    "matmul_fp8_global[native]",
     "switchback_bnb",
     "switchback_bnb(threshold=6)",
     "switchback_global",
@@ -146,6 +148,23 @@ def run_ops(r: Runner, plan: Plan, dtypes: Sequence[str], tokens: Sequence[int])
                     lambda i: lambda a, w: fp8mm.matmul_fp8_global(a, w, fw, bw, implementation=i),
                     W,
                 ),
+                # The same recipes on FP8 tensor cores (gemm="native").
+                "matmul_fp8_mixed[native]": (
+                    lambda i: (
+                        lambda a, w: fp8mm.matmul_fp8_mixed(
+                            a, w, fw, bw, gemm="native", implementation=i
+                        )
+                    ),
+                    W,
+                ),
+                "matmul_fp8_global[native]": (
+                    lambda i: (
+                        lambda a, w: fp8mm.matmul_fp8_global(
+                            a, w, fw, bw, gemm="native", implementation=i
+                        )
+                    ),
+                    W,
+                ),
                 "switchback_bnb": (
                     lambda i: lambda a, w: fp8mm.switchback_bnb(a, w, implementation=i),
                     Wl,
@@ -191,6 +210,8 @@ def run_ops(r: Runner, plan: Plan, dtypes: Sequence[str], tokens: Sequence[int])
                     "TFLOP/s",
                 )
                 for name, (make, w) in ops.items():
+                    if plan.ops is not None and name not in plan.ops:
+                        continue
                     for impl in plan.impls:
                         f = make(impl)
                         r.jax_case(
@@ -608,6 +629,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dims", default=None, help="in:out pairs (default 4096:4096,...)")
     p.add_argument("--dtypes", default=None, help="activation dtypes (default bfloat16,float16)")
     p.add_argument("--impl", default="xla,pallas", help="fp8mm implementations to time")
+    p.add_argument("--ops", default=",".join(OPS), help="subset of the ops section's ops")
     p.add_argument("--layer-tokens", default=None, help="token counts of the layer section")
     p.add_argument(
         "--alt-dtype-tokens", default=None, help="token counts for dtypes after the first"
@@ -629,8 +651,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a.dtypes = _names(a.dtypes or "bfloat16,float16")
     a.impl = _names(a.impl)
     a.only = _names(a.only)
+    a.ops = tuple(o.strip() for o in a.ops.split(";" if ";" in a.ops else ",") if o.strip())
     a.layer_tokens = _ints(a.layer_tokens) if a.layer_tokens else a.tokens[:1]
     a.alt_dtype_tokens = _ints(a.alt_dtype_tokens) if a.alt_dtype_tokens else a.tokens[:1]
+    if set(a.ops) - set(OPS):
+        p.error(f"unknown ops {sorted(set(a.ops) - set(OPS))}; choose from {OPS}")
     unknown = set(a.only) - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
@@ -682,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     # Read before any measurement, so a malformed file fails in a second, not after the run.
     targets = common.load_targets(a.targets)
-    plan = Plan(a.tokens, a.dims, a.dtypes, a.impl, a.layer_tokens, a.smoke)
+    plan = Plan(a.tokens, a.dims, a.dtypes, a.impl, a.layer_tokens, a.smoke, a.ops)
     timing = common.SMOKE_TIMING if a.smoke else TimingConfig()
     timing = dataclasses.replace(
         timing,

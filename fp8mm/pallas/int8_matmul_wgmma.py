@@ -207,10 +207,14 @@ def _load_vector(ref, layout):
     return plgpu.load(ref, layout=layout, optimized=False)
 
 
-def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, direct):
+def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, direct, fp8):
     """One persistent program: loops over its output tiles (see the module docstring).
 
-    Refs: a_gmem int8 [m, k], b_gmem int8 [n, k], then (dequant) row_gmem f32 [m],
+    fp8: the operands are float8 (one format for both: Mosaic GPU's wgmma takes
+    no mixed float8 types), the accumulator float32 and the epilogue
+    `reference_fp8.scale_product` ((acc * row) * col, rounded once).
+
+    Refs: a_gmem int8/float8 [m, k], b_gmem [n, k], then (dequant) row_gmem f32 [m],
     col_gmem f32 [n], (bias) bias_gmem f32 [n], then out_gmem [m, n] (out_dtype,
     int32 without dequant) and out_smem [2, slots, epi_m, epi_n] (the epilogue
     buffers of the two consumer warpgroups).
@@ -265,7 +269,9 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, 
             wg_cols = pl.ds(wg * tn, tn)
 
             def compute_context(run_pipeline):
-                @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, tn), jnp.int32))
+                acc_dtype = jnp.float32 if fp8 else jnp.int32
+
+                @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, tn), acc_dtype))
                 def _acc_scope(acc_ref):
                     run_pipeline(acc_ref)
                     out = acc_ref[...]
@@ -279,19 +285,22 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, 
                             _load_vector(col_gmem.at[cols], col_layout), (tm, tn), [1]
                         )
                         bias = None
-                        if bias_gmem is not None:
+                        if fp8:
+                            out = ((out * row) * col).astype(out_dtype)
+                        elif bias_gmem is not None:
                             bias = lax.broadcast_in_dim(
                                 _load_vector(bias_gmem.at[cols], col_layout), (tm, tn), [1]
                             )
-                        out = dequant_math(
-                            out,
-                            row,
-                            col,
-                            bias,
-                            bias_mode=bias_mode,
-                            out_dtype=out_dtype,
-                            direct=direct,
-                        )
+                        if not fp8:
+                            out = dequant_math(
+                                out,
+                                row,
+                                col,
+                                bias,
+                                bias_mode=bias_mode,
+                                out_dtype=out_dtype,
+                                direct=direct,
+                            )
                     # The previous tile's stores must have read their slots.
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                     for p in range((tm // cfg.epi_m) * n_epi_n):
@@ -320,10 +329,15 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, 
 
 
 @functools.partial(
-    jax.jit, static_argnames=("dequant", "bias_mode", "out_dtype", "cfg", "num_sms", "direct")
+    jax.jit,
+    static_argnames=("dequant", "bias_mode", "out_dtype", "cfg", "num_sms", "direct", "fp8"),
 )
-def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_sms, direct=False):
-    """[m, n] product of a [m, k] and b [n, k]: int32, or dequantized to out_dtype."""
+def _matmul_2d(
+    a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_sms, direct=False, fp8=False
+):
+    """[m, n] product of a [m, k] and b [n, k]: int32, or dequantized to out_dtype.
+
+    fp8: float8 operands, float32 accumulator, scaled by row [m] and col [n]."""
     out_dtype = out_dtype if dequant else np.dtype(np.int32)
     m, k = a.shape
     n = b.shape[0]
@@ -344,6 +358,7 @@ def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_
         bias_mode=bias_mode,
         out_dtype=out_dtype,
         direct=direct,
+        fp8=fp8,
     )
     call = plgpu.kernel(
         kernel,
@@ -361,6 +376,8 @@ def _matmul_2d(a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_
     name = "fp8mm_int8_linear_matmul_dequant_wgmma" if dequant else "fp8mm_int8_linear_matmul_wgmma"
     if direct:
         name = "fp8mm_int8_scaled_matmul_wgmma"
+    if fp8:
+        name = "fp8mm_fp8_scaled_matmul_wgmma"
     with jax.named_scope(name):
         return call(*args)
 
