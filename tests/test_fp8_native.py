@@ -195,7 +195,7 @@ def test_native_matches_emulated(implementation, dtype, kind, shape, bsz, bsz2):
     g = rand((*lead, n), dtype, seed=6)
     got = _vjp(OPS[kind], A, B, g, "native", implementation, bsz, bsz2)
     want = _vjp(OPS[kind], A, B, g, "emulated", implementation, bsz, bsz2)
-    for name, a, b in zip(("out", "gradA", "gradB"), got, want):
+    for name, a, b in zip(("out", "gradA", "gradB"), got, want, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         assert rel(_f32(a), _f32(b)) <= TOL, name
 
@@ -217,7 +217,7 @@ def test_native_straddling_blocks_run_the_emulated_path(kind):
     A, B, g = rand((6, 96)), rand((96, 160), seed=1), rand((6, 160), seed=2)
     got = _vjp(OPS[kind], A, B, g, "native", "xla", 64, 64)
     want = _vjp(OPS[kind], A, B, g, "emulated", "xla", 64, 64)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         if kind == "fp8_mixed":  # k=96 and bsz=64 straddle: the emulated path, bit for bit
             np.testing.assert_array_equal(_f32(a), _f32(b))
         else:  # global quantization has no blocks: native

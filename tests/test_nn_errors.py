@@ -326,7 +326,7 @@ CASES = [
         "qd-unknown-option",
         lambda: _enter(L.quantize_dense("fp8_global", block=64)),
         TypeError,
-        "'block'.*its options are fw_code, bw_code, bsz, bsz2, implementation",
+        "'block'.*its options are fw_code, bw_code, bsz, bsz2, gemm, implementation",
     ),
     (
         "qd-threshold-bool",

@@ -24,7 +24,7 @@ from typing import Any
 
 from fp8mm.dispatch import Impl
 from fp8mm.nn import linen, nnx
-from fp8mm.nn._core import KINDS, OPTIONS, QuantSpec
+from fp8mm.nn._core import KINDS, OPTIONS, Gemm, QuantSpec
 from fp8mm.nn._dense import make_dot_general, quantized_dense
 from fp8mm.nn._int8 import Int8Report, int8_inference_params, merge_int8_params, split_int8_params
 from fp8mm.nn.nnx import quantize_model, to_int8_inference
@@ -61,9 +61,12 @@ def _fp8_dot_general(kind: str, name: str, doc: str):
         bsz: int = -1,
         bsz2: int = -1,
         *,
+        gemm: Gemm = "emulated",
         implementation: Impl = None,
     ):
-        spec = QuantSpec(kind, fw_code, bw_code, bsz, bsz2, implementation=implementation)
+        spec = QuantSpec(
+            kind, fw_code, bw_code, bsz, bsz2, gemm=gemm, implementation=implementation
+        )
         return make_dot_general(spec)
 
     factory.__name__ = factory.__qualname__ = name
@@ -80,6 +83,13 @@ fp8_mixed_dot_general = _fp8_dot_general(
       fw_code: forward code float32 [256] (None: e4m3).
       bw_code: backward code (None: e5m2).
       bsz, bsz2: block sizes (-1: `fp8mm.get_block_sizes`).
+      gemm: "emulated" (bitsandbytes' numbers: quantize, dequantize to 16 bit,
+        16-bit GEMM) or "native" (the same codes multiplied on FP8 tensor cores as
+        float8_e4m3fn/e5m2 with float32 scales). "native" needs the default
+        e4m3/e5m2 codes (other codes raise NotImplementedError when called); its
+        products differ from the emulated ones only by float32 rounding and by
+        code values below 6.1e-5 of absmax, which fp8 rounds to its nearest value
+        (docs/exactness.md).
       implementation: None, "xla", "pallas", a kernel name or a sequence of these.
     """,
 )

@@ -70,7 +70,9 @@ def _fp8_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
     fw, bw = spec.codes()
     # The ops need A at least 2-D; a single vector is a batch of one row.
     x2 = x[None] if x.ndim == 1 else x
-    y = op(x2, kernel, fw, bw, spec.bsz, spec.bsz2, implementation=spec.implementation)
+    y = op(
+        x2, kernel, fw, bw, spec.bsz, spec.bsz2, gemm=spec.gemm, implementation=spec.implementation
+    )
     y = y[0] if x.ndim == 1 else y
     if bias is not None:
         # Added exactly as flax's Dense adds it, so injection and layers agree.
@@ -165,7 +167,7 @@ def _split_switchback(spec: QuantSpec, part: Partition, x, kernel) -> str | None
     return None
 
 
-_FP8_OPTIONS = ("fw_code", "bw_code", "bsz", "bsz2", "implementation")
+_FP8_OPTIONS = ("fw_code", "bw_code", "bsz", "bsz2", "gemm", "implementation")
 
 Kind = Literal[
     "fp8_mixed",
@@ -301,6 +303,19 @@ def _check_capacity(name: str, cap: Any) -> int | None:
     return None if cap is None else int(cap)
 
 
+Gemm = Literal["emulated", "native"]
+GEMMS: tuple[str, ...] = typing.get_args(Gemm)
+
+
+def _check_gemm(name: str, value: Any) -> str:
+    """'emulated' or 'native': how the fp8 kinds multiply (the op checks it again)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {GEMMS}, got {value!r} ({type(value).__name__})")
+    if value not in GEMMS:
+        raise ValueError(f"{name} must be one of {GEMMS}, got {value!r}")
+    return value
+
+
 def _check_implementation(name: str, value: Any) -> Impl:
     """As `_checks.check_implementation`; a list becomes a tuple (layer attributes hash)."""
     _checks.check_implementation(value)
@@ -314,6 +329,7 @@ _OPTION_CHECKS: Mapping[str, Callable[[str, Any], Any]] = MappingProxyType(
         "bw_code": check_code_option,
         "bsz": _check_block,
         "bsz2": _check_block,
+        "gemm": _check_gemm,
         "threshold": lambda name, value: _checks.check_threshold(value, name),
         "outlier_capacity": _check_capacity,
         "implementation": _check_implementation,
@@ -340,6 +356,11 @@ class QuantSpec:
       bw_code: float32 [256] backward code; None for e5m2.
       bsz: forward block size; -1 for `fp8mm.get_block_sizes`.
       bsz2: backward block size; -1 for `fp8mm.get_block_sizes`.
+      gemm: fp8 kinds: "emulated" (quantize, dequantize to 16 bit, 16-bit GEMM:
+        bitsandbytes' numbers) or "native" (the same codes multiplied on FP8
+        tensor cores as float8_e4m3fn/e5m2 with float32 scales; needs the default
+        e4m3/e5m2 codes, other codes raise NotImplementedError when called; see
+        docs/exactness.md). Keyword-only, so the positional order is unchanged.
       threshold: SwitchBack outlier threshold (0 disables the decomposition).
       outlier_capacity: SwitchBack outlier slots under jit (None: the op's default).
       implementation: None, "xla", "pallas", a kernel name or a sequence of these
@@ -351,6 +372,7 @@ class QuantSpec:
     bw_code: Any = None
     bsz: int = -1
     bsz2: int = -1
+    gemm: Gemm = dataclasses.field(default="emulated", kw_only=True)
     threshold: float = 0.0
     outlier_capacity: int | None = None
     implementation: Impl = None
@@ -385,10 +407,15 @@ class QuantSpec:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def codes(self) -> tuple[jax.Array, jax.Array]:
+    def codes(self) -> tuple[Any, Any]:
+        """(fw, bw) float32 [256], the defaults for None: NumPy arrays when concrete.
+
+        Host arrays, because `jnp.asarray` of a constant is a tracer under jit and
+        gemm="native" must read the codes at trace time.
+        """
         fw = e4m3_code() if self.fw_code is None else self.fw_code
         bw = e5m2_code() if self.bw_code is None else self.bw_code
-        return jnp.asarray(fw, jnp.float32), jnp.asarray(bw, jnp.float32)
+        return _code_array(fw), _code_array(bw)
 
 
 # Every option and its default (QuantSpec's field defaults): the layers' defaults too.
@@ -397,6 +424,11 @@ OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType(
 )
 if set(OPTION_DEFAULTS) != set(_OPTION_CHECKS):  # pragma: no cover - a developer's slip
     raise ImportError("every QuantSpec option needs its check in _OPTION_CHECKS")
+
+
+def _code_array(code: Any) -> Any:
+    host = _host.concrete_float32(code)
+    return jnp.asarray(code, jnp.float32) if host is None else host
 
 
 def _value_key(value: Any) -> Any:

@@ -31,7 +31,7 @@ from flax.typing import Dtype, Initializer, PrecisionLike
 from fp8mm import _checks
 from fp8mm.dispatch import Impl
 from fp8mm.nn import _core
-from fp8mm.nn._core import QuantSpec
+from fp8mm.nn._core import Gemm, QuantSpec
 from fp8mm.nn._dense import make_dot_general, quantized_dense
 from fp8mm.nn._flax_compat import (
     PromoteDtypeFn,
@@ -179,6 +179,13 @@ class Fp8MixedDense(_QuantDense):
       bw_code: backward code; None for e5m2.
       bsz: activation block size; -1 for `fp8mm.get_block_sizes`.
       bsz2: output-gradient block size; -1 for `fp8mm.get_block_sizes`.
+      gemm: "emulated" (bitsandbytes' numbers: quantize, dequantize to 16 bit,
+        16-bit GEMM) or "native" (the same codes multiplied on FP8 tensor cores as
+        float8_e4m3fn/e5m2 with float32 scales). "native" needs the default
+        e4m3/e5m2 codes (other codes raise NotImplementedError when called); its
+        products differ from the emulated ones only by float32 rounding and by
+        code values below 6.1e-5 of absmax, which fp8 rounds to its nearest value
+        (docs/exactness.md).
       implementation: None, "xla", "pallas", a kernel name or a sequence of these.
     """
 
@@ -188,6 +195,7 @@ class Fp8MixedDense(_QuantDense):
     bw_code: Any = None
     bsz: int = -1
     bsz2: int = -1
+    gemm: Gemm = "emulated"
     implementation: Impl = None
 
 
@@ -303,9 +311,11 @@ def quantize_dense(
       filter: optional predicate on the (bound) nn.Dense; False leaves it as is
         (e.g. `lambda m: m.name != "lm_head"`).
       **options: the kind's `QuantSpec` fields (`fp8mm.nn.OPTIONS[kind]`):
-        fw_code, bw_code, bsz, bsz2, implementation for the fp8 kinds; threshold,
-        outlier_capacity, implementation for "switchback"; implementation for the
-        SwitchBack paper's kinds.
+        fw_code, bw_code, bsz, bsz2, gemm, implementation for the fp8 kinds
+        (gemm="native" multiplies on FP8 tensor cores; it needs the default
+        e4m3/e5m2 codes: see `Fp8MixedDense`); threshold, outlier_capacity,
+        implementation for "switchback"; implementation for the SwitchBack
+        paper's kinds.
 
     Yields:
       the `QuantSpec` in use.

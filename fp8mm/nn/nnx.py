@@ -39,7 +39,7 @@ from fp8mm import _checks, _host
 from fp8mm.dispatch import Impl
 from fp8mm.nn import _core
 from fp8mm.nn import _flax_compat as compat
-from fp8mm.nn._core import QuantSpec
+from fp8mm.nn._core import Gemm, QuantSpec
 from fp8mm.nn._dense import quantized_dense
 from fp8mm.nn._int8 import Int8Report, tree_bytes
 
@@ -298,9 +298,16 @@ class Fp8MixedLinear(_QuantLinear):
     """nnx.Linear through `fp8mm.matmul_fp8_mixed` (bitsandbytes' LinearFP8Mixed).
 
     Extra keyword arguments: fw_code (float32 [256] array, None: e4m3), bw_code
-    (None: e5m2), bsz, bsz2 (-1: `fp8mm.get_block_sizes`), implementation (None,
-    "xla", "pallas", a kernel name or a sequence of these). Codes must be concrete
-    (not traced) and are kept as `StaticCode` constants.
+    (None: e5m2), bsz, bsz2 (-1: `fp8mm.get_block_sizes`), gemm, implementation
+    (None, "xla", "pallas", a kernel name or a sequence of these). Codes must be
+    concrete (not traced) and are kept as `StaticCode` constants.
+
+    gemm: "emulated" (bitsandbytes' numbers: quantize, dequantize to 16 bit,
+    16-bit GEMM) or "native" (the same codes multiplied on FP8 tensor cores as
+    float8_e4m3fn/e5m2 with float32 scales). "native" needs the default e4m3/e5m2
+    codes (other codes raise NotImplementedError when called); its products differ
+    from the emulated ones only by float32 rounding and by code values below
+    6.1e-5 of absmax, which fp8 rounds to its nearest value (docs/exactness.md).
     """
 
     _KIND = "fp8_mixed"
@@ -314,9 +321,10 @@ class Fp8MixedLinear(_QuantLinear):
         bw_code: Any = None,
         bsz: int = -1,
         bsz2: int = -1,
+        gemm: Gemm = "emulated",
         **kwargs: Any,
     ):
-        options = {"fw_code": fw_code, "bw_code": bw_code, "bsz": bsz, "bsz2": bsz2}
+        options = {"fw_code": fw_code, "bw_code": bw_code, "bsz": bsz, "bsz2": bsz2, "gemm": gemm}
         self._init(in_features, out_features, options, kwargs)
 
 
@@ -460,7 +468,9 @@ def quantize_model(
       filter: optional predicate on (path, layer), called for every nnx.Linear and
         fp8mm layer; False leaves that layer as it is.
       **options: the kind's quantization options (`fp8mm.nn.OPTIONS[kind]`, e.g.
-        threshold=6.0; fw_code= accepts a float32 [256] numpy or jax array).
+        threshold=6.0; fw_code= accepts a float32 [256] numpy or jax array;
+        gemm="native" multiplies the fp8 kinds on FP8 tensor cores and needs the
+        default e4m3/e5m2 codes: see `Fp8MixedLinear`).
 
     Returns:
       `model` itself.
