@@ -210,12 +210,14 @@ class Fp8Format:
     Attributes:
       name: "e4m3" or "e5m2", the bitsandbytes code it describes.
       dtype: the float8 dtype of the bytes (float8_e4m3fn or float8_e5m2).
-      scale: code[i] * scale is the float8 value of index i: 240 for e4m3, 57344
-        for e5m2 (the grids' largest values, 240 and 57344, are the codes' 1.0).
+      scale: code[i] * scale is the float8 value of index i: 240 for e4m3 and
+        57344 for e5m2 in their own formats (the grids' largest values), 224 for
+        e5m2 carried in float8_e4m3fn (57344 / 2**8).
       table: uint8 [256], index i -> the bits of the float8 value nearest to
-        code[i] * scale. Exact for 234 of e4m3's and 246 of e5m2's entries; the
-        others lie below 6.1e-5 (e4m3) and 1e-9 (e5m2) of absmax, in the
-        bottom binades bitsandbytes' grid has and float8 lacks.
+        code[i] * scale. Exact for 234 of e4m3's entries and 246 of e5m2's in
+        their own formats (the others lie below 6.1e-5 and 1e-9 of absmax, in
+        bottom binades bitsandbytes' grids have and float8 lacks), and for the
+        134 e5m2 entries above 3.1e-5 of absmax in float8_e4m3fn.
     """
 
     name: str
@@ -228,21 +230,26 @@ class Fp8Format:
         return self.table.view(self.dtype).astype(np.float32)
 
 
+_E4M3FN = np.dtype(ml_dtypes.float8_e4m3fn)
+_E5M2 = np.dtype(ml_dtypes.float8_e5m2)
+
+
 @functools.cache
-def _formats() -> tuple[tuple[bytes, Fp8Format], ...]:
-    out = []
+def _formats() -> dict[tuple[bytes, str], Fp8Format]:
+    out = {}
     for name, code, dtype, scale in (
-        ("e4m3", e4m3_code(), ml_dtypes.float8_e4m3fn, 240.0),
-        ("e5m2", e5m2_code(), ml_dtypes.float8_e5m2, 57344.0),
+        ("e4m3", e4m3_code(), _E4M3FN, 240.0),
+        ("e5m2", e5m2_code(), _E5M2, 57344.0),
+        ("e5m2", e5m2_code(), _E4M3FN, 224.0),
     ):
         # float64 product, one rounding to float8 (round to nearest even).
         table = (code.astype(np.float64) * scale).astype(dtype).view(np.uint8)
         table.setflags(write=False)
-        out.append((code.tobytes(), Fp8Format(name, np.dtype(dtype), scale, table)))
-    return tuple(out)
+        out[code.tobytes(), dtype.name] = Fp8Format(name, dtype, scale, table)
+    return out
 
 
-def native_format(code) -> Fp8Format | None:
+def native_format(code, dtype=None) -> Fp8Format | None:
     """The float8 format of a concrete codebook, or None if it is no scaled float8 grid.
 
     Only bitsandbytes' e4m3 (`create_fp8_map(True, 4, 3, 8)`) and e5m2
@@ -251,6 +258,10 @@ def native_format(code) -> Fp8Format | None:
 
     Args:
       code: float32 [256] codebook (numpy or a concrete jax array).
+      dtype: the float8 dtype to hold the codes in; None: the code's own
+        (float8_e4m3fn for e4m3, float8_e5m2 for e5m2). e5m2 codes can also be
+        held in float8_e4m3fn (exact above 3.1e-5 of absmax), so that both
+        operands of a GEMM share one format.
 
     Returns:
       Its `Fp8Format`, or None.
@@ -260,11 +271,16 @@ def native_format(code) -> Fp8Format | None:
       >>> fmt = fp8mm.native_format(fp8mm.e4m3_code())
       >>> fmt.name, fmt.dtype.name, fmt.scale
       ('e4m3', 'float8_e4m3fn', 240.0)
+      >>> fp8mm.native_format(fp8mm.e5m2_code(), "float8_e4m3fn").scale
+      224.0
       >>> fp8mm.native_format(fp8mm.create_dynamic_map()) is None
       True
     """
     data = np.asarray(code, np.float32).tobytes()
-    for key, fmt in _formats():
-        if data == key:
-            return fmt
-    return None
+    formats = _formats()
+    if dtype is None:
+        for (key, _), fmt in formats.items():
+            if key == data:
+                return fmt
+        return None
+    return formats.get((data, np.dtype(dtype).name))

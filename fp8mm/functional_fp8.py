@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from fp8mm import _checks, _host, dispatch, reference_fp8
-from fp8mm import functional as F
 from fp8mm.codebooks import Fp8Format, native_format
 from fp8mm.state import Fp8Tensor
 
@@ -35,6 +34,11 @@ Impl = dispatch.Impl
 
 FP8_DTYPES = (np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2))
 
+_QUANTIZE_FP8 = dispatch.Primitive(
+    "quantize_fp8",
+    reference_fp8.quantize_fp8,
+    (dispatch.Kernel("pallas_triton", "fp8mm.pallas.codebook"),),
+)
 _FP8_SCALED_MATMUL = dispatch.Primitive(
     "fp8_scaled_matmul",
     reference_fp8.fp8_scaled_matmul,
@@ -42,8 +46,8 @@ _FP8_SCALED_MATMUL = dispatch.Primitive(
 )
 
 
-def format_of(code, name: str = "code") -> Fp8Format:
-    """The float8 format of `code`: NotImplementedError for a code that has none.
+def format_of(code, name: str = "code", dtype=None) -> Fp8Format:
+    """The float8 format of `code` (held as `dtype`): NotImplementedError for a code that has none.
 
     Only a concrete code can be identified; a traced one (a jit argument) raises
     a TypeError asking for a concrete code.
@@ -59,7 +63,14 @@ def format_of(code, name: str = "code") -> Fp8Format:
             f"{name} is traced; native FP8 must know its codebook at trace time: pass "
             "fp8mm.e4m3_code() / e5m2_code() as a NumPy or concrete jax array (not a jit argument)"
         )
-    fmt = native_format(value)
+    if dtype is not None and np.dtype(dtype) not in FP8_DTYPES:
+        raise TypeError(f"dtype must be float8_e4m3fn or float8_e5m2, got {dtype!r}")
+    fmt = native_format(value, dtype)
+    if fmt is None and native_format(value) is not None:
+        raise NotImplementedError(
+            f"{name} (bitsandbytes' {native_format(value).name} code) cannot be held as "
+            f"{np.dtype(dtype).name}: its values do not fit that float8 grid"
+        )
     if fmt is None:
         raise NotImplementedError(
             f"{name} is neither bitsandbytes' e4m3 nor its e5m2 code, so it is no float8 "
@@ -70,7 +81,12 @@ def format_of(code, name: str = "code") -> Fp8Format:
 
 
 def quantize_fp8(
-    A: jax.Array, code, blocksize: int | None = None, *, implementation: Impl = None
+    A: jax.Array,
+    code,
+    blocksize: int | None = None,
+    *,
+    dtype=None,
+    implementation: Impl = None,
 ) -> Fp8Tensor:
     """bitsandbytes' codebook quantization of A, handed out as float8 bytes and scales.
 
@@ -82,6 +98,9 @@ def quantize_fp8(
       A: float32/float16/bfloat16 array of any shape.
       code: bitsandbytes' e4m3 (`fp8mm.e4m3_code()`) or e5m2 code, concrete.
       blocksize: a power of two in [32, 4096], or None for one global absmax.
+      dtype: the float8 dtype of the data; None: the code's own. The e5m2 code
+        can be held as float8_e4m3fn (scale absmax / 224; exact above 3.1e-5 of
+        absmax, the nearest e4m3 value below), for a GEMM with e4m3 operands.
       implementation: for the quantization (see `fp8mm.dispatch`).
 
     Returns:
@@ -97,13 +116,16 @@ def quantize_fp8(
       >>> t.data.dtype.name, t.scale.tolist(), t.data.astype(jnp.float32).tolist()
       ('float8_e4m3fn', 0.008333333767950535, [[240.0, -120.0, 60.0]])
     """
-    fmt = format_of(code)
-    if blocksize is None:
-        q, state = F.quantize(A, code, implementation=implementation)
-    else:
-        q, state = F.quantize_blockwise(A, code, blocksize, implementation=implementation)
-    data = reference_fp8.to_fp8(q, jnp.asarray(fmt.table), fmt.dtype)
-    return Fp8Tensor(data, state.absmax / np.float32(fmt.scale), blocksize)
+    _checks.check_float("A", A)
+    if blocksize is not None:
+        _checks.check_static("blocksize", blocksize, "int")
+        blocksize = _checks.check_blocksize(blocksize)
+    fmt = format_of(code, "code", dtype)
+    code = jnp.asarray(_host.concrete_float32(code))
+    data, absmax = _QUANTIZE_FP8(
+        A, code, fmt.table, blocksize, fmt.dtype, implementation=implementation
+    )
+    return Fp8Tensor(data, absmax / np.float32(fmt.scale), blocksize)
 
 
 def _check_fp8_tensor(t) -> None:

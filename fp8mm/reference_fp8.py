@@ -18,13 +18,27 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["fp8_scaled_matmul", "scale_product", "to_fp8"]
+from fp8mm import reference
+
+__all__ = ["fp8_scaled_matmul", "quantize_fp8", "scale_product", "to_fp8"]
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def to_fp8(q: jax.Array, table: jax.Array, dtype) -> jax.Array:
     """uint8 codes -> their float8 values: `table[q]` (bits) reinterpreted as `dtype`."""
     return lax.bitcast_convert_type(table[q.astype(jnp.int32)], dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("blocksize", "dtype"))
+def quantize_fp8(A, code, table, blocksize, dtype) -> tuple[jax.Array, jax.Array]:
+    """bitsandbytes' codes of A (`reference.quantize_blockwise`, or `quantize` for
+    blocksize None) as float8 values `table[q]`, with the absmax: (dtype [A.shape],
+    float32 [num_blocks] or [])."""
+    if blocksize is None:
+        q, state = reference.quantize(A, code)
+    else:
+        q, state = reference.quantize_blockwise(A, code, blocksize)
+    return to_fp8(q, jnp.asarray(table), dtype), state.absmax
 
 
 def scale_product(acc: jax.Array, a_scale: jax.Array, b_scale: jax.Array) -> jax.Array:

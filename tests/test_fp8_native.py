@@ -32,11 +32,17 @@ def _f32(x):
 # ------------------------------------------------------------------------ formats
 
 
-@pytest.mark.parametrize("code, exact, small", [(FW, 234, 6.2e-5), (BW, 246, 1e-9)])
-def test_native_format_tables(code, exact, small):
-    fmt = fp8mm.native_format(code)
+@pytest.mark.parametrize(
+    "code, dtype, exact, small",
+    [(FW, None, 234, 6.2e-5), (BW, None, 246, 1e-9), (BW, "float8_e4m3fn", 134, 3.1e-5)],
+    ids=["e4m3", "e5m2", "e5m2-as-e4m3"],
+)
+def test_native_format_tables(code, dtype, exact, small):
+    fmt = fp8mm.native_format(code, dtype)
     vals = fmt.values()
     same = vals == code * np.float32(fmt.scale)
+    if dtype is not None:  # the e5m2 grid scaled by 2**-8: exact where e4m3 holds it
+        same = vals == fp8mm.native_format(code).values() / np.float32(256)
     assert int(same.sum()) == exact
     # The others are the bottom binades bnb has and float8 lacks: tiny, nearest float8.
     assert np.all(np.abs(code[~same]) <= small)
@@ -47,6 +53,10 @@ def test_native_format_tables(code, exact, small):
 def test_native_format_none_for_other_codes():
     assert fp8mm.native_format(fp8mm.create_dynamic_map()) is None
     assert fp8mm.native_format(fp8mm.create_fp8_map(True, 3, 4, 8)) is None
+    # e4m3's values do not fit e5m2's grid (one mantissa bit fewer)
+    assert fp8mm.native_format(FW, "float8_e5m2") is None
+    with pytest.raises(NotImplementedError, match="cannot be held"):
+        fp8mm.quantize_fp8(rand((2, 64)), FW, 64, dtype=jnp.float8_e5m2)
 
 
 # ---------------------------------------------------------------------- quantize_fp8
@@ -54,15 +64,16 @@ def test_native_format_none_for_other_codes():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("blocksize", [None, 64, 256])
-@pytest.mark.parametrize("code", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("code", ["e4m3", "e5m2", "e5m2-as-e4m3"])
 def test_quantize_fp8_codes_are_bnb_codes(implementation, dtype, blocksize, code):
     """The float8 bytes are table[q] of the emulated path's codes q, scale = absmax / s."""
-    cpu_subset(implementation, keep=dtype == jnp.bfloat16 and blocksize == 64)
+    cpu_subset(implementation, keep=dtype == jnp.bfloat16 and blocksize in (None, 64))
     c = FW if code == "e4m3" else BW
-    fmt = fp8mm.native_format(c)
+    carrier = jnp.float8_e4m3fn if code == "e5m2-as-e4m3" else None
+    fmt = fp8mm.native_format(c, carrier)
     x = heavy((3, 5, 128), dtype, seed=1, decades=(-3, 3))
     x = x.at[0, 0].set(0.0)  # an all-zero block
-    t = fp8mm.quantize_fp8(x, c, blocksize, implementation=implementation)
+    t = fp8mm.quantize_fp8(x, c, blocksize, dtype=carrier, implementation=implementation)
     if blocksize is None:
         q, st = fp8mm.quantize(x, c, implementation=implementation)
     else:
@@ -81,7 +92,7 @@ def test_quantize_fp8_codes_are_bnb_codes(implementation, dtype, blocksize, code
         block = np.arange(want.size) // blocksize
         want = (want.reshape(-1) * np.asarray(st.absmax, np.float64)[block]).reshape(x.shape)
     got = _f32(fp8mm.dequantize_fp8(t))
-    tiny = np.abs(np.asarray(c)).max() * 6.2e-5 * np.max(np.asarray(st.absmax))
+    tiny = 6.2e-5 * np.max(np.asarray(st.absmax))
     assert np.all(np.abs(got - want) <= np.abs(want) * 1e-6 + tiny)
 
 
@@ -152,6 +163,10 @@ def test_fp8_scaled_matmul_against_float64(impl, out_dtype, types, chunks, b_vec
     ) * np.asarray(sb)
     assert got.dtype == out_dtype
     tol = {jnp.float32: 1e-6, jnp.float16: 1e-3, jnp.bfloat16: 8e-3}[out_dtype]
+    if ON_GPU:
+        # FP8 tensor cores accumulate in fewer bits than float32 (both cuBLASLt and the
+        # wgmma kernel: measured 1.3e-3 at k=4096, 3.1e-3 at k=16384 on an H200).
+        tol = max(tol, 3e-3)
     assert rel(_f32(got), want) <= tol
 
 

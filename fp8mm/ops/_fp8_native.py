@@ -2,16 +2,20 @@
 
 The quantization is the emulated path's, code for code (`fp8mm.quantize_fp8`:
 the same absmax, nearest-code rule and uint8 codes, held as float8 bytes with
-float32 scales absmax/240 for e4m3 and absmax/57344 for e5m2). The products
-run on those bytes (`fp8mm.fp8_scaled_matmul`) with the scales applied in
-float32 after accumulation, where the emulated path dequantizes to 16 bits
-first and runs a 16-bit GEMM:
+float32 scales). Every operand is held as float8_e4m3fn: the e4m3 code with
+scale absmax/240, the e5m2 code of the output gradient with scale absmax/224
+(its grid is e4m3's above 3.1e-5 of absmax; below, the nearest e4m3 value), so
+that all three GEMMs are e4m3 x e4m3, the one float8 pair Hopper's wgmma kernel
+(`fp8mm.pallas.fp8_matmul_wgmma`) takes. The products run on those bytes
+(`fp8mm.fp8_scaled_matmul`) with the scales applied in float32 after
+accumulation, where the emulated path dequantizes to 16 bits first and runs a
+16-bit GEMM:
 
-* forward: out = A8 · B8 (e4m3 x e4m3), A's scales per row (per row and K chunk
-  when bsz < k), B's global;
-* dgrad: gradA = g8 · B8ᵀ (e5m2 x e4m3), g's scales per row (and chunk);
+* forward: out = A8 · B8, A's scales per row (per row and K chunk when
+  bsz < k), B's global;
+* dgrad: gradA = g8 · B8ᵀ, g's scales per row (and chunk);
 * wgrad: mixed, gradB = Aᵀ · g in 16 bits as bitsandbytes; global, gradB =
-  A8ᵀ · g8 (e4m3 x e5m2), both scales global.
+  A8ᵀ · g8, both scales global.
 
 Residuals are the float8 bytes and scales (one byte per element), plus A
 itself for the mixed recipe's 16-bit weight gradient.
@@ -36,6 +40,8 @@ from fp8mm.dispatch import Impl
 from fp8mm.ops._common import as_2d, matmul
 
 _CODES = {"e4m3": e4m3_code, "e5m2": e5m2_code}
+# The one float8 format of every operand (see the module docstring).
+E4M3 = jnp.float8_e4m3fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +104,10 @@ def _fwd(A, B, cfg: NativeConfig):
     impl = cfg.implementation
     A2 = as_2d(A)
     fw = _CODES[cfg.fw]()
-    qa = F8.quantize_fp8(A2, fw, cfg.bsz if cfg.blockwise else None, implementation=impl)
-    qb = F8.quantize_fp8(B, fw, None, implementation=impl)
+    qa = F8.quantize_fp8(
+        A2, fw, cfg.bsz if cfg.blockwise else None, dtype=E4M3, implementation=impl
+    )
+    qb = F8.quantize_fp8(B, fw, None, dtype=E4M3, implementation=impl)
     out = _gemm(qa.data, qb.data.T, F8.fp8_row_scales(qa), qb.scale, A.dtype, cfg)
     out = out.reshape(*A.shape[:-1], B.shape[1])
     # The mixed recipe's gradB reads A in 16 bits; the global one reads Q(A) = Q(Aᵀ)ᵀ.
@@ -114,7 +122,9 @@ def _bwd(cfg: NativeConfig, res, g):
     g2 = as_2d(g)
     impl = cfg.implementation
     bw = _CODES[cfg.bw]()
-    qg = F8.quantize_fp8(g2, bw, cfg.bsz2 if cfg.blockwise else None, implementation=impl)
+    qg = F8.quantize_fp8(
+        g2, bw, cfg.bsz2 if cfg.blockwise else None, dtype=E4M3, implementation=impl
+    )
     gradA = _gemm(qg.data, qb.data, F8.fp8_row_scales(qg), qb.scale, g.dtype, cfg)
     if cfg.blockwise:
         gradB = matmul(as_2d(a_res).astype(g.dtype), g2, (0, 0), g.dtype)

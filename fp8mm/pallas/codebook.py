@@ -50,6 +50,7 @@ __all__ = [
     "fake_quant_global",
     "quantize",
     "quantize_blockwise",
+    "quantize_fp8",
     "tile_search_space",
 ]
 
@@ -211,7 +212,19 @@ def _block_absmax(x: jax.Array, interpret: bool) -> jax.Array:
 
 
 def _blockwise_kernel(
-    x_ref, code_ref, table_ref, out_ref, absmax_ref, *, cfg, n, nblocks, fake, lookup, interpret
+    x_ref,
+    code_ref,
+    table_ref,
+    out_ref,
+    absmax_ref,
+    *,
+    cfg,
+    n,
+    nblocks,
+    fake,
+    lookup,
+    interpret,
+    to_bytes=False,
 ):
     local = _local_offsets(cfg)
     rows = lax.broadcasted_iota(jnp.int32, (cfg.rows,), 0)
@@ -238,7 +251,9 @@ def _blockwise_kernel(
         s = reference.block_prescale(absmax)
         scaled = (x * s[:, None]) * _backend.recip_rn(absmax * s, interpret)[:, None]
         q = _table.nearest_code(scaled, code_ref, table_ref, lookup, interpret)
-        if fake:
+        if to_bytes:  # code_ref holds each code's float8 bits (`quantize_fp8`)
+            out = code_ref[q & 255].astype(jnp.uint8)
+        elif fake:
             out = (code_ref[q & 255] * absmax[:, None]).astype(out_ref.dtype)
         else:
             out = q.astype(jnp.uint8)
@@ -261,7 +276,7 @@ def _blockwise_kernel(
 
 
 def _global_kernel(
-    x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, fake, lookup, interpret
+    x_ref, absmax_ref, code_ref, table_ref, out_ref, *, cfg, n, fake, lookup, interpret, to_bytes
 ):
     offs, valid = _tile_offsets(cfg, n)
     x = _load(x_ref, offs, valid).astype(jnp.float32)
@@ -269,7 +284,9 @@ def _global_kernel(
     # Global quantization divides (torch `A / absmax`); only blockwise multiplies.
     x = _backend.div_rn(x, absmax, interpret)
     q = _table.nearest_code(x, code_ref, table_ref, lookup, interpret)
-    if fake:
+    if to_bytes:
+        out = code_ref[q & 255].astype(jnp.uint8)
+    elif fake:
         out = (code_ref[q & 255] * absmax).astype(out_ref.dtype)
     else:
         out = q.astype(jnp.uint8)
@@ -301,8 +318,10 @@ def _tiled(size: int) -> pl.BlockSpec:
     return pl.BlockSpec((size,), lambda i: (i,))
 
 
-@functools.partial(jax.jit, static_argnames=("blocksize", "fake", "lookup", "interpret", "cfg"))
-def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg):
+@functools.partial(
+    jax.jit, static_argnames=("blocksize", "fake", "lookup", "interpret", "cfg", "to_bytes")
+)
+def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg, to_bytes=False):
     n = A.size
     nblocks = -(-n // blocksize)
     grid = -(-n // cfg.span)
@@ -319,6 +338,7 @@ def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg):
         fake=fake,
         lookup=lookup,
         interpret=interpret,
+        to_bytes=to_bytes,
     )
     if fake:
         kernel = functools.partial(kernel, absmax_ref=None)
@@ -335,12 +355,18 @@ def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg):
     return outs[0].reshape(A.shape), (None if fake else outs[1])
 
 
-@functools.partial(jax.jit, static_argnames=("fake", "lookup", "interpret", "cfg"))
-def _global_call(A, code, table, fake, lookup, interpret, cfg):
+@functools.partial(jax.jit, static_argnames=("fake", "lookup", "interpret", "cfg", "to_bytes"))
+def _global_call(A, code, table, fake, lookup, interpret, cfg, to_bytes=False):
     absmax = reference.absmax_nan(A.astype(jnp.float32))
     n = A.size
     kernel = functools.partial(
-        _global_kernel, cfg=cfg, n=n, fake=fake, lookup=lookup, interpret=interpret
+        _global_kernel,
+        cfg=cfg,
+        n=n,
+        fake=fake,
+        lookup=lookup,
+        interpret=interpret,
+        to_bytes=to_bytes,
     )
     [out] = pallas_call(
         kernel,
@@ -516,6 +542,51 @@ def fake_quant_global(
     return _global_call(A, code, table, True, lookup, bool(interpret), cfg)[0]
 
 
+def quantize_fp8(
+    A: jax.Array,
+    code: jax.Array,
+    table: jax.Array,
+    blocksize: int | None,
+    dtype,
+    *,
+    config: TileConfig | None = None,
+    interpret: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """`quantize_blockwise` / `quantize` writing each code's float8 bits instead of its index.
+
+    Bit-exact with `fp8mm.reference_fp8.quantize_fp8`: the same codes (the same
+    kernels), `table[q]` stored in the same pass, so the index array never
+    reaches memory.
+
+    Args:
+      A: float32/float16/bfloat16 array of any shape.
+      code: float32 [256] e4m3 or e5m2 code, concrete (its bucket table is built on the host).
+      table: uint8 [256], index -> float8 bits (`Fp8Format.table`).
+      blocksize: power of two in [32, 4096], or None for global quantization.
+      dtype: the float8 dtype the bits are read as.
+      config: the tiling; None for the heuristic.
+      interpret: run the kernel in Pallas interpret mode.
+
+    Returns:
+      (data, absmax): dtype [A.shape] and float32 [num_blocks] (or []).
+    """
+    nblocks = () if blocksize is None else (-(-A.size // blocksize),)
+    if A.size == 0:
+        return jnp.zeros(A.shape, dtype), jnp.zeros(nblocks, jnp.float32)
+    bucket, lookup = _table.table_for(code)
+    if lookup.search:  # the byte table takes the code's place, which the search reads
+        raise ValueError("quantize_fp8 needs a code without crowded buckets (a float8 grid)")
+    bits = jnp.asarray(table).astype(jnp.float32)
+    if blocksize is None:
+        cfg = config or choose_tiles(None)
+        q, absmax = _global_call(A, bits, bucket, False, lookup, bool(interpret), cfg, True)
+    else:
+        cfg = _blockwise_tiles(config, blocksize, fake=False)
+        args = (A, bits, bucket, blocksize, False, lookup, bool(interpret), cfg, True)
+        q, absmax = _blockwise_call(*args)
+    return lax.bitcast_convert_type(q, dtype), absmax
+
+
 # The kernels' only limit is int32 indexing of the flat tensor (registry predicates).
 def supported_quantize_blockwise(A, code, blocksize) -> str | None:
     return _backend.too_large(A)
@@ -534,3 +605,7 @@ def supported_quantize(A, code) -> str | None:
 
 supported_dequantize = supported_dequantize_blockwise
 supported_fake_quant_global = supported_quantize
+
+
+def supported_quantize_fp8(A, code, table, blocksize, dtype) -> str | None:
+    return _backend.too_large(A)
