@@ -232,10 +232,57 @@ def run_int8_matmul(r: Runner, plan: Plan) -> None:
             )
 
 
-def run(r: Runner, plan: Plan) -> None:
-    """The whole kernel section."""
-    run_quant(r, plan)
-    run_int8_matmul(r, plan)
+def run_fp8_matmul(r: Runner, plan: Plan) -> None:
+    """16-bit matmul baseline beside fp8_scaled_matmul (e4m3 x e4m3, scales after the sum).
+
+    Per implementation ("xla": XLA's float8 dot, cuBLASLt on a GPU; "pallas": the f8
+    wgmma kernel), with one scale per row and, for k > 4096, one per row and 4096-wide K
+    chunk as the mixed recipe's blocks give.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import fp8mm
+
+    dt = plan.dtypes[0]
+    shapes = plan.linear_shapes()[:1] if plan.smoke else plan.linear_shapes()
+    for t, k, n in shapes:
+        shape = linear_label(t, k, n)
+        A8, B8, Ab, Bb, rs, _, _ = _int8_data(t, k, n, dt)
+        # int8 codes as float8 bits: a spread of finite e4m3 values (NaN bits folded away).
+        to_f8 = jax.jit(
+            lambda x: jax.lax.bitcast_convert_type(x & jnp.int8(0x77), jnp.float8_e4m3fn)
+        )
+        F8a, F8b = to_f8(A8), to_f8(B8)
+        ops = 2.0 * t * k * n
+        # Its own baseline row (the int8 group's is in TOPS): the same 16-bit GEMM.
+        base = Row(
+            "kernels", f"{dt} matmul (fp8 baseline)", "jnp", "-", shape, dt, is_baseline=True
+        )
+        r.jax_case(base, lambda a, b: a @ b.T, (Ab, Bb), ops, "TFLOP/s")
+        chunk_counts = (1,) if k <= 4096 else (1, k // 4096)
+        for chunks in chunk_counts:
+            sa = jnp.broadcast_to(rs[:, None], (t, chunks))
+            group = "fp8_scaled_matmul" + ("" if chunks == 1 else f"({chunks} K chunks)")
+            for impl in plan.impls:
+                r.jax_case(
+                    Row("kernels", group, impl, "-", shape, dt, base=base.key),
+                    lambda a, b, s, i=impl: fp8mm.fp8_scaled_matmul(
+                        a, b, s, jnp.float32(0.5), dt, implementation=i
+                    ),
+                    (F8a, F8b, sa),
+                    ops,
+                    "TFLOP/s",
+                )
+
+
+KERNEL_GROUPS = {"quant": run_quant, "int8": run_int8_matmul, "fp8": run_fp8_matmul}
+
+
+def run(r: Runner, plan: Plan, groups=tuple(KERNEL_GROUPS)) -> None:
+    """The kernel section: the quantization kernels, the int8 and the fp8 matmuls."""
+    for name in groups:
+        KERNEL_GROUPS[name](r, plan)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -630,6 +630,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dtypes", default=None, help="activation dtypes (default bfloat16,float16)")
     p.add_argument("--impl", default="xla,pallas", help="fp8mm implementations to time")
     p.add_argument("--ops", default=",".join(OPS), help="subset of the ops section's ops")
+    p.add_argument(
+        "--kernels",
+        default=",".join(kernels_section.KERNEL_GROUPS),
+        help=f"kernel groups ({','.join(kernels_section.KERNEL_GROUPS)})",
+    )
+    p.add_argument("--name", default="", help="suffix of the result files: <card>-<name>.json")
     p.add_argument("--layer-tokens", default=None, help="token counts of the layer section")
     p.add_argument(
         "--alt-dtype-tokens", default=None, help="token counts for dtypes after the first"
@@ -651,6 +657,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a.dtypes = _names(a.dtypes or "bfloat16,float16")
     a.impl = _names(a.impl)
     a.only = _names(a.only)
+    a.kernels = _names(a.kernels)
+    if set(a.kernels) - set(kernels_section.KERNEL_GROUPS):
+        p.error(f"unknown kernel groups {a.kernels}")
     a.ops = tuple(o.strip() for o in a.ops.split(";" if ";" in a.ops else ",") if o.strip())
     a.layer_tokens = _ints(a.layer_tokens) if a.layer_tokens else a.tokens[:1]
     a.alt_dtype_tokens = _ints(a.alt_dtype_tokens) if a.alt_dtype_tokens else a.tokens[:1]
@@ -755,6 +764,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "targets": str(a.targets or common.TARGETS_PATH.relative_to(ROOT)),
     }
     slug = "smoke-cpu" if a.smoke else common.card_slug(card)
+    if a.name:
+        slug = f"{slug}-{a.name}"
     json_path, md_path = out / f"{slug}.json", out / f"{slug}.md"
     include = smoke_include(plan) if a.smoke else None
     r = Runner(timing, deadline, include)
@@ -770,7 +781,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # Most important first: past the budget, what is left becomes 'skipped' rows.
     steps: list[tuple[str, str, Callable[[], None]]] = [
-        ("kernels", "kernels", lambda: kernels_section.run(r, plan)),
+        ("kernels", "kernels", lambda: kernels_section.run(r, plan, a.kernels)),
         ("ops", f"ops {plan.dtypes[0]}", lambda: run_ops(r, plan, plan.dtypes[:1], plan.tokens)),
         ("train", "train", lambda: run_train(r, plan)),
         ("layers", "layers", lambda: run_layers(r, plan)),

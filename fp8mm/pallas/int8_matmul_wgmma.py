@@ -207,12 +207,17 @@ def _load_vector(ref, layout):
     return plgpu.load(ref, layout=layout, optimized=False)
 
 
-def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, direct, fp8):
+def _kernel(
+    a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, direct, fp8, chunks=1
+):
     """One persistent program: loops over its output tiles (see the module docstring).
 
     fp8: the operands are float8 (one format for both: Mosaic GPU's wgmma takes
     no mixed float8 types), the accumulator float32 and the epilogue
-    `reference_fp8.scale_product` ((acc * row) * col, rounded once).
+    `reference_fp8.scale_product` ((acc * row) * col, rounded once). chunks > 1
+    (fp8 only): row_gmem is [chunks, m], one scale per row and K chunk; the
+    wgmma accumulator is promoted into a float32 register sum, times the chunk's
+    row scales, at the end of every chunk (then col, rounded once).
 
     Refs: a_gmem int8/float8 [m, k], b_gmem [n, k], then (dequant) row_gmem f32 [m],
     col_gmem f32 [n], (bias) bias_gmem f32 [n], then out_gmem [m, n] (out_dtype,
@@ -268,7 +273,34 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, 
             cols = pl.ds(j * cfg.block_n + wg * tn, tn)
             wg_cols = pl.ds(wg * tn, tn)
 
+            row_layout = plgpu.Layout.WGMMA.reduce(1)
+            col_layout = plgpu.Layout.WGMMA.reduce(0)
+
+            def col_vector(ref):
+                return lax.broadcast_in_dim(_load_vector(ref.at[cols], col_layout), (tm, tn), [1])
+
+            def store(out):
+                # The previous tile's stores must have read their slots.
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                for p in range((tm // cfg.epi_m) * n_epi_n):
+                    em = slice((p // n_epi_n) * cfg.epi_m, (p // n_epi_n + 1) * cfg.epi_m)
+                    en = slice((p % n_epi_n) * cfg.epi_n, (p % n_epi_n + 1) * cfg.epi_n)
+                    slot = p % slots
+                    plgpu.wait_smem_to_gmem(slots - 1, wait_read_only=True)
+                    out_smem[wg, slot] = out[em, en]
+                    plgpu.commit_smem()
+                    plgpu.copy_smem_to_gmem(
+                        out_smem.at[wg, slot], out_gmem.at[rows, cols].at[em, en]
+                    )
+
             def compute_context(run_pipeline):
+                if chunks > 1:
+                    zeros = plgpu.layout_cast(
+                        jnp.full((tm, tn), 0, dtype=jnp.float32), plgpu.Layout.WGMMA
+                    )
+                    _, total = run_pipeline((zeros, zeros))
+                    store((total * col_vector(col_gmem)).astype(out_dtype))
+                    return
                 acc_dtype = jnp.float32 if fp8 else jnp.int32
 
                 @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, tn), acc_dtype))
@@ -276,22 +308,14 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, 
                     run_pipeline(acc_ref)
                     out = acc_ref[...]
                     if dequant:
-                        row_layout = plgpu.Layout.WGMMA.reduce(1)
-                        col_layout = plgpu.Layout.WGMMA.reduce(0)
                         row = lax.broadcast_in_dim(
                             _load_vector(row_gmem.at[rows], row_layout), (tm, tn), [0]
                         )
-                        col = lax.broadcast_in_dim(
-                            _load_vector(col_gmem.at[cols], col_layout), (tm, tn), [1]
-                        )
-                        bias = None
+                        col = col_vector(col_gmem)
                         if fp8:
                             out = ((out * row) * col).astype(out_dtype)
-                        elif bias_gmem is not None:
-                            bias = lax.broadcast_in_dim(
-                                _load_vector(bias_gmem.at[cols], col_layout), (tm, tn), [1]
-                            )
-                        if not fp8:
+                        else:
+                            bias = None if bias_gmem is None else col_vector(bias_gmem)
                             out = dequant_math(
                                 out,
                                 row,
@@ -301,25 +325,37 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, 
                                 out_dtype=out_dtype,
                                 direct=direct,
                             )
-                    # The previous tile's stores must have read their slots.
-                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                    for p in range((tm // cfg.epi_m) * n_epi_n):
-                        em = slice((p // n_epi_n) * cfg.epi_m, (p // n_epi_n + 1) * cfg.epi_m)
-                        en = slice((p % n_epi_n) * cfg.epi_n, (p % n_epi_n + 1) * cfg.epi_n)
-                        slot = p % slots
-                        plgpu.wait_smem_to_gmem(slots - 1, wait_read_only=True)
-                        out_smem[wg, slot] = out[em, en]
-                        plgpu.commit_smem()
-                        plgpu.copy_smem_to_gmem(
-                            out_smem.at[wg, slot], out_gmem.at[rows, cols].at[em, en]
-                        )
+                    store(out)
+
+            chunk_steps = k // chunks // tk
+
+            def mma_chunked(idx, a_smem, b_smem, carry):
+                acc, total = carry
+                (kk,) = idx
+
+                def step(acc_ref):
+                    plgpu.wgmma(acc_ref, a_smem, b_smem.at[wg_cols].transpose((1, 0)))
+                    plgpu.wgmma_wait(0)
+
+                acc = pl.run_state(step)(plgpu.ACC.init(acc))
+
+                def promote():
+                    # Promotion (DeepGEMM's word): the chunk's partial sum, times its
+                    # row scales, joins the float32 total; the accumulator restarts.
+                    c = kk // chunk_steps
+                    row = lax.broadcast_in_dim(
+                        _load_vector(row_gmem.at[c].at[rows], row_layout), (tm, tn), [0]
+                    )
+                    return acc * 0.0, total + acc * row
+
+                return lax.cond(kk % chunk_steps == chunk_steps - 1, promote, lambda: (acc, total))
 
             def mma(_, a_smem, b_smem, acc_ref):
                 plgpu.wgmma(acc_ref, a_smem, b_smem.at[wg_cols].transpose((1, 0)))
                 plgpu.wgmma_wait(0)
                 return acc_ref
 
-            pipeline(mma, compute_context)(
+            pipeline(mma if chunks == 1 else mma_chunked, compute_context)(
                 a_gmem.at[rows, :],
                 b_gmem.at[pl.ds(j * cfg.block_n, cfg.block_n), :],
                 allocations=allocs,
@@ -330,10 +366,32 @@ def _kernel(a_gmem, b_gmem, *rest, m, n, k, cfg, dequant, bias_mode, out_dtype, 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("dequant", "bias_mode", "out_dtype", "cfg", "num_sms", "direct", "fp8"),
+    static_argnames=(
+        "dequant",
+        "bias_mode",
+        "out_dtype",
+        "cfg",
+        "num_sms",
+        "direct",
+        "fp8",
+        "chunks",
+    ),
 )
 def _matmul_2d(
-    a, b, row, col, bias, *, dequant, bias_mode, out_dtype, cfg, num_sms, direct=False, fp8=False
+    a,
+    b,
+    row,
+    col,
+    bias,
+    *,
+    dequant,
+    bias_mode,
+    out_dtype,
+    cfg,
+    num_sms,
+    direct=False,
+    fp8=False,
+    chunks=1,
 ):
     """[m, n] product of a [m, k] and b [n, k]: int32, or dequantized to out_dtype.
 
@@ -359,6 +417,7 @@ def _matmul_2d(
         out_dtype=out_dtype,
         direct=direct,
         fp8=fp8,
+        chunks=chunks,
     )
     call = plgpu.kernel(
         kernel,
