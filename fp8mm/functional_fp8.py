@@ -121,7 +121,7 @@ def quantize_fp8(
         _checks.check_static("blocksize", blocksize, "int")
         blocksize = _checks.check_blocksize(blocksize)
     fmt = format_of(code, "code", dtype)
-    code = jnp.asarray(_host.concrete_float32(code))
+    code = _host.concrete_float32(code)  # numpy: under jit jnp.asarray would trace it
     data, absmax = _QUANTIZE_FP8(
         A, code, fmt.table, blocksize, fmt.dtype, implementation=implementation
     )
