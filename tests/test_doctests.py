@@ -4,10 +4,17 @@ import doctest
 
 import pytest
 
+import fp8mm.codebooks
 import fp8mm.functional
+import fp8mm.functional_fp8
 import fp8mm.ops._switchback_linear
 
-MODULES = [fp8mm.functional, fp8mm.ops._switchback_linear]
+MODULES = [
+    fp8mm.codebooks,
+    fp8mm.functional,
+    fp8mm.functional_fp8,
+    fp8mm.ops._switchback_linear,
+]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
