@@ -71,7 +71,14 @@ def _fp8_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
     # The ops need A at least 2-D; a single vector is a batch of one row.
     x2 = x[None] if x.ndim == 1 else x
     y = op(
-        x2, kernel, fw, bw, spec.bsz, spec.bsz2, gemm=spec.gemm, implementation=spec.implementation
+        x2,
+        kernel,
+        fw,
+        bw,
+        bsz=spec.bsz,
+        bsz2=spec.bsz2,
+        gemm=spec.gemm,
+        implementation=spec.implementation,
     )
     y = y[0] if x.ndim == 1 else y
     if bias is not None:
@@ -89,9 +96,9 @@ def _switchback_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
     y, cols = op(
         x,
         w,
-        int8_state,
-        spec.threshold,
-        bias,
+        state=int8_state,
+        threshold=spec.threshold,
+        bias=bias,
         outlier_capacity=spec.outlier_capacity,
         return_outliers=True,
         implementation=spec.implementation,
