@@ -709,6 +709,8 @@ class Plan:
       layer_tokens: token counts for the Flax layer section.
       smoke: tiny CPU run (no meaningful numbers).
       ops: the ops section's ops to time (None: all).
+      train_preset: the train section's preset of examples/train_lm.py.
+      train_kinds: the train section's kinds (train_lm's names; None: all).
     """
 
     tokens: tuple[int, ...]
@@ -718,6 +720,8 @@ class Plan:
     layer_tokens: tuple[int, ...]
     smoke: bool = False
     ops: tuple[str, ...] | None = None
+    train_preset: str = "gpu-large"
+    train_kinds: tuple[str, ...] | None = None
 
     def linear_shapes(self, tokens: Iterable[int] | None = None) -> list[tuple[int, int, int]]:
         """(tokens, in, out) for every token count (default all) and feature pair."""

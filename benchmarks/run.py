@@ -286,9 +286,11 @@ def load_train_lm() -> Any:
 def run_train(r: Runner, plan: Plan) -> None:
     """One adamw step of train_lm's CharLM: bf16 nn.Dense beside each fp8mm layer kind.
 
-    Every projection gets dtype=bf16 (parameters stay float32, as in the example);
-    the embedding, LayerNorms and output head are the example's. The implementation
-    is chosen with `fp8mm.use_implementation` around the compilation (the layers
+    The preset is `--train-preset` (default gpu-large: d_model 2048, 8 layers, 16k
+    tokens a step, fused attention) with the run's first dtype as its compute dtype
+    (parameters stay float32, as in the example). Every kind of the example is timed,
+    the native-FP8 ones as `Fp8MixedDense[native]` / `Fp8GlobalDense[native]`. The
+    implementation is chosen with `fp8mm.use_implementation` around the compilation (the layers
     leave `implementation` at None), as a user switching a whole model would.
     """
     import flax.linen as nn
@@ -298,11 +300,10 @@ def run_train(r: Runner, plan: Plan) -> None:
     import optax
 
     import fp8mm
-    from fp8mm.nn import linen as fl
 
     tl = load_train_lm()
     dt = plan.dtypes[0]
-    preset = tl.PRESETS["gpu"]
+    preset = dataclasses.replace(tl.PRESETS[plan.train_preset], dtype=dt)
     if plan.smoke:
         preset = dataclasses.replace(
             tl.PRESETS["cpu"], d_model=32, n_layers=1, n_heads=2, seq_len=16, batch=4
@@ -325,23 +326,22 @@ def run_train(r: Runner, plan: Plan) -> None:
 
         return step, model
 
-    base_step, base_model = build(functools.partial(nn.Dense, dtype=dt))
+    base_step, base_model = build(nn.Dense)
     # One initialisation for every kind: the fp8mm layers take nn.Dense's parameters.
     params = jax.jit(base_model.init)(jax.random.key(0), batch[:, :-1])
     opt = tx.init(params)
     args = (params, opt, batch)
     base = Row("train", DENSE, "flax", "step", shape, dt, is_baseline=True)
     r.jax_case(base, base_step, args, tokens, "Mtok/s")
-    for name, cls in (
-        ("SwitchBackDense", fl.SwitchBackDense),
-        ("Fp8MixedDense", fl.Fp8MixedDense),
-        ("Fp8GlobalDense", fl.Fp8GlobalDense),
-    ):
+    for kind, cls in tl.DENSE.items():
+        if kind == "plain" or (plan.train_kinds and kind not in plan.train_kinds):
+            continue
+        name = cls.__name__ if isinstance(cls, type) else f"{cls.func.__name__}[native]"
         for impl in plan.impls:
             # A fresh step function per implementation: jit's trace cache is keyed on
             # the function, not on the use_implementation context, so reusing one
             # would time the first implementation's program again.
-            step, _ = build(functools.partial(cls, dtype=dt))
+            step, _ = build(cls)
             row = Row("train", name, impl, "step", shape, dt, base=base.key)
             ctx = functools.partial(fp8mm.use_implementation, impl)
             r.jax_case(row, step, args, tokens, "Mtok/s", context=ctx)
@@ -636,6 +636,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"kernel groups ({','.join(kernels_section.KERNEL_GROUPS)})",
     )
     p.add_argument("--name", default="", help="suffix of the result files: <card>-<name>.json")
+    p.add_argument(
+        "--train-preset",
+        default="gpu-large",
+        help="examples/train_lm.py preset of the train section",
+    )
+    p.add_argument("--train-kinds", default="", help="train_lm kinds to time (default: all)")
     p.add_argument("--layer-tokens", default=None, help="token counts of the layer section")
     p.add_argument(
         "--alt-dtype-tokens", default=None, help="token counts for dtypes after the first"
@@ -716,7 +722,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     # Read before any measurement, so a malformed file fails in a second, not after the run.
     targets = common.load_targets(a.targets)
-    plan = Plan(a.tokens, a.dims, a.dtypes, a.impl, a.layer_tokens, a.smoke, a.ops)
+    plan = Plan(
+        a.tokens,
+        a.dims,
+        a.dtypes,
+        a.impl,
+        a.layer_tokens,
+        a.smoke,
+        a.ops,
+        a.train_preset,
+        _names(a.train_kinds) if a.train_kinds else None,
+    )
     timing = common.SMOKE_TIMING if a.smoke else TimingConfig()
     timing = dataclasses.replace(
         timing,

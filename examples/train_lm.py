@@ -9,8 +9,13 @@ the same batches. Then it prints a table of final loss, eval loss and step
 time per kind, writes the loss curves as CSV and PNG, saves the SwitchBack
 model with orbax, restores it, and converts it to int8 inference weights.
 
-    python examples/train_lm.py                 # CPU default, < 3 minutes on 2 cores
-    python examples/train_lm.py --preset gpu    # a larger model on a GPU
+    python examples/train_lm.py                       # CPU default, < 3 minutes on 2 cores
+    python examples/train_lm.py --preset gpu          # a larger model on a GPU
+    python examples/train_lm.py --preset gpu-large    # d_model 2048: matmuls dominate
+
+The gpu-large preset trains in bf16 (float32 parameters and optimizer state) with
+`jax.nn.dot_product_attention` (cuDNN's fused attention where available), 16k tokens
+a step, and adds the native-FP8 kinds (`fp8_mixed_native`, `fp8_global_native`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import pathlib
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,12 +41,26 @@ from tqdm import tqdm
 
 from fp8mm.nn import linen as fl
 
-DENSE = {"plain": nn.Dense, **fl.LAYERS}  # every fp8mm layer kind (fp8mm.nn.KINDS)
+# Every fp8mm layer kind (fp8mm.nn.KINDS), and the fp8 kinds on FP8 tensor cores.
+DENSE = {
+    "plain": nn.Dense,
+    **fl.LAYERS,
+    "fp8_mixed_native": functools.partial(fl.Fp8MixedDense, gemm="native"),
+    "fp8_global_native": functools.partial(fl.Fp8GlobalDense, gemm="native"),
+}
 KINDS = tuple(DENSE)
+# The CPU demo's default: the library's layer kinds (the native ones pay only on a GPU).
+DEFAULT_KINDS = tuple(k for k in KINDS if not k.endswith("_native"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
+    """Model, data and optimizer sizes of one run.
+
+    dtype: the compute dtype (None: float32); parameters and optimizer stay float32.
+    fused_attention: `jax.nn.dot_product_attention` instead of the explicit einsums.
+    """
+
     d_model: int
     n_layers: int
     n_heads: int
@@ -49,11 +70,17 @@ class Preset:
     lr: float
     corpus_bytes: int
     eval_batches: int
+    dtype: str | None = None
+    fused_attention: bool = False
+    warmup: int = 20
 
 
 PRESETS = {
     "cpu": Preset(64, 2, 4, 64, 16, 300, 3e-3, 1_000_000, 4),
     "gpu": Preset(512, 6, 8, 256, 64, 2000, 1e-3, 20_000_000, 16),
+    "gpu-large": Preset(
+        2048, 8, 16, 1024, 16, 1000, 3e-4, 40_000_000, 8, "bfloat16", True, warmup=100
+    ),
 }
 
 
@@ -91,41 +118,49 @@ class Block(nn.Module):
     """Pre-norm transformer block; every projection is a `dense` layer."""
 
     n_heads: int
-    dense: type = nn.Dense
+    dense: Callable = nn.Dense
+    dtype: Any = None
+    fused_attention: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
-        h = nn.LayerNorm()(x)
-        qkv = self.dense(3 * d)(h).reshape(b, t, 3, self.n_heads, d // self.n_heads)
+        dense = functools.partial(self.dense, dtype=self.dtype)
+        h = nn.LayerNorm(dtype=self.dtype)(x)
+        qkv = dense(3 * d)(h).reshape(b, t, 3, self.n_heads, d // self.n_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // self.n_heads)
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        att = jax.nn.softmax(jnp.where(causal, att, -1e9), axis=-1)
-        y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, d)
-        x = x + self.dense(d)(y)
-        h = nn.LayerNorm()(x)
-        return x + self.dense(d)(nn.gelu(self.dense(4 * d)(h)))
+        if self.fused_attention:
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, t, d)
+        else:
+            att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // self.n_heads)
+            causal = jnp.tril(jnp.ones((t, t), bool))
+            att = jax.nn.softmax(jnp.where(causal, att, -1e9), axis=-1)
+            y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, d)
+        x = x + dense(d)(y)
+        h = nn.LayerNorm(dtype=self.dtype)(x)
+        return x + dense(d)(nn.gelu(dense(4 * d)(h)))
 
 
 class CharLM(nn.Module):
     """Byte-level decoder-only transformer; the embedding and output head stay float."""
 
     preset: Preset
-    dense: type = nn.Dense
+    dense: Callable = nn.Dense
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         p = self.preset
-        x = nn.Embed(256, p.d_model)(tokens)
-        x = x + self.param("pos", nn.initializers.normal(0.02), (p.seq_len, p.d_model))
+        dt = None if p.dtype is None else jnp.dtype(p.dtype)
+        x = nn.Embed(256, p.d_model, dtype=dt)(tokens)
+        pos = self.param("pos", nn.initializers.normal(0.02), (p.seq_len, p.d_model))
+        x = x + pos.astype(x.dtype)
         for _ in range(p.n_layers):
-            x = Block(p.n_heads, self.dense)(x)
-        return nn.Dense(256, name="head")(nn.LayerNorm()(x))
+            x = Block(p.n_heads, self.dense, dt, p.fused_attention)(x)
+        return nn.Dense(256, dtype=dt, name="head")(nn.LayerNorm(dtype=dt)(x))
 
 
 def loss_fn(model: CharLM, params, batch: jax.Array) -> jax.Array:
-    logits = model.apply(params, batch[:, :-1])
+    logits = model.apply(params, batch[:, :-1]).astype(jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
 
 
@@ -135,9 +170,8 @@ def loss_fn(model: CharLM, params, batch: jax.Array) -> jax.Array:
 def train(kind: str, preset: Preset, train_data, eval_data, params0, seed: int):
     """Trains one kind from params0; returns (losses, eval loss, seconds per step, params)."""
     model = CharLM(preset, DENSE[kind])
-    tx = optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, preset.lr, min(20, preset.steps // 2), preset.steps)
-    )
+    warmup = min(preset.warmup, preset.steps // 2)
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, preset.lr, warmup, preset.steps))
 
     @jax.jit
     def step(params, opt, batch):
@@ -147,17 +181,31 @@ def train(kind: str, preset: Preset, train_data, eval_data, params0, seed: int):
 
     params, opt = params0, tx.init(params0)
     data = batches(train_data, preset.batch, preset.seq_len, seed)
+    first = jnp.asarray(next(data))
+    step = step.lower(params, opt, first).compile()
+    peak_mib = _peak_mib(step)
     losses, times = [], []
     bar = tqdm(range(preset.steps), desc=f"{kind:>31}", ncols=110, mininterval=0.5)
-    for _ in bar:
+    for i in bar:
         t0 = time.perf_counter()
-        params, opt, loss = step(params, opt, jnp.asarray(next(data)))
+        batch = first if i == 0 else jnp.asarray(next(data))
+        params, opt, loss = step(params, opt, batch)
         loss = float(loss)  # waits for the step: the timing covers the computation
         times.append(time.perf_counter() - t0)
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     ev = evaluate(model, params, eval_data, preset)
-    return losses, ev, float(np.median(times[1:])), params
+    return losses, ev, float(np.median(times[1:])), peak_mib, params
+
+
+def _peak_mib(compiled) -> float | None:
+    """The step's peak memory (arguments + outputs + temporaries) from XLA's analysis."""
+    try:
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        return (total - m.alias_size_in_bytes) / 2**20
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
 
 
 def evaluate(model: CharLM, params, eval_data, preset: Preset) -> float:
@@ -170,6 +218,7 @@ def evaluate(model: CharLM, params, eval_data, preset: Preset) -> float:
 
 
 def write_outputs(out: pathlib.Path, curves: dict[str, list[float]]) -> tuple[str, str]:
+    """CSV of every loss, and a PNG: the smoothed losses, and each kind minus plain."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -182,13 +231,34 @@ def write_outputs(out: pathlib.Path, curves: dict[str, list[float]]) -> tuple[st
         w.writerow(["step", *curves])
         for i, row in enumerate(zip(*curves.values(), strict=True)):
             w.writerow([i + 1, *(f"{v:.5f}" for v in row)])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for kind, losses in curves.items():
-        smooth = np.convolve(losses, np.ones(5) / 5, mode="valid")
-        ax.plot(np.arange(len(smooth)) + 5, smooth, label=kind, lw=1.2)
-    ax.set(xlabel="step", ylabel="train loss (nats/byte, 5-step mean)", yscale="log")
-    ax.set_title("char-level LM on the Python stdlib source: fp8mm layers vs nn.Dense")
-    ax.legend()
+    steps = len(next(iter(curves.values())))
+    win = max(1, min(25, steps // 20))
+
+    def smooth(v):
+        return np.convolve(v, np.ones(win) / win, mode="valid")
+
+    x = np.arange(steps - win + 1) + win
+    base = smooth(curves["plain"]) if "plain" in curves else None
+    fig, axes = plt.subplots(1, 2 if base is not None else 1, figsize=(12, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    styles = ["-", "--", "-.", ":"]
+    for i, (kind, losses) in enumerate(curves.items()):
+        ax.plot(x, smooth(losses), styles[i % 4], color=f"C{i}", label=kind, lw=1.3)
+    ax.set(xlabel="step", ylabel=f"train loss (nats/byte, {win}-step mean)")
+    ax.set_title("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if base is not None:
+        ax = axes[0, 1]
+        for i, (kind, losses) in enumerate(curves.items()):
+            if kind != "plain":
+                ax.plot(x, smooth(losses) - base, styles[i % 4], color=f"C{i}", label=kind, lw=1.3)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set(xlabel="step", ylabel="loss - plain nn.Dense loss (nats/byte)")
+        ax.set_title("difference from plain nn.Dense")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("byte-level LM on the Python stdlib source: fp8mm layer kinds vs nn.Dense")
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
@@ -218,7 +288,12 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
-    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset of kinds")
+    ap.add_argument(
+        "--kinds",
+        default=None,
+        help=f"comma-separated subset of {','.join(KINDS)} (default: all but the *_native "
+        "kinds, which the gpu-large preset adds)",
+    )
     ap.add_argument("--out", default="examples/out", help="folder for the CSV and PNG")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-checkpoint", action="store_true", help="skip the orbax round trip")
@@ -226,7 +301,13 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     preset = PRESETS[args.preset]
     if args.steps:
         preset = dataclasses.replace(preset, steps=args.steps)
-    kinds = [k for k in args.kinds.split(",") if k]
+    if args.kinds is None:
+        kinds = list(KINDS if args.preset == "gpu-large" else DEFAULT_KINDS)
+    else:
+        kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        ap.error(f"unknown kinds {unknown}; choose from {', '.join(KINDS)}")
 
     text = load_corpus(preset.corpus_bytes)
     split = int(0.9 * text.size)
@@ -234,7 +315,8 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     print(
         f"backend {jax.default_backend()}; corpus: {text.size:,} bytes of Python stdlib source; "
         f"model d={preset.d_model} layers={preset.n_layers} heads={preset.n_heads} "
-        f"seq={preset.seq_len} batch={preset.batch} steps={preset.steps}"
+        f"seq={preset.seq_len} batch={preset.batch} steps={preset.steps} "
+        f"dtype={preset.dtype or 'float32'}"
     )
     sample = jnp.zeros((1, preset.seq_len), jnp.int32)
     # One initialisation for every kind: quantized layers take nn.Dense's parameters.
@@ -242,19 +324,36 @@ def main(argv=None) -> dict[str, dict[str, float]]:
 
     results, curves, trained = {}, {}, {}
     for kind in kinds:
-        losses, ev, step_s, params = train(kind, preset, train_data, eval_data, params0, args.seed)
+        losses, ev, step_s, peak, params = train(
+            kind, preset, train_data, eval_data, params0, args.seed
+        )
         final = float(np.mean(losses[-10:]))
-        results[kind] = {"final_loss": final, "eval_loss": ev, "step_ms": 1e3 * step_s}
+        results[kind] = {
+            "final_loss": final,
+            "eval_loss": ev,
+            "step_ms": 1e3 * step_s,
+            "tokens_per_s": preset.batch * preset.seq_len / step_s,
+            "peak_mib": peak,
+        }
         curves[kind], trained[kind] = losses, params
 
     base = results.get("plain")
-    print(f"\n| kind | final loss | eval loss | step ms |{' vs plain |' if base else ''}")
-    print(f"|---|---|---|---|{'---|' if base else ''}")
+    extra = " loss vs plain | step vs plain | memory vs plain |" if base else ""
+    print(f"\n| kind | final loss | eval loss | step ms | tokens/s | peak MiB |{extra}")
+    print(f"|---|---|---|---|---|---|{'---|---|---|' if base else ''}")
     for kind, r in results.items():
-        row = f"| {kind} | {r['final_loss']:.4f} | {r['eval_loss']:.4f} | {r['step_ms']:.1f} |"
+        mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        row = (
+            f"| {kind} | {r['final_loss']:.4f} | {r['eval_loss']:.4f} | {r['step_ms']:.1f} | "
+            f"{r['tokens_per_s']:,.0f} | {mem} |"
+        )
         if base:
             r["ratio"] = r["final_loss"] / base["final_loss"]
-            row += f" {r['ratio']:.3f} |"
+            r["step_ratio"] = r["step_ms"] / base["step_ms"]
+            if r["peak_mib"] and base["peak_mib"]:
+                r["mem_ratio"] = r["peak_mib"] / base["peak_mib"]
+            mem_ratio = f"{r['mem_ratio']:.3f}" if "mem_ratio" in r else "n/a"
+            row += f" {r['ratio']:.3f} | {r['step_ratio']:.3f} | {mem_ratio} |"
         print(row)
     csv_path, png_path = write_outputs(pathlib.Path(args.out), curves)
     print(f"\nloss curves: {csv_path}, {png_path}")
