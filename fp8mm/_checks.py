@@ -231,3 +231,103 @@ def as_code(code, name: str = "code") -> jax.Array | np.ndarray:
         code = code.astype(np.float32)
     check_code(code, name)
     return code
+
+
+def check_out(value, name: str = "out", *, before: str | None = None, returned: str = "") -> None:
+    """bitsandbytes' output buffer `name`, kept at its position for parity: only None.
+
+    A non-array value is most likely the next bitsandbytes argument shifted by one
+    (fp8mm's older order had no `out`), so the message names the argument to pass
+    by keyword (`before`).
+    """
+    if value is None:
+        return
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        got = f"an array of shape {tuple(value.shape)}"
+        hint = ""
+    else:
+        text = repr(value)
+        got = type(value).__name__ + (f" {text}" if len(text) <= 40 else "")
+        hint = f"; {name} comes before {before} (bitsandbytes' order): pass {before}= by keyword"
+        hint = hint if before else ""
+    raise ValueError(
+        f"{name} must be None, got {got}: JAX arrays are immutable; use the returned "
+        f"{returned or 'array'}{hint}"
+    )
+
+
+def check_nested(nested) -> None:
+    """bitsandbytes' `nested=` (double quantization of absmax): only False."""
+    if check_bool("nested", nested):
+        raise NotImplementedError(
+            "nested=True (bitsandbytes' nested quantization of absmax) is not implemented in "
+            "fp8mm; pass nested=False"
+        )
+
+
+def quant_state(q, state, absmax, code, blocksize=None, *, blockwise: bool, alias=None):
+    """The validated `QuantState` to dequantize q with.
+
+    Either the state passed (as `state` or its other name `alias`: bitsandbytes'
+    `quant_state` and fp8mm's `state`), or, as bitsandbytes does without one,
+    a state built from absmax, code (None: the dynamic map) and, for blockwise
+    codes, blocksize, for a float32 result of q's shape. The state must agree
+    with q and with itself (a hand-built one included).
+    """
+    from fp8mm.state import QuantState  # fp8mm.state imports this module
+
+    if alias is not None:
+        if state is not None:
+            raise TypeError(
+                "got both quant_state and state (bitsandbytes' and fp8mm's name of the same "
+                "parameter); pass one"
+            )
+        state = alias
+    name = "state.absmax"
+    if state is None:
+        if absmax is None:
+            raise TypeError(
+                "no state given: pass the QuantState that quantized q, or bitsandbytes' "
+                "absmax= (with code= and, for blockwise codes, blocksize=)"
+            )
+        check_dtype("q", q, jnp.uint8)
+        check_dtype("absmax", absmax, jnp.float32)
+        blocksize = check_blocksize(blocksize) if blockwise else None
+        state = QuantState(absmax, as_code(code), blocksize, jnp.float32, tuple(q.shape))
+        name = "absmax"
+    elif absmax is not None or code is not None:
+        raise ValueError(
+            "pass either a state or absmax/code (bitsandbytes' form without a state), not "
+            "both: the state carries its absmax and code"
+        )
+    if not isinstance(state, QuantState):
+        raise TypeError(f"state must be a QuantState, got {type(state).__name__}")
+    if blockwise and name != "absmax" and blocksize not in (4096, state.blocksize):
+        raise ValueError(
+            f"blocksize={blocksize!r} disagrees with the state's blocksize {state.blocksize!r}; "
+            "leave blocksize out when passing a state"
+        )
+    check_dtype("q", q, jnp.uint8)
+    if tuple(q.shape) != state.shape:
+        raise ValueError(f"q has shape {tuple(q.shape)} but state.shape is {state.shape}")
+    if blockwise and state.blocksize is None:
+        raise ValueError("state comes from global quantize(); use dequantize()")
+    if not blockwise and state.blocksize is not None:
+        raise ValueError(
+            f"state comes from quantize_blockwise(blocksize={state.blocksize}); "
+            "use dequantize_blockwise()"
+        )
+    check_code(state.code, "state.code")
+    check_dtype(name, state.absmax, jnp.float32)
+    if blockwise:
+        bs = check_blocksize(state.blocksize, "state.blocksize")
+        want = (-(-int(np.prod(state.shape)) // bs),)
+        what = f"one per block of {bs} of the {int(np.prod(state.shape))} elements"
+    else:
+        want, what = (), "a scalar for global quantization"
+    if tuple(state.absmax.shape) != want:
+        raise ValueError(
+            f"{name} must have shape {want} ({what}), got {tuple(state.absmax.shape)}; "
+            "pass the state that quantize_blockwise/quantize returned with q"
+        )
+    return state

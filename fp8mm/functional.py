@@ -92,49 +92,34 @@ _QUANTIZE_COLUMNWISE_T = _spec("quantize_columnwise_and_transpose", _SWITCHBACK_
 _INT8_SCALED_MATMUL = _spec("int8_scaled_matmul", _INT8_MATMUL)
 
 
-def _check_state(q, state: QuantState, *, blockwise: bool) -> None:
-    """q and a QuantState that agree with each other (a hand-built state included)."""
-    if not isinstance(state, QuantState):
-        raise TypeError(f"state must be a QuantState, got {type(state).__name__}")
-    _checks.check_dtype("q", q, jnp.uint8)
-    if tuple(q.shape) != state.shape:
-        raise ValueError(f"q has shape {tuple(q.shape)} but state.shape is {state.shape}")
-    if blockwise and state.blocksize is None:
-        raise ValueError("state comes from global quantize(); use dequantize()")
-    if not blockwise and state.blocksize is not None:
-        raise ValueError(
-            f"state comes from quantize_blockwise(blocksize={state.blocksize}); "
-            "use dequantize_blockwise()"
-        )
-    _checks.check_code(state.code, "state.code")
-    _checks.check_dtype("state.absmax", state.absmax, jnp.float32)
-    if blockwise:
-        blocksize = _checks.check_blocksize(state.blocksize, "state.blocksize")
-        want = (-(-int(np.prod(state.shape)) // blocksize),)
-        what = f"one per block of {blocksize} of the {int(np.prod(state.shape))} elements"
-    else:
-        want, what = (), "a scalar for global quantization"
-    if tuple(state.absmax.shape) != want:
-        raise ValueError(
-            f"state.absmax must have shape {want} ({what}), got {tuple(state.absmax.shape)}; "
-            "pass the state that quantize_blockwise/quantize returned with q"
-        )
-
-
 def quantize_blockwise(
-    A: jax.Array, code=None, blocksize: int = 4096, *, implementation: Impl = None
+    A: jax.Array,
+    code=None,
+    absmax: None = None,
+    out: None = None,
+    blocksize: int = 4096,
+    nested: bool = False,
+    *,
+    implementation: Impl = None,
 ) -> tuple[jax.Array, QuantState]:
     """Blockwise codebook quantization, bit-exact with bitsandbytes.
 
     A is flattened row-major into blocks of `blocksize` (the last may be
     partial); each block is scaled by the float32 reciprocal of its absmax and
-    every element mapped to the nearest entry of `code`.
+    every element mapped to the nearest entry of `code`. The parameters are
+    bitsandbytes' in its order.
 
     Args:
       A: float32/float16/bfloat16 array of any shape.
       code: float32 codebook of shape [256], sorted (e.g. `create_fp8_map()`);
         None for the dynamic map (`create_dynamic_map()`), as in bitsandbytes.
+      absmax: bitsandbytes' output buffer for the scales; must be None (they
+        are returned in the state).
+      out: bitsandbytes' output buffer for the codes; must be None (JAX arrays
+        are immutable: use the returned array).
       blocksize: static power of two in [32, 4096].
+      nested: must be False (bitsandbytes' nested quantization of absmax is not
+        implemented).
       implementation: None, "xla", "pallas", a kernel name or a sequence
         (see `fp8mm.dispatch`).
 
@@ -142,6 +127,9 @@ def quantize_blockwise(
       (q, state): uint8 codes of A's shape and a `QuantState` with float32
       absmax of shape [ceil(A.size / blocksize)].
     """
+    _checks.check_out(absmax, "absmax", before="blocksize", returned="state's absmax")
+    _checks.check_out(out, before="blocksize")
+    _checks.check_nested(nested)
     _checks.check_float("A", A)
     code = _checks.as_code(code)
     blocksize = _checks.check_blocksize(blocksize)
@@ -149,21 +137,47 @@ def quantize_blockwise(
 
 
 def dequantize_blockwise(
-    q: jax.Array, state: QuantState, *, implementation: Impl = None
+    q: jax.Array,
+    quant_state: QuantState | None = None,
+    absmax: jax.Array | None = None,
+    code=None,
+    out: None = None,
+    blocksize: int = 4096,
+    nested: bool = False,
+    *,
+    state: QuantState | None = None,
+    implementation: Impl = None,
 ) -> jax.Array:
     """code[q] * absmax[block], returned in the quantized tensor's dtype and shape.
 
+    The parameters are bitsandbytes' in its order (`state=` is fp8mm's name for
+    `quant_state`).
+
     Args:
       q: uint8 codes of shape state.shape.
-      state: the `QuantState` from `quantize_blockwise`; a hand-built one must agree
-        with itself (absmax float32 [ceil(size / blocksize)], code float32 [256]).
+      quant_state: the `QuantState` from `quantize_blockwise`; a hand-built one
+        must agree with itself (absmax float32 [ceil(size / blocksize)], code
+        float32 [256]). Also accepted as `state=` (not both).
+      absmax: without a state, float32 [ceil(q.size / blocksize)] scales
+        (bitsandbytes' form): the state is built from absmax, code and blocksize,
+        and the result is float32, as in bitsandbytes.
+      code: with absmax, the float32 [256] codebook; None for the dynamic map.
+      out: bitsandbytes' output buffer; must be None (JAX arrays are immutable:
+        use the returned array).
+      blocksize: with absmax, the static block size (a power of two in [32, 4096]).
+      nested: must be False (nested quantization is not implemented).
+      state: fp8mm's name for quant_state.
       implementation: None, "xla" or "pallas".
 
     Returns:
       Array of shape state.shape and dtype state.dtype.
     """
-    _check_state(q, state, blockwise=True)
-    return _DEQUANTIZE_BLOCKWISE(q, state, implementation=implementation)
+    _checks.check_out(out, before="blocksize")
+    _checks.check_nested(nested)
+    quant_state = _checks.quant_state(
+        q, quant_state, absmax, code, blocksize, blockwise=True, alias=state
+    )
+    return _DEQUANTIZE_BLOCKWISE(q, quant_state, implementation=implementation)
 
 
 def fake_quant_blockwise(
@@ -180,35 +194,52 @@ def fake_quant_blockwise(
 
 
 def quantize(
-    A: jax.Array, code=None, *, implementation: Impl = None
+    A: jax.Array, code=None, out: None = None, *, implementation: Impl = None
 ) -> tuple[jax.Array, QuantState]:
     """Global (whole-tensor absmax) codebook quantization, computed in float32.
 
     Args:
       A: float array of any shape (converted to float32, as bitsandbytes' callers do).
       code: float32 codebook of shape [256], sorted; None for the dynamic map.
+      out: bitsandbytes' output buffer; must be None (JAX arrays are immutable:
+        use the returned array).
       implementation: None, "xla" or "pallas".
 
     Returns:
-      (q, state): uint8 codes of A's shape and a `QuantState` with a scalar absmax.
+      (q, state): uint8 codes of A's shape and a `QuantState` with a scalar absmax
+      (bitsandbytes returns the tuple (absmax, code)).
     """
+    _checks.check_out(out)
     _checks.check_float("A", A)
     code = _checks.as_code(code)
     return _QUANTIZE(A, code, implementation=implementation)
 
 
-def dequantize(q: jax.Array, state: QuantState, *, implementation: Impl = None) -> jax.Array:
+def dequantize(
+    q: jax.Array,
+    state: QuantState | None = None,
+    absmax: jax.Array | None = None,
+    code=None,
+    out: None = None,
+    *,
+    implementation: Impl = None,
+) -> jax.Array:
     """float32 code[q] * absmax for a globally quantized tensor.
 
     Args:
       q: uint8 codes of shape state.shape.
       state: the `QuantState` from `quantize` (absmax a float32 scalar, code float32 [256]).
+      absmax: without a state, the float32 scalar absmax (bitsandbytes' form).
+      code: with absmax, the float32 [256] codebook; None for the dynamic map.
+      out: bitsandbytes' output buffer; must be None (JAX arrays are immutable:
+        use the returned array).
       implementation: None, "xla" or "pallas".
 
     Returns:
       float32 array of shape state.shape.
     """
-    _check_state(q, state, blockwise=False)
+    _checks.check_out(out)
+    state = _checks.quant_state(q, state, absmax, code, blockwise=False)
     return _DEQUANTIZE(q, state, implementation=implementation)
 
 

@@ -86,6 +86,7 @@ def quantize_fp8(
     blocksize: int | None = None,
     *,
     dtype=None,
+    absmax: jax.Array | None = None,
     implementation: Impl = None,
 ) -> Fp8Tensor:
     """bitsandbytes' codebook quantization of A, handed out as float8 bytes and scales.
@@ -101,6 +102,9 @@ def quantize_fp8(
       dtype: the float8 dtype of the data; None: the code's own. The e5m2 code
         can be held as float8_e4m3fn (scale absmax / 224; exact above 3.1e-5 of
         absmax, the nearest e4m3 value below), for a GEMM with e4m3 operands.
+      absmax: global quantization only: the float32 [] absmax to quantize with
+        instead of A's own; a shard of a tensor passes the whole tensor's (a
+        `lax.pmax` of the shards' `jnp.max(jnp.abs(shard))`) to get its codes.
       implementation: for the quantization (see `fp8mm.dispatch`).
 
     Returns:
@@ -121,9 +125,15 @@ def quantize_fp8(
         _checks.check_static("blocksize", blocksize, "int")
         blocksize = _checks.check_blocksize(blocksize)
     fmt = format_of(code, "code", dtype)
+    if absmax is not None:
+        if blocksize is not None:
+            raise ValueError("absmax= is for global quantization (blocksize=None)")
+        _checks.check_dtype("absmax", absmax, jnp.float32)
+        if getattr(absmax, "ndim", None) != 0:
+            raise ValueError(f"absmax must be a float32 scalar, got shape {jnp.shape(absmax)}")
     code = _host.concrete_float32(code)  # numpy: under jit jnp.asarray would trace it
     data, absmax = _QUANTIZE_FP8(
-        A, code, fmt.table, blocksize, fmt.dtype, implementation=implementation
+        A, code, fmt.table, blocksize, fmt.dtype, absmax, implementation=implementation
     )
     return Fp8Tensor(data, absmax / np.float32(fmt.scale), blocksize)
 

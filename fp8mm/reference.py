@@ -202,7 +202,7 @@ def fake_quant_blockwise(A: jax.Array, code: jax.Array, blocksize: int) -> jax.A
 
 
 @jax.jit
-def quantize(A: jax.Array, code: jax.Array) -> tuple[jax.Array, QuantState]:
+def quantize(A: jax.Array, code: jax.Array, absmax=None) -> tuple[jax.Array, QuantState]:
     """Global codebook quantization (bitsandbytes `quantize`), in float32.
 
     bitsandbytes' kernel reads float32 only; its callers pass `A.float()`, so
@@ -211,13 +211,16 @@ def quantize(A: jax.Array, code: jax.Array) -> tuple[jax.Array, QuantState]:
     Args:
       A: float array of any shape.
       code: float32 [256] codebook.
+      absmax: float32 [] to divide by instead of A's own absmax (a shard of a
+        tensor quantized with the whole tensor's absmax, `lax.pmax` of the
+        shards'); None: absmax_nan(A).
 
     Returns:
       (q, state): uint8 codes with A's shape; state.absmax is a float32 scalar
       and state.dtype float32.
     """
     a = A.astype(jnp.float32)
-    absmax = absmax_nan(a)
+    absmax = absmax_nan(a) if absmax is None else absmax
     # Global quantization divides (torch `A / absmax`); blockwise multiplies.
     q = nearest_code(_div(a, absmax), code)
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
@@ -230,9 +233,9 @@ def dequantize(q: jax.Array, state: QuantState) -> jax.Array:
 
 
 @jax.jit
-def fake_quant_global(A: jax.Array, code: jax.Array) -> jax.Array:
-    """`dequantize(*quantize(A, code))` cast back to A's dtype."""
-    q, state = quantize(A, code)
+def fake_quant_global(A: jax.Array, code: jax.Array, absmax=None) -> jax.Array:
+    """`dequantize(*quantize(A, code, absmax))` cast back to A's dtype."""
+    q, state = quantize(A, code, absmax)
     return dequantize(q, state).astype(A.dtype)
 
 

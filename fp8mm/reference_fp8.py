@@ -30,12 +30,12 @@ def to_fp8(q: jax.Array, table: jax.Array, dtype) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("blocksize", "dtype"))
-def quantize_fp8(A, code, table, blocksize, dtype) -> tuple[jax.Array, jax.Array]:
+def quantize_fp8(A, code, table, blocksize, dtype, absmax=None) -> tuple[jax.Array, jax.Array]:
     """bitsandbytes' codes of A (`reference.quantize_blockwise`, or `quantize` for
-    blocksize None) as float8 values `table[q]`, with the absmax: (dtype [A.shape],
-    float32 [num_blocks] or [])."""
+    blocksize None, dividing by `absmax` when given) as float8 values `table[q]`, with
+    the absmax: (dtype [A.shape], float32 [num_blocks] or [])."""
     if blocksize is None:
-        q, state = reference.quantize(A, code)
+        q, state = reference.quantize(A, code, absmax)
     else:
         q, state = reference.quantize_blockwise(A, code, blocksize)
     return to_fp8(q, jnp.asarray(table), dtype), state.absmax

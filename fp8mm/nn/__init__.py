@@ -27,13 +27,16 @@ from fp8mm.nn import linen, nnx
 from fp8mm.nn._core import KINDS, OPTIONS, Gemm, QuantSpec
 from fp8mm.nn._dense import make_dot_general, quantized_dense
 from fp8mm.nn._int8 import Int8Report, int8_inference_params, merge_int8_params, split_int8_params
+from fp8mm.nn._report import ModuleRecord, QuantizeReport
 from fp8mm.nn.nnx import quantize_model, to_int8_inference
 
 __all__ = [
     "KINDS",
     "OPTIONS",
     "Int8Report",
+    "ModuleRecord",
     "QuantSpec",
+    "QuantizeReport",
     "fp8_global_dot_general",
     "fp8_mixed_dot_general",
     "int8_inference_params",

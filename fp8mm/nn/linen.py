@@ -7,7 +7,9 @@
   plus the quantization options, so a checkpoint of an `nn.Dense` model loads
   into the quantized model and back.
 * `quantize_dense(kind, ...)`: a context (through `nn.intercept_methods`) in
-  which unchanged `nn.Dense` code runs quantized.
+  which unchanged `nn.Dense`, `nn.DenseGeneral` and `nn.Einsum` code runs
+  quantized (so `nn.MultiHeadDotProductAttention`'s projections too); with
+  `report=True` it yields a `QuantizeReport` of what it converted and skipped.
 * `int8_inference_params(params)`: SwitchBack int8 inference weights;
   `split_int8_params` / `merge_int8_params` to train the float parts of such a model.
 
@@ -31,6 +33,7 @@ from flax.typing import Dtype, Initializer, PrecisionLike
 from fp8mm import _checks
 from fp8mm.dispatch import Impl
 from fp8mm.nn import _core
+from fp8mm.nn import _linen_general as _lg
 from fp8mm.nn._core import Gemm, QuantSpec
 from fp8mm.nn._dense import make_dot_general, quantized_dense
 from fp8mm.nn._flax_compat import (
@@ -46,11 +49,14 @@ from fp8mm.nn._int8 import (
     record_switchback,
     split_int8_params,
 )
+from fp8mm.nn._report import ModuleRecord, QuantizeReport
 
 __all__ = [
     "Fp8GlobalDense",
     "Fp8MixedDense",
     "Int8Report",
+    "ModuleRecord",
+    "QuantizeReport",
     "SwitchBackDense",
     "SwitchBackGlobalDense",
     "SwitchBackGlobalMemEfficientDense",
@@ -275,41 +281,69 @@ LAYERS: dict[str, type[_QuantDense]] = _core.check_layer_options(
 )
 
 
-# Dense calls seen by any quantize_dense interceptor, and the specs that have seen one:
+# Dense-type calls seen by any quantize_dense interceptor, and the specs that have seen one:
 # how a context that traced nothing is told from one whose function was traced before.
 _seen_calls = 0
 _specs_that_traced: set[QuantSpec] = set()
+
+# Linear modules fp8mm has no product for: reported skipped, run as flax runs them.
+_NOT_CONVERTED = {
+    nn.Conv: "a convolution (fp8mm quantizes matmuls only)",
+    nn.ConvLocal: "a convolution (fp8mm quantizes matmuls only)",
+    nn.ConvTranspose: "a convolution (fp8mm quantizes matmuls only)",
+}
 
 
 @contextlib.contextmanager
 def quantize_dense(
     kind: str,
     *,
-    filter: Callable[[nn.Dense], bool] | None = None,
+    filter: Callable[[nn.Module], bool] | None = None,
+    report: bool = False,
     **options: Any,
-) -> Iterator[QuantSpec]:
-    """Within this context, `nn.Dense.__call__` runs quantized (unchanged model code).
+) -> Iterator[Any]:
+    """Within this context, `nn.Dense`, `nn.DenseGeneral` and `nn.Einsum` run quantized.
 
-    Parameters keep nn.Dense's names, shapes and initializers, so `init` and
-    `apply` work as before and checkpoints are interchangeable. A Dense's own
-    `dot_general` is replaced too.
+    Unchanged model code runs fp8mm's product in place of flax's, attention
+    included: `nn.MultiHeadDotProductAttention`'s q/k/v and output projections
+    are DenseGeneral. Parameters keep flax's names, shapes and initializers, so
+    `init` and `apply` work as before and checkpoints are interchangeable. A
+    module's own `dot_general` is replaced too.
+
+    * `nn.DenseGeneral` (any `axis`, tuple `features`) runs as the Dense product
+      of the reshaped problem: x's contracted axes last, x [rows, K] @ kernel
+      [K, N] (+ bias [N]), reshaped back; exactly the numbers of an fp8mm Dense
+      layer on that problem. `batch_dims` (a weight per batch element) has no
+      such form: it raises NotImplementedError (leave it out with `filter`).
+    * `nn.Einsum` is converted when its equation is a dense product of x with the
+      kernel (every index contracted between the two or kept in the output, none
+      in x, the kernel and the output); any other einsum (a batch index, a trace,
+      an ellipsis in the kernel) runs as flax runs it and is reported skipped.
+    * Convolutions are not converted (reported skipped). The activation products
+      inside attention (q @ k, weights @ v) have no weight and stay 16-bit, as
+      in bitsandbytes.
 
     The context acts while the model's Python code runs, that is when a jitted
     function is traced, not when its compiled version is called. A function
     traced before the context was entered (e.g. `f = jax.jit(model.apply)`
-    called once outside it) keeps running plain nn.Dense inside it, because
+    called once outside it) keeps running plain flax inside it, because
     `jax.jit` reuses its cached trace. Enter the context inside the function
     being jitted, or trace it for the first time inside the context. When the
-    context exits without any nn.Dense having been traced inside it, and no
-    context with the same options ever traced one, it warns (`UserWarning`):
+    context exits without any of these modules having been traced inside it, and
+    no context with the same options ever traced one, it warns (`UserWarning`):
     that is the stale-trace case. Contexts that only call a function traced
     under an equal context before (a training loop) stay silent.
 
     Args:
       kind: one of `fp8mm.nn.KINDS`: "fp8_mixed", "fp8_global", "switchback",
         "switchback_global", "switchback_vectorwise", "switchback_global_mem_efficient".
-      filter: optional predicate on the (bound) nn.Dense; False leaves it as is
-        (e.g. `lambda m: m.name != "lm_head"`).
+      filter: optional predicate on the (bound) nn.Dense, nn.DenseGeneral or
+        nn.Einsum; False leaves it as is (e.g. `lambda m: m.name != "lm_head"`).
+      report: False (default): the context yields the `QuantSpec` in use. True: it
+        yields a `fp8mm.nn.QuantizeReport` (its `.spec` is that QuantSpec) that
+        records, while code is traced inside the context, each module converted
+        and each skipped (by `filter`, an einsum that is no dense product, a
+        convolution) with its path and why, and the fp8mm layers met.
       **options: the kind's `QuantSpec` fields (`fp8mm.nn.OPTIONS[kind]`):
         fw_code, bw_code, bsz, bsz2, gemm, implementation for the fp8 kinds
         (gemm="native" multiplies on FP8 tensor cores; it needs the default
@@ -318,38 +352,70 @@ def quantize_dense(
         paper's kinds.
 
     Yields:
-      the `QuantSpec` in use.
+      the `QuantSpec` in use, or with `report=True` the `QuantizeReport`.
 
     Raises:
       ValueError: unknown kind or a bad option value.
       TypeError: an option that `kind` does not have.
+      NotImplementedError: (while tracing) an nn.DenseGeneral with batch_dims.
     """
     _core.check_kind(kind)
     _core.check_options("quantize_dense", kind, options)
     _core.check_callable("filter", filter)
+    _checks.check_bool("report", report)
     spec = QuantSpec(kind, **options)
+    rep = QuantizeReport(spec)
 
     def interceptor(next_fun, args, kwargs, context):
         global _seen_calls
         m = context.module
-        if isinstance(m, nn.Dense) and context.method_name == "__call__":
-            _seen_calls += 1
-            if filter is None or filter(m):
-                return _dense_call(m, *args, spec=spec, **kwargs)
-        return next_fun(*args, **kwargs)
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        where = "/".join(m.path)
+        if isinstance(m, _QuantDense):  # (m.spec() here would be intercepted in turn)
+            rep.add("already_quantized", where, type(m).__name__, m._KIND)
+            return next_fun(*args, **kwargs)
+        for cls, why in _NOT_CONVERTED.items():
+            if isinstance(m, cls):
+                rep.add("skipped", where, type(m).__name__, why)
+                return next_fun(*args, **kwargs)
+        if not isinstance(m, (nn.Dense, nn.DenseGeneral, nn.Einsum)):
+            return next_fun(*args, **kwargs)
+        _seen_calls += 1
+        if filter is not None and not filter(m):
+            rep.add("skipped", where, type(m).__name__, "filter returned False")
+            return next_fun(*args, **kwargs)
+        if isinstance(m, nn.Einsum):
+            inputs = args[0] if args else kwargs.get("inputs")
+            eq = args[1] if len(args) > 1 else kwargs.get("einsum_str")
+            plan = _lg.einsum_plan(m, inputs, eq)
+            if isinstance(plan, str):
+                rep.add("skipped", where, type(m).__name__, f"not a dense product: {plan}")
+                return next_fun(*args, **kwargs)
+            y, cols = _lg.einsum_call(m, inputs, plan, eq, spec)
+        elif isinstance(m, nn.DenseGeneral):
+            y, cols = _lg.dense_general_call(m, *args, spec=spec, **kwargs)
+        else:
+            y = _dense_call(m, *args, spec=spec, **kwargs)
+            cols = None  # sown by _dense_call
+        if cols is not None:
+            m.sow("intermediates", "outlier_cols", cols)
+            m.sow("intermediates", "outlier_count", jnp.sum(cols, dtype=jnp.int32))
+        rep.add("converted", where, type(m).__name__)
+        return y
 
     before = _seen_calls
     with nn.intercept_methods(interceptor):
-        yield spec
+        yield rep if report else spec
     # Not reached when the block raised: a warning would only hide that error.
     if _seen_calls != before:
         _specs_that_traced.add(spec)
     elif spec not in _specs_that_traced:
         warnings.warn(
-            f"quantize_dense({kind!r}) exited without tracing any nn.Dense: code run in it "
-            "was jitted and traced before the context was entered (jax.jit reuses that "
-            "plain trace), or uses no nn.Dense. Enter the context inside the jitted "
-            "function, or trace the function inside the context.",
+            f"quantize_dense({kind!r}) exited without tracing any nn.Dense, nn.DenseGeneral "
+            "or nn.Einsum: code run in it was jitted and traced before the context was "
+            "entered (jax.jit reuses that plain trace), or uses none of them. Enter the "
+            "context inside the jitted function, or trace the function inside the context.",
             UserWarning,
             stacklevel=3,
         )

@@ -31,22 +31,31 @@ from typing import Any
 import flax.linen
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from flax.typing import Dtype, Initializer, PrecisionLike
 
-from fp8mm import _checks, _host
+from fp8mm import _checks
 from fp8mm.dispatch import Impl
 from fp8mm.nn import _core
 from fp8mm.nn import _flax_compat as compat
+from fp8mm.nn import _nnx_general as _gen
 from fp8mm.nn._core import Gemm, QuantSpec
 from fp8mm.nn._dense import quantized_dense
 from fp8mm.nn._int8 import Int8Report, tree_bytes
+from fp8mm.nn._nnx_general import QuantizedEinsum, QuantizedLinearGeneral
+from fp8mm.nn._nnx_static import StaticCode
+from fp8mm.nn._nnx_static import code_value as _code_value
+from fp8mm.nn._nnx_static import static_option as _static
+from fp8mm.nn._report import ModuleRecord, QuantizeReport
 
 __all__ = [
     "Fp8GlobalLinear",
     "Fp8MixedLinear",
     "Int8Weight",
+    "ModuleRecord",
+    "QuantizeReport",
+    "QuantizedEinsum",
+    "QuantizedLinearGeneral",
     "StaticCode",
     "SwitchBackGlobalLinear",
     "SwitchBackGlobalMemEfficientLinear",
@@ -59,62 +68,6 @@ __all__ = [
 
 class Int8Weight(nnx.Variable):
     """An int8 inference weight or its scales: not an `nnx.Param`, so never trained."""
-
-
-class StaticCode:
-    """A float32 [256] codebook held as static (compile-time) data of an nnx layer.
-
-    nnx treats arrays as state; a codebook is configuration, as it is in linen,
-    so the layer keeps this hashable read-only host copy instead (in its graph
-    definition, compared by value when `nnx.jit` looks up a compiled program).
-    `np.asarray(code)` gives the array.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, code: Any, *, name: str = "code"):
-        value = _host.concrete_float32(_core.check_code_option(name, code))
-        if value is None:
-            raise TypeError(
-                f"{name} must be a concrete array (an nnx layer keeps its code as a "
-                "compile-time constant), got a traced value: build the layer outside jit"
-            )
-        value = value.copy()
-        value.setflags(write=False)
-        self._value = value
-
-    @property
-    def value(self) -> np.ndarray:
-        return self._value
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._value.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._value.dtype
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return np.array(self._value, dtype=dtype)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, StaticCode) and self._value.tobytes() == other._value.tobytes()
-
-    def __hash__(self) -> int:
-        return hash(self._value.tobytes())
-
-    def __repr__(self) -> str:
-        return f"StaticCode(float32[256], min={self._value.min():.4g}, max={self._value.max():.4g})"
-
-
-def _static(name: str, value: Any) -> Any:
-    """An option as the layer keeps it: an array (a code) as a `StaticCode`."""
-    return StaticCode(value, name=name) if isinstance(value, (np.ndarray, jax.Array)) else value
-
-
-def _code_value(code: Any) -> Any:
-    return code.value if isinstance(code, StaticCode) else code
 
 
 class _QuantLinear(nnx.Module):
@@ -451,46 +404,63 @@ def quantize_model(
     kind: str,
     *,
     filter: Callable[[tuple, nnx.Module], bool] | None = None,
+    report: bool = False,
     **options: Any,
-) -> nnx.Module:
-    """Swaps each `nnx.Linear` of `model` for the `kind` layer, in place, keeping weights.
+) -> nnx.Module | tuple[nnx.Module, QuantizeReport]:
+    """Swaps each nnx.Linear, LinearGeneral and Einsum of `model` for a quantized one, in place.
 
-    The new layers share the old parameter Variables, so optimizer state built
-    on them stays valid. A Linear reachable from several places is replaced by
-    one quantized layer everywhere. Layers that are already fp8mm layers of this
-    kind with these options are left as they are; fp8mm layers of another kind or
-    with other options raise (leave them out with `filter`).
+    `nnx.Linear` becomes the `kind` layer (`LAYERS[kind].from_linear`),
+    `nnx.LinearGeneral` a `QuantizedLinearGeneral` and `nnx.Einsum` a
+    `QuantizedEinsum`, so attention (`nnx.MultiHeadAttention`: q/k/v and output
+    projections are LinearGeneral) is quantized too. A LinearGeneral / Einsum
+    runs as the Dense product of the reshaped problem (contracted axes last,
+    x [rows, K] @ kernel [K, N]), exactly the numbers of the `kind` Linear layer
+    on it. The new layers share the old parameter Variables, so optimizer state
+    built on them stays valid. A module reachable from several places is
+    replaced by one quantized layer everywhere. Layers that are already fp8mm
+    layers of this kind with these options are left as they are; fp8mm layers of
+    another kind or with other options raise (leave them out with `filter`).
+
+    Not converted, and reported skipped: an Einsum that is not a dense product of
+    x with its kernel (a batch index in x, the kernel and the output; a trace; an
+    ellipsis in the kernel), convolutions, and what `filter` leaves out. A
+    LinearGeneral with `batch_axis` (a weight per batch element) raises
+    NotImplementedError instead: leave it out with `filter`.
 
     Args:
       model: an nnx Module (modified in place).
       kind: one of `fp8mm.nn.KINDS` ("fp8_mixed", "fp8_global", "switchback",
         "switchback_global", "switchback_vectorwise", "switchback_global_mem_efficient").
-      filter: optional predicate on (path, layer), called for every nnx.Linear and
-        fp8mm layer; False leaves that layer as it is.
+      filter: optional predicate on (path, layer), called for every nnx.Linear,
+        LinearGeneral, Einsum and fp8mm layer; False leaves that layer as it is.
+      report: also return a `fp8mm.nn.QuantizeReport`: each module converted,
+        already quantized, or skipped (and why), by path.
       **options: the kind's quantization options (`fp8mm.nn.OPTIONS[kind]`, e.g.
         threshold=6.0; fw_code= accepts a float32 [256] numpy or jax array;
         gemm="native" multiplies the fp8 kinds on FP8 tensor cores and needs the
         default e4m3/e5m2 codes: see `Fp8MixedLinear`).
 
     Returns:
-      `model` itself.
+      `model` itself, or `(model, QuantizeReport)` with `report=True`.
 
     Raises:
       TypeError: `model` is not an nnx Module (e.g. a linen one), or an option
         that `kind` does not have.
       ValueError: unknown kind, bad option value, or layers already quantized
         differently.
+      NotImplementedError: a LinearGeneral with batch_axis (nothing is swapped then).
     """
     _check_nnx_model(
         "quantize_model",
         model,
-        "run its nn.Dense layers quantized inside `fp8mm.nn.linen.quantize_dense(kind)` "
-        "(around init/apply), or build it with the fp8mm.nn.linen layers "
-        "(Fp8MixedDense, Fp8GlobalDense, SwitchBackDense)",
+        "run it quantized inside `fp8mm.nn.linen.quantize_dense(kind)` (around "
+        "init/apply; it converts nn.Dense, nn.DenseGeneral and nn.Einsum), or build it "
+        "with the fp8mm.nn.linen layers (Fp8MixedDense, Fp8GlobalDense, SwitchBackDense)",
     )
     _core.check_kind(kind)
     _core.check_options("quantize_model", kind, options)
     _core.check_callable("filter", filter)
+    _checks.check_bool("report", report)
     spec = QuantSpec(kind, **options)  # every value checked before the model is touched
     cls = LAYERS[kind]
     if isinstance(model, (nnx.Linear, _QuantLinear)):
@@ -498,29 +468,75 @@ def quantize_model(
             "quantize_model swaps submodules; build the layer with "
             f"{cls.__name__}.from_linear(linear) instead"
         )
-    found, other = [], []
-    for path, m in nnx.iter_modules(model):
-        if not (type(m) is nnx.Linear or isinstance(m, _QuantLinear)):
-            continue
-        if filter is not None and not filter(path, m):
-            continue
-        if type(m) is nnx.Linear:
-            found.append((path, m))
-        elif m.spec() != spec:
-            other.append(f"{'/'.join(map(str, path))} ({type(m).__name__}, {m.spec().kind})")
+    if _gen.convertible(model) or isinstance(model, _QUANTIZED_GENERAL):
+        raise ValueError(
+            "quantize_model swaps submodules; build the layer with "
+            "QuantizedLinearGeneral(module, kind) / QuantizedEinsum(module, kind) instead"
+        )
+    rep = QuantizeReport(spec)
+    found, other = _survey(model, spec, filter, rep)
     if other:
         raise ValueError(
             f"quantize_model(model, {kind!r}): the model already holds fp8mm layers quantized "
-            f"differently: {', '.join(other)}. It converts nnx.Linear layers only: quantize "
-            "the float model instead, leave those layers out with filter=, or convert one "
-            f"explicitly with {cls.__name__}.from_linear(layer)"
+            f"differently: {', '.join(other)}. It converts nnx.Linear, LinearGeneral and "
+            "Einsum layers only: quantize the float model instead, leave those layers out "
+            f"with filter=, or convert one explicitly with {cls.__name__}.from_linear(layer)"
         )
     swapped: dict[int, nnx.Module] = {}
     for path, m in found:
         if id(m) not in swapped:
-            swapped[id(m)] = cls.from_linear(m, **options)
+            if type(m) is nnx.Linear:
+                swapped[id(m)] = cls.from_linear(m, **options)
+            elif type(m) is nnx.LinearGeneral:
+                swapped[id(m)] = QuantizedLinearGeneral(m, kind, **options)
+            else:
+                swapped[id(m)] = QuantizedEinsum(m, kind, **options)
         _replace(model, path, swapped[id(m)])
-    return model
+        rep.add("converted", _path_str(path), type(m).__name__)
+    return (model, rep) if report else model
+
+
+_QUANTIZED_GENERAL = (QuantizedLinearGeneral, QuantizedEinsum)
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(map(str, path))
+
+
+def _survey(model: nnx.Module, spec: QuantSpec, filter, rep: QuantizeReport):
+    """(modules to swap [(path, module)], descriptions of fp8mm layers quantized otherwise).
+
+    Records the skipped and already quantized modules in `rep`; raises
+    NotImplementedError for a LinearGeneral with batch_axis before anything is swapped.
+    """
+    found, other = [], []
+    for path, m in nnx.iter_modules(model):
+        where, name = _path_str(path), type(m).__name__
+        why = next((r for t, r in _gen.NOT_CONVERTED.items() if isinstance(m, t)), None)
+        if why is not None:
+            rep.add("skipped", where, name, why)
+            continue
+        quantized = isinstance(m, (_QuantLinear, *_QUANTIZED_GENERAL))
+        if not (quantized or type(m) is nnx.Linear or _gen.convertible(m)):
+            continue
+        if filter is not None and not filter(path, m):
+            rep.add("skipped", where, name, "filter returned False")
+            continue
+        if quantized:
+            if m.spec() != spec:
+                other.append(f"{where} ({name}, {m.spec().kind})")
+            else:
+                rep.add("already_quantized", where, name, spec.kind)
+            continue
+        if type(m) is nnx.LinearGeneral:
+            _gen.refuse_batch_axis(m, where, spec.kind)
+        elif type(m) is nnx.Einsum:
+            plan = _gen.einsum_structure(m.einsum_str, len(m.kernel_shape))
+            if isinstance(plan, str):
+                rep.add("skipped", where, name, f"not a dense product: {plan}")
+                continue
+        found.append((path, m))
+    return found, other
 
 
 def to_int8_inference(model: nnx.Module) -> Int8Report:

@@ -266,6 +266,9 @@ _ARGS_DOC = """
         None for the dynamic map (`create_dynamic_map()`), as bitsandbytes'
         quantize functions do with code=None.
       bw_code: float32 [256] backward code (e5m2 in the layers); None as above.
+      out: bitsandbytes' output buffer, accepted at its position so that
+        bitsandbytes' positional calls run; must be None (JAX arrays are
+        immutable: use the returned array).
       bsz: static forward block size, -1 for `get_block_sizes`.
       bsz2: static backward block size, -1 for `get_block_sizes`.
       gemm: "emulated" (bitsandbytes' simulation: codes dequantized to A's
@@ -281,6 +284,7 @@ _ARGS_DOC = """
       [..., n] in A's dtype.
 
     Raises:
+      ValueError: out is not None.
       NotImplementedError: gemm="native" with a code that is no float8 grid.
     """
 
@@ -291,14 +295,16 @@ def _public_op(recipe: Recipe, name: str, summary: str):
     def op(
         A: jax.Array,
         B: jax.Array,
-        fw_code: jax.Array,
-        bw_code: jax.Array,
+        fw_code: jax.Array | None = None,
+        bw_code: jax.Array | None = None,
+        out: None = None,
         bsz: int = -1,
         bsz2: int = -1,
         *,
         gemm: str = "emulated",
         implementation: Impl = None,
     ) -> jax.Array:
+        _checks.check_out(out, before="bsz")
         fw_code, bw_code, bsz, bsz2 = _check_fp8_args(
             A, B, fw_code, bw_code, bsz, bsz2, implementation
         )

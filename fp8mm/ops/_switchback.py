@@ -255,6 +255,7 @@ def _switchback_args(
 def switchback_bnb(
     A: jax.Array,
     B: jax.Array | None,
+    out: None = None,
     state: MatmulLtState | None = None,
     threshold: float = 0.0,
     bias: jax.Array | None = None,
@@ -278,6 +279,9 @@ def switchback_bnb(
         `int8_linear_matmul`).
       B: float [n, k] (Linear layout); may be None when `state` holds an int8
         inference weight (has_fp16_weights=False).
+      out: bitsandbytes' output buffer, accepted at its position so that
+        bitsandbytes' positional calls run; must be None (JAX arrays are
+        immutable: use the returned array).
       state: optional `MatmulLtState`; with has_fp16_weights=False its CB/SCB
         are used as they are (see `prepare_int8_weight`).
       threshold: static outlier threshold (a real number >= 0); when > 0 it
@@ -295,8 +299,12 @@ def switchback_bnb(
         every shard decomposes the same columns as one device would. None outside.
 
     Returns:
-      [..., n] in A's dtype, or (out, outlier_cols) with return_outliers.
+      [..., n] in A's dtype, or (y, outlier_cols) with return_outliers.
+
+    Raises:
+      ValueError: out is not None.
     """
+    _checks.check_out(out, before="state")
     B, CB, SCB, cfg, return_outliers = _switchback_args(
         A, B, state, threshold, bias, outlier_capacity, return_outliers, implementation, axis_names
     )

@@ -356,8 +356,9 @@ def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg, to_
 
 
 @functools.partial(jax.jit, static_argnames=("fake", "lookup", "interpret", "cfg", "to_bytes"))
-def _global_call(A, code, table, fake, lookup, interpret, cfg, to_bytes=False):
-    absmax = reference.absmax_nan(A.astype(jnp.float32))
+def _global_call(A, code, table, fake, lookup, interpret, cfg, to_bytes=False, absmax=None):
+    if absmax is None:
+        absmax = reference.absmax_nan(A.astype(jnp.float32))
     n = A.size
     kernel = functools.partial(
         _global_kernel,
@@ -493,7 +494,12 @@ def fake_quant_blockwise(
 
 
 def quantize(
-    A: jax.Array, code: jax.Array, *, config: TileConfig | None = None, interpret: bool = False
+    A: jax.Array,
+    code: jax.Array,
+    absmax: jax.Array | None = None,
+    *,
+    config: TileConfig | None = None,
+    interpret: bool = False,
 ) -> tuple[jax.Array, QuantState]:
     """Global codebook quantization (x / absmax in float32), bit-exact with `reference.quantize`.
 
@@ -502,6 +508,7 @@ def quantize(
     Args:
       A: float32/float16/bfloat16 array of any shape.
       code: float32 [256] sorted codebook.
+      absmax: float32 [] to divide by instead of A's own (`reference.quantize`).
       config: the tiling; None for `choose_tiles(None)`.
       interpret: run the kernel in Pallas interpret mode.
 
@@ -509,11 +516,13 @@ def quantize(
       (q, state): uint8 codes of A's shape; state.absmax a float32 scalar, state.dtype float32.
     """
     if A.size == 0:
-        q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((), jnp.float32)
+        q = jnp.zeros(A.shape, jnp.uint8)
+        absmax = jnp.zeros((), jnp.float32) if absmax is None else absmax
     else:
         table, lookup = _table.table_for(code)
         cfg = config or choose_tiles(None)
-        q, absmax = _global_call(A, code, table, False, lookup, bool(interpret), cfg)
+        args = (A, code, table, False, lookup, bool(interpret), cfg, False, absmax)
+        q, absmax = _global_call(*args)
     return q, QuantState(absmax, code, None, jnp.float32, A.shape)
 
 
@@ -532,14 +541,19 @@ def dequantize(
 
 
 def fake_quant_global(
-    A: jax.Array, code: jax.Array, *, config: TileConfig | None = None, interpret: bool = False
+    A: jax.Array,
+    code: jax.Array,
+    absmax: jax.Array | None = None,
+    *,
+    config: TileConfig | None = None,
+    interpret: bool = False,
 ) -> jax.Array:
-    """`dequantize(*quantize(A, code))` cast to A's dtype, the kernel part in one pass."""
+    """`dequantize(*quantize(A, code, absmax))` cast to A's dtype, the kernel part in one pass."""
     if A.size == 0:
         return jnp.zeros(A.shape, A.dtype)
     table, lookup = _table.table_for(code)
     cfg = config or choose_tiles(None)
-    return _global_call(A, code, table, True, lookup, bool(interpret), cfg)[0]
+    return _global_call(A, code, table, True, lookup, bool(interpret), cfg, False, absmax)[0]
 
 
 def quantize_fp8(
@@ -548,6 +562,7 @@ def quantize_fp8(
     table: jax.Array,
     blocksize: int | None,
     dtype,
+    absmax: jax.Array | None = None,
     *,
     config: TileConfig | None = None,
     interpret: bool = False,
@@ -564,6 +579,7 @@ def quantize_fp8(
       table: uint8 [256], index -> float8 bits (`Fp8Format.table`).
       blocksize: power of two in [32, 4096], or None for global quantization.
       dtype: the float8 dtype the bits are read as.
+      absmax: global quantization only: float32 [] to divide by instead of A's own.
       config: the tiling; None for the heuristic.
       interpret: run the kernel in Pallas interpret mode.
 
@@ -572,14 +588,16 @@ def quantize_fp8(
     """
     nblocks = () if blocksize is None else (-(-A.size // blocksize),)
     if A.size == 0:
-        return jnp.zeros(A.shape, dtype), jnp.zeros(nblocks, jnp.float32)
+        empty = jnp.zeros(nblocks, jnp.float32) if absmax is None else absmax
+        return jnp.zeros(A.shape, dtype), empty
     bucket, lookup = _table.table_for(code)
     if lookup.search:  # the byte table takes the code's place, which the search reads
         raise ValueError("quantize_fp8 needs a code without crowded buckets (a float8 grid)")
     bits = jnp.asarray(table).astype(jnp.float32)
     if blocksize is None:
         cfg = config or choose_tiles(None)
-        q, absmax = _global_call(A, bits, bucket, False, lookup, bool(interpret), cfg, True)
+        args = (A, bits, bucket, False, lookup, bool(interpret), cfg, True, absmax)
+        q, absmax = _global_call(*args)
     else:
         cfg = _blockwise_tiles(config, blocksize, fake=False)
         args = (A, bits, bucket, blocksize, False, lookup, bool(interpret), cfg, True)
@@ -599,7 +617,7 @@ def supported_dequantize_blockwise(q, state) -> str | None:
 supported_fake_quant_blockwise = supported_quantize_blockwise
 
 
-def supported_quantize(A, code) -> str | None:
+def supported_quantize(A, code, absmax=None) -> str | None:
     return _backend.too_large(A)
 
 
@@ -607,5 +625,5 @@ supported_dequantize = supported_dequantize_blockwise
 supported_fake_quant_global = supported_quantize
 
 
-def supported_quantize_fp8(A, code, table, blocksize, dtype) -> str | None:
+def supported_quantize_fp8(A, code, table, blocksize, dtype, absmax=None) -> str | None:
     return _backend.too_large(A)

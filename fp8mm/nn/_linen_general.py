@@ -1,0 +1,161 @@
+"""The bodies of nn.DenseGeneral / nn.Einsum that `quantize_dense` runs in their place.
+
+Each runs inside the intercepted module's compact scope, so it creates the
+parameters flax does (same names, shapes, initializers and rng use) and only the
+product differs: `fp8mm.nn._general.general_product`. Attention
+(`nn.MultiHeadDotProductAttention`) is built from DenseGeneral: its q/k/v
+projections are `DenseGeneral((heads, head_dim), axis=-1)` and its output
+projection `DenseGeneral(features, axis=(-2, -1))`, both of which map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
+
+from fp8mm import _checks
+from fp8mm.nn._core import QuantSpec
+from fp8mm.nn._general import (
+    Contraction,
+    dense_general_contraction,
+    einsum_contraction,
+    general_product,
+)
+
+__all__ = ["dense_general_call", "einsum_call", "einsum_plan"]
+
+
+def _where(module: nn.Module) -> str:
+    return "/".join(module.path) or type(module).__name__
+
+
+def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple(x) if isinstance(x, Sequence) else (x,)
+
+
+def _flat_init(init, n_lead: int, n_trail: int):
+    """flax's DenseGeneral init: `init` draws [prod(lead), prod(trail)], reshaped (boxed too)."""
+
+    def wrapped(rng, shape, dtype=jnp.float32):
+        flat = (int(np.prod(shape[:n_lead])), int(np.prod(shape[len(shape) - n_trail :])))
+        if n_lead == 0:  # the bias: one axis
+            flat = (flat[1],)
+        value = init(rng, flat, dtype)
+        if isinstance(value, meta.AxisMetadata):
+            return meta.replace_boxed(value, jnp.reshape(value.unbox(), shape))
+        return jnp.reshape(value, shape)
+
+    return wrapped
+
+
+def _refuse_int8(module: nn.Module) -> None:
+    if module.has_variable("params", "CB"):
+        raise ValueError(
+            f"layer {_where(module)!r} ({type(module).__name__}) holds SwitchBack int8 weights "
+            "(CB/SCB from int8_inference_params); fp8mm quantizes DenseGeneral / Einsum but "
+            "stores int8 inference weights for Dense layers only: keep its kernel float "
+            "(int8_inference_params(..., filter=...))"
+        )
+
+
+def dense_general_call(module: nn.DenseGeneral, inputs: jax.Array, spec: QuantSpec):
+    """nn.DenseGeneral.__call__ with the product run by `spec` (see the module docstring).
+
+    Args:
+      module: the bound nn.DenseGeneral.
+      inputs: float [...], contracted over `module.axis`.
+      spec: quantization options.
+
+    Returns:
+      (y [free axes of inputs..., *features], outlier mask bool [contracted axes] or None).
+
+    Raises:
+      NotImplementedError: `module.batch_dims` is not empty.
+    """
+    _checks.check_array("inputs", inputs)
+    features, axis = _tuple(module.features), _tuple(module.axis)
+    if _tuple(module.batch_dims):
+        raise NotImplementedError(
+            f"quantize_dense({spec.kind!r}): {_where(module)!r} (nn.DenseGeneral) has "
+            f"batch_dims={tuple(module.batch_dims)}, a weight per batch element: that "
+            "batched product has no 2-D form, so fp8mm cannot quantize it (and does not "
+            "run it in 16 bits behind your back). Leave it out with "
+            "quantize_dense(..., filter=lambda m: m.name != ...)"
+        )
+    _refuse_int8(module)
+    plan = dense_general_contraction(inputs.ndim, axis, len(features))
+    if isinstance(plan, str):
+        raise ValueError(f"{_where(module)!r} (nn.DenseGeneral): {plan}")
+    contracted = sorted(a % inputs.ndim for a in axis)
+    kernel_shape = tuple(inputs.shape[a] for a in contracted) + features
+    kernel = module.param(
+        "kernel",
+        _flat_init(module.kernel_init, len(contracted), len(features)),
+        kernel_shape,
+        module.param_dtype,
+    )
+    bias = None
+    if module.use_bias:
+        bias = module.param(
+            "bias", _flat_init(module.bias_init, 0, len(features)), features, module.param_dtype
+        )
+    inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+    return general_product(spec, plan, inputs, kernel, bias)
+
+
+def einsum_plan(module: nn.Einsum, inputs: Any, einsum_str: str | None) -> Contraction | str:
+    """The contraction of the intercepted nn.Einsum call, or why it is not a dense product."""
+    eq = nn.merge_param("einsum_str", module.einsum_str, einsum_str)
+    return einsum_contraction(eq, jnp.ndim(inputs), len(module.shape))
+
+
+def _bias_shape(eq: str, module: nn.Einsum, x_ndim: int) -> tuple[list[int], list[int]]:
+    """flax's Einsum bias shape and its broadcast shape (kernel axes kept in the output)."""
+    eq = eq.replace(" ", "")
+    ins, out = eq.split("->")
+    lhs, rhs = ins.split(",")
+    if "..." in lhs:
+        out = out.replace("...", "." * (x_ndim - (len(lhs) - 3)))
+    broadcast = [1] * len(out)
+    shape = []
+    for i, c in enumerate(out):
+        if c != "." and c in rhs:
+            broadcast[i] = module.shape[rhs.index(c)]
+            shape.append(module.shape[rhs.index(c)])
+    return shape, broadcast
+
+
+def einsum_call(
+    module: nn.Einsum, inputs: jax.Array, plan: Contraction, einsum_str: str | None, spec
+):
+    """nn.Einsum.__call__ with the product run by `spec`; `plan` from `einsum_plan`.
+
+    Args:
+      module: the bound nn.Einsum.
+      inputs: float [...].
+      plan: the einsum's `Contraction`.
+      einsum_str: the call's einsum_str argument (None: the module's).
+      spec: quantization options.
+
+    Returns:
+      (y [the einsum's output axes], outlier mask bool [contracted axes] or None).
+    """
+    _checks.check_array("inputs", inputs)
+    _refuse_int8(module)
+    eq = nn.merge_param("einsum_str", module.einsum_str, einsum_str)
+    kernel = module.param("kernel", module.kernel_init, module.shape, module.param_dtype)
+    bias = None
+    if module.use_bias:
+        shape, _ = _bias_shape(eq, module, inputs.ndim)
+        bias = module.param("bias", module.bias_init, shape, module.param_dtype)
+    inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+    y, cols = general_product(spec, plan, inputs, kernel, bias)
+    if module.preferred_element_type is not None:
+        y = y.astype(module.preferred_element_type)
+    return y, cols

@@ -1,0 +1,73 @@
+"""How nnx layers keep their quantization options: static attributes, codes as `StaticCode`.
+
+Shared by `fp8mm.nn.nnx` (the Linear layers) and `fp8mm.nn._nnx_general` (the
+LinearGeneral / Einsum layers); `fp8mm.nn.nnx.StaticCode` is the public name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from fp8mm import _host
+from fp8mm.nn import _core
+
+__all__ = ["StaticCode", "code_value", "static_option"]
+
+
+class StaticCode:
+    """A float32 [256] codebook held as static (compile-time) data of an nnx layer.
+
+    nnx treats arrays as state; a codebook is configuration, as it is in linen,
+    so the layer keeps this hashable read-only host copy instead (in its graph
+    definition, compared by value when `nnx.jit` looks up a compiled program).
+    `np.asarray(code)` gives the array.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, code: Any, *, name: str = "code"):
+        value = _host.concrete_float32(_core.check_code_option(name, code))
+        if value is None:
+            raise TypeError(
+                f"{name} must be a concrete array (an nnx layer keeps its code as a "
+                "compile-time constant), got a traced value: build the layer outside jit"
+            )
+        value = value.copy()
+        value.setflags(write=False)
+        self._value = value
+
+    @property
+    def value(self) -> np.ndarray:
+        return self._value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._value.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._value.dtype
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.array(self._value, dtype=dtype)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StaticCode) and self._value.tobytes() == other._value.tobytes()
+
+    def __hash__(self) -> int:
+        return hash(self._value.tobytes())
+
+    def __repr__(self) -> str:
+        return f"StaticCode(float32[256], min={self._value.min():.4g}, max={self._value.max():.4g})"
+
+
+def static_option(name: str, value: Any) -> Any:
+    """An option as the layer keeps it: an array (a code) as a `StaticCode`."""
+    return StaticCode(value, name=name) if isinstance(value, (np.ndarray, jax.Array)) else value
+
+
+def code_value(code: Any) -> Any:
+    return code.value if isinstance(code, StaticCode) else code
