@@ -33,11 +33,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from fp8mm import functional_fp8 as F8
 from fp8mm.codebooks import e4m3_code, e5m2_code
 from fp8mm.dispatch import Impl
 from fp8mm.ops._common import as_2d, matmul
+from fp8mm.reference import absmax_nan
+from fp8mm.state import Fp8Tensor
 
 _CODES = {"e4m3": e4m3_code, "e5m2": e5m2_code}
 # The one float8 format of every operand (see the module docstring).
@@ -56,6 +59,10 @@ class NativeConfig:
       bsz: A's block size (mixed); bsz2: g's block size (mixed).
       implementation: for the quantization and the GEMMs (see `fp8mm.dispatch`).
       b_dtype: B's dtype, gradB's (the residuals hold B only as float8).
+      axis_names: mesh axes (inside `shard_map`) the operands are split over: every
+        global absmax (A's and g's in the global recipe, B's in both) is the
+        `lax.pmax` of the shards', so each shard quantizes as the whole tensor
+        would. () off a mesh.
     """
 
     blockwise: bool
@@ -65,6 +72,26 @@ class NativeConfig:
     bsz2: int
     implementation: Impl
     b_dtype: Any
+    axis_names: tuple[str, ...] = ()
+
+    def absmax(self, x: jax.Array) -> jax.Array | None:
+        """The whole tensor's absmax on a mesh (None off one: the primitive's own)."""
+        if not self.axis_names:
+            return None
+        return lax.pmax(absmax_nan(x.astype(jnp.float32)), self.axis_names)
+
+    def quantize(self, x: jax.Array, code, blocksize: int) -> Fp8Tensor:
+        """x as e4m3 bytes: blockwise (mixed recipe) or global, absmax across the mesh."""
+        if self.blockwise:
+            return F8.quantize_fp8(
+                x, code, blocksize, dtype=E4M3, implementation=self.implementation
+            )
+        return self.quantize_global(x, code)
+
+    def quantize_global(self, x: jax.Array, code) -> Fp8Tensor:
+        return F8.quantize_fp8(
+            x, code, None, dtype=E4M3, absmax=self.absmax(x), implementation=self.implementation
+        )
 
 
 def native_reason(A_shape, B_shape, cfg: NativeConfig) -> str | None:
@@ -101,13 +128,10 @@ def native_fp8(A: jax.Array, B: jax.Array, cfg: NativeConfig) -> jax.Array:
 
 
 def _fwd(A, B, cfg: NativeConfig):
-    impl = cfg.implementation
     A2 = as_2d(A)
     fw = _CODES[cfg.fw]()
-    qa = F8.quantize_fp8(
-        A2, fw, cfg.bsz if cfg.blockwise else None, dtype=E4M3, implementation=impl
-    )
-    qb = F8.quantize_fp8(B, fw, None, dtype=E4M3, implementation=impl)
+    qa = cfg.quantize(A2, fw, cfg.bsz)
+    qb = cfg.quantize_global(B, fw)
     out = _gemm(qa.data, qb.data.T, F8.fp8_row_scales(qa), qb.scale, A.dtype, cfg)
     out = out.reshape(*A.shape[:-1], B.shape[1])
     # The mixed recipe's gradB reads A in 16 bits; the global one reads Q(A) = Q(Aᵀ)ᵀ.
@@ -120,11 +144,7 @@ def _bwd(cfg: NativeConfig, res, g):
     accumulates most) or Q(A)ᵀ · Q_bw(g) on FP8 (global: everything quantized)."""
     a_res, qb = res
     g2 = as_2d(g)
-    impl = cfg.implementation
-    bw = _CODES[cfg.bw]()
-    qg = F8.quantize_fp8(
-        g2, bw, cfg.bsz2 if cfg.blockwise else None, dtype=E4M3, implementation=impl
-    )
+    qg = cfg.quantize(g2, _CODES[cfg.bw](), cfg.bsz2)
     gradA = _gemm(qg.data, qb.data, F8.fp8_row_scales(qg), qb.scale, g.dtype, cfg)
     if cfg.blockwise:
         gradB = matmul(as_2d(a_res).astype(g.dtype), g2, (0, 0), g.dtype)
