@@ -58,7 +58,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
         copy = Row("kernels", "copy", "jnp", "-", shape, dt, is_baseline=True)
         r.jax_case(copy, lambda x: x * 1, (x,), 2 * xb, "GB/s", device=True)
         # Inputs of the dequantize primitives, made once with the reference.
-        qb, stb = fp8mm.quantize_blockwise(x, code, BLOCK, implementation="xla")
+        qb, stb = fp8mm.quantize_blockwise(x, code, blocksize=BLOCK, implementation="xla")
         qg, stg = fp8mm.quantize(x, code, implementation="xla")
 
         def row(group: str, impl: str) -> Row:
@@ -70,7 +70,7 @@ def run_quant(r: Runner, plan: Plan) -> None:
                 r.jax_case(
                     row(f"quantize_blockwise({bs})", impl),
                     lambda x, i=impl, bs=bs: _codes_and_absmax(
-                        fp8mm.quantize_blockwise(x, code, bs, implementation=i)
+                        fp8mm.quantize_blockwise(x, code, blocksize=bs, implementation=i)
                     ),
                     (x,),
                     xb + size,

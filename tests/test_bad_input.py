@@ -31,7 +31,7 @@ W = jnp.ones((64, 8), jnp.float32)  # fp8 weight [k, n]
 WL = jnp.ones((8, 64), jnp.float32)  # SwitchBack weight, Linear layout [n, k]
 A8, B8 = jnp.ones((4, 64), jnp.int8), jnp.ones((8, 64), jnp.int8)
 ACC, ROW, COL = jnp.ones((4, 8), jnp.int32), jnp.ones((4,)), jnp.ones((8,))
-Q, QST = fp8mm.quantize_blockwise(A, CODE, 64, implementation="xla")
+Q, QST = fp8mm.quantize_blockwise(A, CODE, blocksize=64, implementation="xla")
 QG, QGST = fp8mm.quantize(A, CODE, implementation="xla")
 
 
@@ -104,7 +104,7 @@ def test_matmul_lt_state_still_works_as_a_pytree():
     assert MatmulLtState(has_fp16_weights=np.True_).has_fp16_weights is True
 
     def f(a, s):
-        return fp8mm.switchback_bnb(a, None, s, implementation="xla")
+        return fp8mm.switchback_bnb(a, None, state=s, implementation="xla")
 
     assert jax.vmap(f, in_axes=(0, None))(x, state).shape == (3, 2, 8)  # sentinel leaves
     stacked = jax.tree.map(lambda *v: jnp.stack(v), state, state)  # for lax.scan / vmap
@@ -200,10 +200,12 @@ def test_out_dtype(implementation, out_dtype, exc, match):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda impl: jax.jit(lambda a, s: fp8mm.matmul_fp8_mixed(a, W, CODE, CODE, s)),
-        lambda impl: jax.jit(lambda a, s: fp8mm.matmul_fp8_global(a, W, CODE, CODE, 64, s)),
+        lambda impl: jax.jit(lambda a, s: fp8mm.matmul_fp8_mixed(a, W, CODE, CODE, bsz=s)),
         lambda impl: jax.jit(
-            lambda a, s: fp8mm.quantize_blockwise(a, CODE, s, implementation=impl)
+            lambda a, s: fp8mm.matmul_fp8_global(a, W, CODE, CODE, bsz=64, bsz2=s)
+        ),
+        lambda impl: jax.jit(
+            lambda a, s: fp8mm.quantize_blockwise(a, CODE, blocksize=s, implementation=impl)
         ),
         lambda impl: jax.jit(
             lambda a, s: fp8mm.fake_quant_blockwise(a, CODE, s, implementation=impl)
@@ -234,8 +236,8 @@ def test_traced_threshold_asks_for_static(implementation, fn):
 
 def test_code_none_is_the_dynamic_map(implementation):
     x = rand((3, 64), jnp.float32, 1)
-    q, st = fp8mm.quantize_blockwise(x, None, 64, implementation=implementation)
-    q2, _ = fp8mm.quantize_blockwise(x, DYN, 64, implementation=implementation)
+    q, st = fp8mm.quantize_blockwise(x, None, blocksize=64, implementation=implementation)
+    q2, _ = fp8mm.quantize_blockwise(x, DYN, blocksize=64, implementation=implementation)
     np.testing.assert_array_equal(np.asarray(q), np.asarray(q2))
     np.testing.assert_array_equal(np.asarray(st.code), DYN)
     b = rand((64, 8), jnp.float32, 2)
@@ -265,7 +267,7 @@ def test_code_none_is_the_dynamic_map(implementation):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda c, impl: fp8mm.quantize_blockwise(A, c, 64, implementation=impl),
+        lambda c, impl: fp8mm.quantize_blockwise(A, c, blocksize=64, implementation=impl),
         lambda c, impl: fp8mm.fake_quant_blockwise(A, c, 64, implementation=impl),
         lambda c, impl: fp8mm.quantize(A, c, implementation=impl),
         lambda c, impl: fp8mm.fake_quant_global(A, c, implementation=impl),
@@ -474,7 +476,7 @@ def _primitive_cases():
     c = []
     codebook_ops = {
         "quantize_blockwise": lambda x, impl: fp8mm.quantize_blockwise(
-            x, CODE, 64, implementation=impl
+            x, CODE, blocksize=64, implementation=impl
         ),
         "fake_quant_blockwise": lambda x, impl: fp8mm.fake_quant_blockwise(
             x, CODE, 64, implementation=impl
@@ -557,7 +559,7 @@ def _primitive_cases():
         c.append(
             _case(
                 f"blocksize={bs}",
-                lambda i, bs=bs: fp8mm.quantize_blockwise(A, CODE, bs, implementation=i),
+                lambda i, bs=bs: fp8mm.quantize_blockwise(A, CODE, blocksize=bs, implementation=i),
                 exc,
                 f"blocksize must be a power of two in \\[32, 4096\\].*got {bs}",
             )
@@ -565,7 +567,7 @@ def _primitive_cases():
         c.append(
             _case(
                 f"bsz={bs}",
-                lambda i, bs=bs: fp8mm.matmul_fp8_mixed(A, W, CODE, CODE, bs, implementation=i),
+                lambda i, bs=bs: fp8mm.matmul_fp8_mixed(A, W, CODE, CODE, bsz=bs, implementation=i),
                 exc,
                 f"bsz must be a power of two.*-1 \\(automatic.*got {bs}",
             )
@@ -574,7 +576,7 @@ def _primitive_cases():
             _case(
                 f"bsz2={bs}",
                 lambda i, bs=bs: fp8mm.matmul_fp8_global(
-                    A, W, CODE, CODE, 64, bs, implementation=i
+                    A, W, CODE, CODE, bsz=64, bsz2=bs, implementation=i
                 ),
                 exc,
                 f"bsz2 must be a power.*got {bs}",
@@ -592,7 +594,7 @@ def _primitive_cases():
         c.append(
             _case(
                 f"bsz={bs!r}",
-                lambda i, bs=bs: fp8mm.matmul_fp8_mixed(A, W, CODE, CODE, bs, implementation=i),
+                lambda i, bs=bs: fp8mm.matmul_fp8_mixed(A, W, CODE, CODE, bsz=bs, implementation=i),
                 TypeError,
                 f"bsz must be an int.*got {bs!r}",
             )
@@ -600,7 +602,7 @@ def _primitive_cases():
     c.append(
         _case(
             "bsz=-1.0",
-            lambda i: fp8mm.matmul_fp8_mixed(A, W, CODE, CODE, -1.0, implementation=i),
+            lambda i: fp8mm.matmul_fp8_mixed(A, W, CODE, CODE, bsz=-1.0, implementation=i),
             TypeError,
             "bsz must be an int.*-1.0",
         )
@@ -610,7 +612,9 @@ def _primitive_cases():
         c.append(
             _case(
                 f"code-{cid}",
-                lambda i, code=code: fp8mm.quantize_blockwise(A, code, 64, implementation=i),
+                lambda i, code=code: fp8mm.quantize_blockwise(
+                    A, code, blocksize=64, implementation=i
+                ),
                 exc,
                 match,
             )
@@ -678,7 +682,7 @@ def _primitive_cases():
         _case(
             "switchback-state-other-k",
             lambda i: fp8mm.switchback_bnb(
-                A, None, fp8mm.prepare_int8_weight(WL[:, :32]), implementation=i
+                A, None, state=fp8mm.prepare_int8_weight(WL[:, :32]), implementation=i
             ),
             ValueError,
             r"state.CB \(8, 32\).*do not fit A \(4, 64\)",
@@ -686,7 +690,7 @@ def _primitive_cases():
         _case(
             "switchback-state-other-B",
             lambda i: fp8mm.switchback_bnb(
-                A, WL[:4], fp8mm.prepare_int8_weight(WL), implementation=i
+                A, WL[:4], state=fp8mm.prepare_int8_weight(WL), implementation=i
             ),
             ValueError,
             r"B has shape \(4, 64\) but state.CB is \(8, 64\)",
@@ -807,7 +811,7 @@ def _primitive_cases():
         ),
         _case(
             "implementation-cuda",
-            lambda i: fp8mm.quantize_blockwise(A, CODE, 64, implementation="cuda"),
+            lambda i: fp8mm.quantize_blockwise(A, CODE, blocksize=64, implementation="cuda"),
             ValueError,
             "implementation must be None, 'xla' or 'pallas'.*got 'cuda'",
         ),
@@ -879,10 +883,14 @@ def test_accepted(implementation):
     x = np.asarray(rand((3, 32), jnp.float32, 9))
     code64 = np.asarray(DYN, np.float64)
     kw = dict(implementation=implementation)
-    want = fp8mm.quantize_blockwise(jnp.asarray(x), DYN, 32, **kw)
-    assert_trees_equal(fp8mm.quantize_blockwise(x, code64, 32, **kw), want)
-    assert_trees_equal(fp8mm.quantize_blockwise(x, [float(v) for v in DYN], 32, **kw), want)
-    q, st = fp8mm.quantize_blockwise(jnp.float32(3.0), DYN, 32, **kw)  # 0-d: one partial block
+    want = fp8mm.quantize_blockwise(jnp.asarray(x), DYN, blocksize=32, **kw)
+    assert_trees_equal(fp8mm.quantize_blockwise(x, code64, blocksize=32, **kw), want)
+    assert_trees_equal(
+        fp8mm.quantize_blockwise(x, [float(v) for v in DYN], blocksize=32, **kw), want
+    )
+    q, st = fp8mm.quantize_blockwise(
+        jnp.float32(3.0), DYN, blocksize=32, **kw
+    )  # 0-d: one partial block
     assert q.shape == () and st.absmax.shape == (1,)
     assert float(fp8mm.dequantize_blockwise(np.asarray(q), st, **kw)) == 3.0
     assert fp8mm.int8_vectorwise_quant(x[0], 1.0, **kw)[0].shape == (32,)  # 1-d: one row
@@ -895,5 +903,5 @@ def test_accepted(implementation):
     assert out.dtype == jnp.bfloat16
     assert fp8mm.switchback_bnb(x, x[:2], threshold=np.float32(1.0), **kw).shape == (3, 2)
     assert fp8mm.switchback_bnb(jnp.zeros((0, 32)), x[:2], **kw).shape == (0, 2)  # zero-size
-    out = fp8mm.matmul_fp8_mixed(x[None], x.T, DYN, DYN, np.int64(32), -1, **kw)
+    out = fp8mm.matmul_fp8_mixed(x[None], x.T, DYN, DYN, bsz=np.int64(32), bsz2=-1, **kw)
     assert out.shape == (1, 3, 3)

@@ -77,7 +77,7 @@ def test_quantize_fp8_codes_are_bnb_codes(implementation, dtype, blocksize, code
     if blocksize is None:
         q, st = fp8mm.quantize(x, c, implementation=implementation)
     else:
-        q, st = fp8mm.quantize_blockwise(x, c, blocksize, implementation=implementation)
+        q, st = fp8mm.quantize_blockwise(x, c, blocksize=blocksize, implementation=implementation)
     assert t.data.dtype == fmt.dtype and t.data.shape == x.shape
     np.testing.assert_array_equal(
         np.asarray(t.data).view(np.uint8), fmt.table[np.asarray(q).astype(np.int64)]
@@ -189,7 +189,7 @@ def test_fp8_scaled_matmul_errors():
 
 
 def _vjp(op, A, B, g, gemm, implementation, bsz=-1, bsz2=-1):
-    f = lambda a, b: op(a, b, FW, BW, bsz, bsz2, gemm=gemm, implementation=implementation)
+    f = lambda a, b: op(a, b, FW, BW, bsz=bsz, bsz2=bsz2, gemm=gemm, implementation=implementation)
     out, vjp = jax.vjp(f, A, B)
     return (out, *vjp(g))
 

@@ -37,7 +37,7 @@ def test_quantize_blockwise(case, implementation):
     dtype = golden.DTYPES[dt]
     A = jnp.asarray(golden.get(case, "A")).astype(dtype)
     code = _code(case)
-    q, state = fp8mm.quantize_blockwise(A, code, bs, implementation=implementation)
+    q, state = fp8mm.quantize_blockwise(A, code, blocksize=bs, implementation=implementation)
     assert q.dtype == jnp.uint8 and q.shape == A.shape
     np.testing.assert_array_equal(np.asarray(state.absmax), golden.get(case, "absmax"))
     flat = np.asarray(A.astype(jnp.float32)).ravel()
@@ -125,7 +125,7 @@ def test_golden_under_jit():
     bs, _ = (int(v) for v in golden.get(case, "meta"))
     A = jnp.asarray(golden.get(case, "A"))
     code = _code(case)
-    f = jax.jit(lambda a: fp8mm.quantize_blockwise(a, code, bs, implementation="xla"))
+    f = jax.jit(lambda a: fp8mm.quantize_blockwise(a, code, blocksize=bs, implementation="xla"))
     q, state = f(A)
     np.testing.assert_array_equal(np.asarray(q), golden.get(case, "q"))
     np.testing.assert_array_equal(np.asarray(state.absmax), golden.get(case, "absmax"))

@@ -443,11 +443,13 @@ def test_argument_validation():
     A = jnp.ones((4, 8), jnp.float32)
     code = jnp.asarray(E4M3)
     with pytest.raises(TypeError, match="int32"):
-        fp8mm.quantize_blockwise(jnp.ones((4, 8), jnp.int32), code, 64, implementation="pallas")
+        fp8mm.quantize_blockwise(
+            jnp.ones((4, 8), jnp.int32), code, blocksize=64, implementation="pallas"
+        )
     with pytest.raises(ValueError, match="48"):
         fp8mm.fake_quant_blockwise(A, code, 48, implementation="pallas")
     with pytest.raises(TypeError, match="blocksize"):
-        fp8mm.quantize_blockwise(A, code, 64.0, implementation="pallas")
+        fp8mm.quantize_blockwise(A, code, blocksize=64.0, implementation="pallas")
     with pytest.raises(ValueError, match="code"):
         fp8mm.quantize(A, code[:128], implementation="pallas")
     with pytest.raises(TypeError, match="code"):
@@ -456,7 +458,7 @@ def test_argument_validation():
         bad = np.array(E4M3)
         bad[-1] = bad_value
         with pytest.raises(ValueError, match=r"finite.*index 255"):
-            fp8mm.quantize_blockwise(A, bad, 64, implementation="pallas")
+            fp8mm.quantize_blockwise(A, bad, blocksize=64, implementation="pallas")
     q = jnp.zeros((4, 8), jnp.uint8)
     blockwise = QuantState(jnp.ones((1,)), code, 64, jnp.float32, (4, 8))
     with pytest.raises(ValueError, match="shape"):

@@ -64,7 +64,7 @@ def test_column_codes_heavy_tails_match_intended(implementation, threshold):
 def test_nan_blockwise_scale(implementation):
     x = np.array(heavy((4, 128), jnp.float32, seed=2))
     x[1, 7] = np.nan
-    q, st = F.quantize_blockwise(jnp.asarray(x), E4M3, 64, implementation=implementation)
+    q, st = F.quantize_blockwise(jnp.asarray(x), E4M3, blocksize=64, implementation=implementation)
     absmax = np.asarray(st.absmax)
     assert np.isnan(absmax[2]) and not np.isnan(np.delete(absmax, 2)).any()
     deq = np.asarray(F.dequantize_blockwise(q, st, implementation=implementation))
@@ -249,7 +249,9 @@ def test_fake_quant_straight_through(implementation, dtype):
 def test_code_primitives_refuse_gradients(implementation):
     x = heavy((4, 64), jnp.float32, seed=12)
     fns = [
-        lambda a: F.quantize_blockwise(a, E4M3, 64, implementation=implementation)[1].absmax,
+        lambda a: (
+            F.quantize_blockwise(a, E4M3, blocksize=64, implementation=implementation)[1].absmax
+        ),
         lambda a: F.quantize(a, E4M3, implementation=implementation)[1].absmax,
         lambda a: F.int8_vectorwise_quant(a, implementation=implementation)[1],
         lambda a: F.int8_double_quant(a, implementation=implementation)[3],
@@ -271,7 +273,9 @@ def test_blockwise_huge_absmax(implementation, blocksize):
     assert np.isfinite(fq).all()
     err = np.abs(fq - x).max() / np.abs(x).max()
     assert err < 0.07  # half an e4m3 step at the top of the grid
-    q, st = F.quantize_blockwise(jnp.asarray(x), E4M3, blocksize, implementation=implementation)
+    q, st = F.quantize_blockwise(
+        jnp.asarray(x), E4M3, blocksize=blocksize, implementation=implementation
+    )
     np.testing.assert_array_equal(
         f32(F.dequantize_blockwise(q, st, implementation=implementation)), fq
     )
@@ -296,7 +300,7 @@ def test_primitives_under_x64(implementation):
     x16 = x.astype(jnp.float16)
     calls = {
         "quantize_blockwise": lambda: F.quantize_blockwise(
-            x, E4M3, 64, implementation=implementation
+            x, E4M3, blocksize=64, implementation=implementation
         ),
         "fake_quant_blockwise": lambda: F.fake_quant_blockwise(
             x16, E4M3, 64, implementation=implementation

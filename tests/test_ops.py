@@ -55,7 +55,7 @@ def test_fp8_golden(implementation, case, jit):
     op = FP8_OPS[case.split("/")[0]]
     # The golden file was made with get_block_sizes; check that ours agrees.
     assert fp8mm.get_block_sizes(A, B) == (bsz, bsz2)
-    f = lambda a, b: op(a, b, FW, BW, bsz, bsz2, implementation=implementation)
+    f = lambda a, b: op(a, b, FW, BW, bsz=bsz, bsz2=bsz2, implementation=implementation)
     if jit:
         f = jax.jit(f)
     out, vjp = jax.vjp(f, A, B)
@@ -359,7 +359,11 @@ def test_get_block_sizes():
             ValueError,
             "256",
         ),
-        (lambda: fp8mm.matmul_fp8_mixed(rand((4, 8)), rand((8, 3)), FW, BW, 48), ValueError, "48"),
+        (
+            lambda: fp8mm.matmul_fp8_mixed(rand((4, 8)), rand((8, 3)), FW, BW, bsz=48),
+            ValueError,
+            "48",
+        ),
         (lambda: fp8mm.switchback_bnb(rand((4, 8)), rand((8, 3))), ValueError, r"\(8, 3\)"),
         (
             lambda: fp8mm.switchback_bnb(rand((4, 8)), rand((3, 8)), threshold=-2.0),

@@ -25,7 +25,7 @@ FLOATS = [jnp.float32, jnp.float16, jnp.bfloat16]
 def test_blockwise_all_zero_blocks(implementation, dtype):
     cpu_subset(implementation, dtype == jnp.bfloat16)
     A = jnp.zeros((3, 64), dtype).at[1].set(rand((64,), dtype))
-    q, st = fp8mm.quantize_blockwise(A, CODE, 64, implementation=implementation)
+    q, st = fp8mm.quantize_blockwise(A, CODE, blocksize=64, implementation=implementation)
     np.testing.assert_array_equal(np.asarray(st.absmax)[[0, 2]], 0.0)
     # bitsandbytes: 0 * (1/0) = NaN walks the search down to code 0; it dequantizes to -0.
     assert np.all(np.asarray(q)[[0, 2]] == 0)
@@ -45,7 +45,7 @@ def test_global_all_zero(implementation):
 @pytest.mark.parametrize(
     "fn",
     [
-        lambda A, impl: fp8mm.quantize_blockwise(A, CODE, 64, implementation=impl),
+        lambda A, impl: fp8mm.quantize_blockwise(A, CODE, blocksize=64, implementation=impl),
         lambda A, impl: fp8mm.quantize(A, CODE, implementation=impl),
         lambda A, impl: (
             fp8mm.fake_quant_blockwise(A, CODE, 64, implementation=impl),
@@ -60,7 +60,9 @@ def test_codebook_zero_size(implementation, fn, shape):
     for leaf in jax.tree_util.tree_leaves(out):
         # every output is empty except the 256-entry code and a global scalar absmax
         assert leaf.size == 0 or leaf.shape in ((256,), ()), leaf.shape
-    q, st = fp8mm.quantize_blockwise(jnp.zeros(shape), CODE, 64, implementation=implementation)
+    q, st = fp8mm.quantize_blockwise(
+        jnp.zeros(shape), CODE, blocksize=64, implementation=implementation
+    )
     assert q.shape == shape and st.absmax.shape == (0,)
     assert fp8mm.dequantize_blockwise(q, st, implementation=implementation).shape == shape
 
@@ -152,8 +154,10 @@ def test_dequant_bias_dtypes(implementation):
 def test_3d_inputs(implementation):
     cpu_subset(implementation)
     A = rand((2, 3, 40), jnp.bfloat16)
-    q, st = fp8mm.quantize_blockwise(A, CODE, 32, implementation=implementation)
-    q2, st2 = fp8mm.quantize_blockwise(A.reshape(-1), CODE, 32, implementation=implementation)
+    q, st = fp8mm.quantize_blockwise(A, CODE, blocksize=32, implementation=implementation)
+    q2, st2 = fp8mm.quantize_blockwise(
+        A.reshape(-1), CODE, blocksize=32, implementation=implementation
+    )
     np.testing.assert_array_equal(np.asarray(q).ravel(), np.asarray(q2))
     CA, CAt, rs, cs, cols = fp8mm.int8_double_quant(A, implementation=implementation)
     CA2, CAt2, rs2, cs2, _ = fp8mm.int8_double_quant(
@@ -185,10 +189,10 @@ def test_int8_matmul_exact_extremes(implementation):
     "call, exc, match",
     [
         (lambda: fp8mm.quantize_blockwise(jnp.ones(8, jnp.int32), CODE), TypeError, "int32"),
-        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 100), ValueError, "100"),
-        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 8192), ValueError, "8192"),
-        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 16), ValueError, "16"),
-        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, 64.0), TypeError, "64.0"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, blocksize=100), ValueError, "100"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, blocksize=8192), ValueError, "8192"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, blocksize=16), ValueError, "16"),
+        (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE, blocksize=64.0), TypeError, "64.0"),
         (lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE[:128]), ValueError, r"\(128,\)"),
         (
             lambda: fp8mm.quantize_blockwise(jnp.ones(8), CODE.astype(jnp.float16)),
@@ -253,7 +257,9 @@ def test_bad_input(call, exc, match):
 
 def test_state_mismatch_errors(implementation):
     cpu_subset(implementation)
-    q, st = fp8mm.quantize_blockwise(jnp.ones((4, 8)), CODE, 32, implementation=implementation)
+    q, st = fp8mm.quantize_blockwise(
+        jnp.ones((4, 8)), CODE, blocksize=32, implementation=implementation
+    )
     with pytest.raises(ValueError, match="shape"):
         fp8mm.dequantize_blockwise(q.reshape(8, 4), st, implementation=implementation)
     with pytest.raises(ValueError, match="dequantize"):
@@ -280,7 +286,7 @@ def test_jit_no_retrace(implementation):
     @jax.jit
     def f(A):
         traces.append(1)
-        q, st = fp8mm.quantize_blockwise(A, CODE, 64, implementation=implementation)
+        q, st = fp8mm.quantize_blockwise(A, CODE, blocksize=64, implementation=implementation)
         CA, CAt, rs, cs, cols = fp8mm.int8_double_quant(A, 2.0, implementation=implementation)
         acc = fp8mm.int8_linear_matmul(CA, CAt, implementation=implementation)
         return q, st, fp8mm.int8_mm_dequant(acc, rs, rs, implementation=implementation), cols
@@ -289,14 +295,16 @@ def test_jit_no_retrace(implementation):
         out = f(rand((16, 16), seed=seed))
     assert len(traces) == 1
     want = fp8mm.quantize_blockwise(
-        rand((16, 16), seed=2), CODE, 64, implementation=implementation
+        rand((16, 16), seed=2), CODE, blocksize=64, implementation=implementation
     )[0]
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(want))
 
 
 def test_quant_state_is_pytree(implementation):
     cpu_subset(implementation)
-    q, st = fp8mm.quantize_blockwise(rand((4, 40)), CODE, 32, implementation=implementation)
+    q, st = fp8mm.quantize_blockwise(
+        rand((4, 40)), CODE, blocksize=32, implementation=implementation
+    )
     leaves, tree = jax.tree_util.tree_flatten(st)
     assert len(leaves) == 2  # absmax and code; blocksize, dtype and shape are static
     st2 = jax.tree_util.tree_unflatten(tree, leaves)
@@ -314,10 +322,10 @@ def test_vmap(implementation):
     cpu_subset(implementation)
     A = rand((3, 5, 64), jnp.float16)
     q, st = jax.vmap(
-        lambda a: fp8mm.quantize_blockwise(a, CODE, 64, implementation=implementation)
+        lambda a: fp8mm.quantize_blockwise(a, CODE, blocksize=64, implementation=implementation)
     )(A)
     for i in range(3):
-        qi, sti = fp8mm.quantize_blockwise(A[i], CODE, 64, implementation=implementation)
+        qi, sti = fp8mm.quantize_blockwise(A[i], CODE, blocksize=64, implementation=implementation)
         np.testing.assert_array_equal(np.asarray(q[i]), np.asarray(qi))
         np.testing.assert_array_equal(np.asarray(st.absmax[i]), np.asarray(sti.absmax))
     CA, rs, cols = jax.vmap(
@@ -359,8 +367,8 @@ def test_cpu_default_device_runs_cpu_paths():
         assert not dispatch.on_gpu()
         args = (A, code, 64)
         assert dispatch.resolve("quantize_blockwise", None, *args) == "xla"
-        q, _ = fp8mm.quantize_blockwise(A, code, 64, implementation="pallas")
-        q_ref, _ = fp8mm.quantize_blockwise(A, code, 64, implementation="xla")
+        q, _ = fp8mm.quantize_blockwise(A, code, blocksize=64, implementation="pallas")
+        q_ref, _ = fp8mm.quantize_blockwise(A, code, blocksize=64, implementation="xla")
     np.testing.assert_array_equal(np.asarray(q), np.asarray(q_ref))
 
 
@@ -381,16 +389,16 @@ def test_kernel_names_and_sequences_on_cpu():
         with pytest.raises(NotImplementedError, match="pallas_mosaic_gpu: it runs only compiled"):
             fp8mm.int8_linear_matmul(a8, a8, implementation="pallas_mosaic_gpu")
         with pytest.raises(NotImplementedError, match="pallas_mosaic_gpu: it has no such kernel"):
-            fp8mm.quantize_blockwise(A, code, 64, implementation="pallas_mosaic_gpu")
+            fp8mm.quantize_blockwise(A, code, blocksize=64, implementation="pallas_mosaic_gpu")
         seq = ("pallas_mosaic_gpu", "pallas_triton")
         assert matmul.resolve(seq, a8, a8) == "pallas_triton"
         got = fp8mm.int8_linear_matmul(a8, a8, implementation=seq)
         np.testing.assert_array_equal(np.asarray(got), want)
-        q_ref, _ = fp8mm.quantize_blockwise(A, code, 64, implementation="xla")
+        q_ref, _ = fp8mm.quantize_blockwise(A, code, blocksize=64, implementation="xla")
         with fp8mm.use_implementation(("pallas_triton", "xla")):
             assert fp8mm.default_implementation() == ("pallas_triton", "xla")
             assert dispatch.resolve("quantize_blockwise", None, A, code, 64) == "pallas_triton"
-            q, _ = fp8mm.quantize_blockwise(A, code, 64)
+            q, _ = fp8mm.quantize_blockwise(A, code, blocksize=64)
     np.testing.assert_array_equal(np.asarray(q), np.asarray(q_ref))
 
 

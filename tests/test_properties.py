@@ -74,7 +74,7 @@ def arrays(draw, max_ndim=3):
 def test_blockwise_on_grid_and_within_half_step(implementation, A, code, bs):
     c = CODES[code]
     impl = dict(implementation=implementation)
-    q, state = fp8mm.quantize_blockwise(A, jnp.asarray(c), bs, **impl)
+    q, state = fp8mm.quantize_blockwise(A, jnp.asarray(c), blocksize=bs, **impl)
     x = np.asarray(A.astype(jnp.float32)).ravel()
     absmax = np.repeat(np.asarray(state.absmax), bs)[: x.size]
     # absmax is the block's max |x|

@@ -104,7 +104,7 @@ def case_blockwise(seed, shape, dtype, bs, code):
     tc, jc = CODES[code]
     q_t, st_t = BF.quantize_blockwise(t(x, dtype), code=tc.cuda(), blocksize=bs)
     d_t = BF.dequantize_blockwise(q_t, st_t)
-    q_j, st_j = F.quantize_blockwise(j(x, dtype), jc, bs)
+    q_j, st_j = F.quantize_blockwise(j(x, dtype), jc, blocksize=bs)
     d_j = F.dequantize_blockwise(q_j, st_j)
     codes = frac_diff(tn(q_t.to(torch.int32)), jn(q_j).astype(np.int32))
     record(
@@ -218,7 +218,7 @@ def case_switchback(seed, shape, n, dtype, threshold, bias):
 
     def jfn(a, w):
         bj = None if b is None else j(b, dtype)
-        return fp8mm.switchback_bnb(a, w, None, threshold, bj)
+        return fp8mm.switchback_bnb(a, w, state=None, threshold=threshold, bias=bj)
 
     rt = _grads_torch(tfn, t(A, dtype), t(W, dtype), t(g, dtype))
     rj = _grads_jax(jfn, j(A, dtype), j(W, dtype), j(g, dtype))
@@ -241,7 +241,7 @@ def case_nan():
     x = data((4, 64), "float16", 99, top=0).copy()
     x[1, 3] = np.nan
     _, st_t = BF.quantize_blockwise(t(x, "float16"), blocksize=64)
-    _, st_j = F.quantize_blockwise(j(x, "float16"), None, 64)
+    _, st_j = F.quantize_blockwise(j(x, "float16"), None, blocksize=64)
     W = data((8, 64), "float16", 98, top=0)
     o_t = tn(research.switchback_bnb(t(x, "float16"), t(W, "float16")))
     o_j = jn(fp8mm.switchback_bnb(j(x, "float16"), j(W, "float16")))
