@@ -331,3 +331,24 @@ def quant_state(q, state, absmax, code, blocksize=None, *, blockwise: bool, alia
             "pass the state that quantize_blockwise/quantize returned with q"
         )
     return state
+
+
+def check_absmax(absmax) -> None:
+    """None, or a float32 scalar (a whole tensor's absmax handed to a shard's quantization)."""
+    if absmax is None:
+        return
+    check_dtype("absmax", absmax, np.float32)
+    if getattr(absmax, "ndim", None) != 0:
+        raise ValueError(f"absmax must be a float32 scalar, got shape {np.shape(absmax)}")
+
+
+def check_axis_names(axis_names) -> tuple[str, ...]:
+    """Mesh axis names as a tuple: None -> (), a str -> (str,), a sequence of str as it is."""
+    if axis_names is None:
+        return ()
+    names = (axis_names,) if isinstance(axis_names, str) else tuple(axis_names)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(
+            f"axis_names must be a mesh axis name or a tuple of them, got {axis_names!r}"
+        )
+    return names

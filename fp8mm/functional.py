@@ -243,11 +243,18 @@ def dequantize(
     return _DEQUANTIZE(q, state, implementation=implementation)
 
 
-def fake_quant_global(A: jax.Array, code=None, *, implementation: Impl = None) -> jax.Array:
-    """`dequantize(*quantize(A, code))` cast back to A's dtype (code=None: the dynamic map)."""
+def fake_quant_global(
+    A: jax.Array, code=None, *, absmax: jax.Array | None = None, implementation: Impl = None
+) -> jax.Array:
+    """`dequantize(*quantize(A, code))` cast back to A's dtype (code=None: the dynamic map).
+
+    absmax: a float32 [] to quantize with instead of A's own absmax (a shard of a
+    tensor passes the whole tensor's, e.g. a `lax.pmax` of the shards').
+    """
     _checks.check_float("A", A)
     code = _checks.as_code(code)
-    return _FAKE_QUANT_GLOBAL(A, code, implementation=implementation)
+    _checks.check_absmax(absmax)
+    return _FAKE_QUANT_GLOBAL(A, code, absmax, implementation=implementation)
 
 
 def _check_int8_input(A) -> None:

@@ -128,9 +128,7 @@ def quantize_fp8(
     if absmax is not None:
         if blocksize is not None:
             raise ValueError("absmax= is for global quantization (blocksize=None)")
-        _checks.check_dtype("absmax", absmax, jnp.float32)
-        if getattr(absmax, "ndim", None) != 0:
-            raise ValueError(f"absmax must be a float32 scalar, got shape {jnp.shape(absmax)}")
+        _checks.check_absmax(absmax)
     code = _host.concrete_float32(code)  # numpy: under jit jnp.asarray would trace it
     data, absmax = _QUANTIZE_FP8(
         A, code, fmt.table, blocksize, fmt.dtype, absmax, implementation=implementation

@@ -84,10 +84,17 @@ WORKER = textwrap.dedent(
         same(got, ref, f"{kind} tensor-parallel (GSPMD)")
         same(run(kind, both, "model"), ref, f"{kind} 2x2 data+tensor (GSPMD)")
     # shard_map partitioning (the Pallas path's): per-shard quantization where it is exact.
-    for kind, mesh, m in [("switchback", both, "model"), ("fp8_mixed", dp, None)]:
+    # fp8_global: its absmaxes (A, B, the gradient) are pmaxes over the split axes.
+    for kind, mesh, m in [
+        ("switchback", both, "model"),
+        ("fp8_mixed", dp, None),
+        ("fp8_global", dp, None),
+        ("fp8_global", tp, "model"),
+        ("fp8_global", both, "model"),
+    ]:
         got = run(kind, mesh, m, part=(mesh, "data", m))
         same(got, run(kind), f"{kind} shard_map {dict(mesh.shape)}")
-    for kind, mesh, m in [("fp8_global", dp, None), ("fp8_mixed", tp, "model")]:
+    for kind, mesh, m in [("fp8_mixed", tp, "model")]:
         try:
             run(kind, mesh, m, part=(mesh, "data", m), steps=1)
         except NotImplementedError as e:
@@ -98,8 +105,14 @@ WORKER = textwrap.dedent(
     # split with the output features: one layer's forward and gradients.
     from fp8mm.nn import int8_inference_params
     meshes = {"dp": (dp, "data", None), "both": (both, "data", "model")}
+    import functools
+    LAYERS["fp8_global_native"] = functools.partial(fl.Fp8GlobalDense, gemm="native")
+    LAYERS["fp8_mixed_native"] = functools.partial(fl.Fp8MixedDense, gemm="native")
     for kind, mesh, impl, int8 in [
         ("fp8_mixed", "dp", "pallas", False),
+        ("fp8_global", "both", "pallas", False),
+        ("fp8_global_native", "both", "pallas", False),
+        ("fp8_mixed_native", "dp", "xla", False),
         ("switchback_outliers", "dp", "pallas", False),
         ("switchback", "both", "pallas", False),
         ("switchback_global", "dp", "pallas", False),

@@ -20,16 +20,21 @@ Two ways to run fp8mm layers on a `jax.sharding.Mesh`:
    |--------------|---------------------------------|---------------------------------|
    | switchback   | yes (outlier columns combined   | yes (weight rows per feature)   |
    |              | over the axis: a pmax)          |                                 |
-   | fp8_mixed    | yes if shards hold whole blocks | no (global weight absmax; bsz2  |
-   |              |                                 | blocks span the full width)     |
-   | fp8_global   | no (global absmax of A, grad)   | no                              |
+   | fp8_mixed    | yes if shards hold whole blocks | no (bsz2 blocks of the output   |
+   |              |                                 | gradient span the full width)   |
+   | fp8_global   | yes (absmax of A, B, grad: a    | yes (the same pmax)             |
+   |              | pmax over the mesh axes)        |                                 |
    | switchback_* | yes (rows of X and of the       | no (the input gradient's weight |
    | (the paper's)| gradient are quantized per row) | scale spans the output          |
    |              |                                 | features); yes with int8 weights|
 
    Other cases raise `NotImplementedError` (never a silently different
-   result); use GSPMD for them, or the XLA path. Exact cross-device versions
-   need the ops to take an `axis_name` for a `pmax` of the absmax. The
+   result); use GSPMD for them, or the XLA path. The ops take the mesh axes
+   (`axis_names=`) their statistics reduce over: fp8_global's three global
+   absmaxes are each a `lax.pmax` of the shards' (one float32 scalar
+   all-reduce per quantized tensor: A and B forward, the output gradient
+   backward), switchback's outlier mask a `pmax` over the batch axis (one
+   bool [in] all-reduce forward). The
    shard_map runs with `check_vma=False` (Pallas interpret mode cannot trace
    under the varying-axes check); so must a shard_map of your own around
    fp8mm's Pallas kernels.
@@ -96,6 +101,10 @@ class Partition:
 
     def size(self, axis: str | None) -> int:
         return 1 if axis is None else int(self.mesh.shape[axis])
+
+    def split_axes(self) -> tuple[str, ...]:
+        """The mesh axes this partition splits over (batch and model, where of size > 1)."""
+        return tuple(a for a in (self.batch_axis, self.model_axis) if self.size(a) > 1)
 
 
 _MESH_TYPES = tuple(t for t in (Mesh, getattr(jax.sharding, "AbstractMesh", None)) if t is not None)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from fp8mm import _checks, _host
 from fp8mm import functional as F
@@ -26,6 +27,7 @@ from fp8mm import functional_fp8 as F8
 from fp8mm.dispatch import Impl
 from fp8mm.ops._common import as_2d, check_inner, matmul, static_implementation
 from fp8mm.ops._fp8_native import NativeConfig, native_fp8, native_reason
+from fp8mm.reference import absmax_nan
 
 GEMMS = ("emulated", "native")
 
@@ -87,18 +89,29 @@ def get_block_sizes(input_matrix, weight_matrix) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- recipes
 
 # (x, code, blocksize, implementation) -> x quantized and dequantized, in x's dtype and shape.
-Quantizer = Callable[[jax.Array, jax.Array | np.ndarray, int, Impl], jax.Array]
+# The last argument: mesh axes x is split over (inside shard_map; () off a mesh).
+Quantizer = Callable[[jax.Array, jax.Array | np.ndarray, int, Impl, tuple], jax.Array]
 
 
-def blockwise(x, code, blocksize: int, implementation: Impl) -> jax.Array:
-    """QB: one absmax per `blocksize` elements of the row-major flattened x."""
+def blockwise(x, code, blocksize: int, implementation: Impl, axis_names=()) -> jax.Array:
+    """QB: one absmax per `blocksize` elements of the row-major flattened x.
+
+    Shards hold whole blocks wherever `partition` splits blockwise operands, so the
+    blocks need no cross-device statistics."""
+    del axis_names
     return F.fake_quant_blockwise(x, code, blocksize, implementation=implementation)
 
 
-def global_(x, code, blocksize: int, implementation: Impl) -> jax.Array:
-    """Q: one absmax for the whole tensor, so it commutes with transposition."""
+def global_(x, code, blocksize: int, implementation: Impl, axis_names=()) -> jax.Array:
+    """Q: one absmax for the whole tensor, so it commutes with transposition.
+
+    On a mesh the absmax is the `lax.pmax` of the shards' over `axis_names`, so each
+    shard quantizes exactly as the whole tensor would."""
     del blocksize
-    return F.fake_quant_global(x, code, implementation=implementation)
+    absmax = None
+    if axis_names:
+        absmax = lax.pmax(absmax_nan(x.astype(jnp.float32)), axis_names)
+    return F.fake_quant_global(x, code, absmax=absmax, implementation=implementation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +177,7 @@ class _Config:
     implementation: Impl
     fw_host: _HostCode | None = None
     bw_host: _HostCode | None = None
+    axis_names: tuple[str, ...] = ()
 
     def codes(self, fw_code: jax.Array, bw_code: jax.Array) -> tuple:
         """The codes to quantize with: the host copies when the codes were concrete."""
@@ -173,9 +187,9 @@ class _Config:
         )
 
     @classmethod
-    def make(cls, bsz, bsz2, implementation, fw_code, bw_code) -> _Config:
+    def make(cls, bsz, bsz2, implementation, fw_code, bw_code, axis_names=()) -> _Config:
         impl = static_implementation(implementation)
-        return cls(bsz, bsz2, impl, _host_code(fw_code), _host_code(bw_code))
+        return cls(bsz, bsz2, impl, _host_code(fw_code), _host_code(bw_code), axis_names)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -187,8 +201,8 @@ def _fp8_fwd(A, B, fw_code, bw_code, recipe: Recipe, cfg: _Config):
     """a(A) @ b(B) [..., n] in A's dtype, and the residuals of the backward pass."""
     impl = cfg.implementation
     fw, _ = cfg.codes(fw_code, bw_code)
-    fp8A = recipe.a(A, fw, cfg.bsz, impl)
-    fp8B = recipe.b(B, fw, cfg.bsz, impl)
+    fp8A = recipe.a(A, fw, cfg.bsz, impl, cfg.axis_names)
+    fp8B = recipe.b(B, fw, cfg.bsz, impl, cfg.axis_names)
     out = matmul(as_2d(fp8A), fp8B.astype(A.dtype), (1, 0), A.dtype)
     out = out.reshape(*A.shape[:-1], B.shape[1])
     # As bitsandbytes, keep only what gradB reads of A: A itself for the 16-bit
@@ -211,7 +225,7 @@ def _fp8_bwd(recipe: Recipe, cfg: _Config, res, g):
     """
     A_res, fp8B, fw_code, bw_code = res
     _, bw = cfg.codes(fw_code, bw_code)
-    g8 = recipe.grad(g, bw, cfg.bsz2, cfg.implementation)
+    g8 = recipe.grad(g, bw, cfg.bsz2, cfg.implementation, cfg.axis_names)
     gradA = matmul(as_2d(g8), fp8B.astype(g.dtype), (1, 1), g.dtype)
     # Summing over the flattened leading axes is PyTorch's implicit batch reduction.
     g_b = g8 if recipe.quantized_grad_b else g
@@ -279,6 +293,12 @@ _ARGS_DOC = """
       implementation: None, "xla", "pallas", a kernel name or a sequence of
         these, for the quantization primitives (and native GEMMs; see
         `fp8mm.dispatch`).
+      axis_names: inside `jax.shard_map`, the mesh axes A, B or the output
+        gradient are split over: every global absmax (B's; A's and the
+        gradient's in the global recipe) becomes the `lax.pmax` of the shards',
+        so each device quantizes its shard exactly as the whole tensor would be
+        (`fp8mm.nn.sharding.partition` passes them). Blockwise operands must be
+        split on block boundaries. None off a mesh.
 
     Returns:
       [..., n] in A's dtype.
@@ -303,12 +323,14 @@ def _public_op(recipe: Recipe, name: str, summary: str):
         *,
         gemm: str = "emulated",
         implementation: Impl = None,
+        axis_names: str | tuple[str, ...] | None = None,
     ) -> jax.Array:
         _checks.check_out(out, before="bsz")
         fw_code, bw_code, bsz, bsz2 = _check_fp8_args(
             A, B, fw_code, bw_code, bsz, bsz2, implementation
         )
         _check_gemm(gemm)
+        axes = _checks.check_axis_names(axis_names)
         if gemm == "native":
             ncfg = NativeConfig(
                 recipe is MIXED,
@@ -318,10 +340,11 @@ def _public_op(recipe: Recipe, name: str, summary: str):
                 bsz2,
                 static_implementation(implementation),
                 jnp.dtype(B.dtype),
+                axes,
             )
             if native_reason(A.shape, B.shape, ncfg) is None:
                 return native_fp8(A, B, ncfg)
-        cfg = _Config.make(bsz, bsz2, implementation, fw_code, bw_code)
+        cfg = _Config.make(bsz, bsz2, implementation, fw_code, bw_code, axes)
         return _fp8(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), recipe, cfg)
 
     op.__name__ = op.__qualname__ = name
