@@ -7,12 +7,14 @@ import pytest
 import fp8mm.codebooks
 import fp8mm.functional
 import fp8mm.functional_fp8
+import fp8mm.nn.sharding
 import fp8mm.ops._switchback_linear
 
 MODULES = [
     fp8mm.codebooks,
     fp8mm.functional,
     fp8mm.functional_fp8,
+    fp8mm.nn.sharding,
     fp8mm.ops._switchback_linear,
 ]
 

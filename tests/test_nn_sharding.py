@@ -46,11 +46,11 @@ WORKER = textwrap.dedent(
             return optax.apply_updates(params, upd), opt, l
         return step
 
-    def run(kind, mesh=None, model_axis=None, part=None, steps=2):
+    def run(kind, mesh=None, model_axis=None, part=None, steps=2, fsdp=None):
         step = make_step(kind, part)
         params, xs, ys = params0, x, y
         if mesh is not None:
-            shard = sharding.dense_param_shardings(params0, mesh, model_axis)
+            shard = sharding.dense_param_shardings(params0, mesh, model_axis, fsdp)
             params = jax.device_put(params0, shard)
             xs = jax.device_put(x, sharding.batch_sharding(mesh))
             ys = jax.device_put(y, sharding.batch_sharding(mesh))
@@ -83,6 +83,13 @@ WORKER = textwrap.dedent(
         assert tuple(spec) == (None, "model"), spec  # the weights stay sharded
         same(got, ref, f"{kind} tensor-parallel (GSPMD)")
         same(run(kind, both, "model"), ref, f"{kind} 2x2 data+tensor (GSPMD)")
+        # FSDP: kernels split on their input features over the data axis (and on the
+        # output features over the model axis); jit gathers them for the product.
+        got = run(kind, dp, None, fsdp="data")
+        spec = got[0]["params"]["Dense_0"]["kernel"].sharding.spec
+        assert tuple(spec)[:1] == ("data",) and all(a is None for a in tuple(spec)[1:]), spec
+        same(got, ref, f"{kind} FSDP (GSPMD)")
+        same(run(kind, both, "model", fsdp="data"), ref, f"{kind} FSDP x tensor (GSPMD)")
     # shard_map partitioning (the Pallas path's): per-shard quantization where it is exact.
     # fp8_global: its absmaxes (A, B, the gradient) are pmaxes over the split axes.
     for kind, mesh, m in [

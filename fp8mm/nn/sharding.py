@@ -163,14 +163,40 @@ def batch_sharding(mesh: Mesh, batch_axis: str = "data") -> NamedSharding:
     return NamedSharding(mesh, P(batch_axis))
 
 
-def dense_param_shardings(params: Any, mesh: Mesh, model_axis: str | None = None) -> Any:
-    """NamedShardings for a linen params tree: kernels [in, out] and biases split on `out`.
+def dense_param_shardings(
+    params: Any, mesh: Mesh, model_axis: str | None = None, fsdp_axis: str | None = None
+) -> Any:
+    """NamedShardings for a linen params tree: tensor parallelism, FSDP, or both.
 
     Dense-style leaves (2-D 'kernel', 1-D 'bias' beside it) are split on the
     output features over `model_axis` (tensor parallelism), and so are the int8
     inference weights of SwitchBack layers ('CB' [out, in] on its rows, 'SCB'
-    [out], the bias); everything else, and all leaves when model_axis is None,
-    is replicated.
+    [out], the bias). With `fsdp_axis` (fully sharded data parallelism, usually
+    the batch axis) the kernels are also split on their input features ('CB' on
+    its columns), and every other leaf whose leading dimension divides evenly
+    (embeddings, positional tables) on that dimension; jit (GSPMD) then gathers
+    each weight for its product and reduce-scatters its gradient. The rest is
+    replicated.
+
+    Args:
+      params: a linen params tree (nested dicts of arrays).
+      mesh: the device mesh.
+      model_axis: mesh axis of the output features, or None.
+      fsdp_axis: mesh axis the parameters are sharded over for FSDP, or None.
+
+    Returns:
+      A tree of `NamedSharding`s of params' structure, for `jax.device_put` or
+      `jax.jit(..., in_shardings=...)`.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from jax.sharding import Mesh
+      >>> from fp8mm.nn import sharding
+      >>> mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+      >>> params = {"Dense_0": {"kernel": np.zeros((4, 8)), "bias": np.zeros(8)}}
+      >>> s = sharding.dense_param_shardings(params, mesh, "model", fsdp_axis="data")
+      >>> tuple(s["Dense_0"]["kernel"].spec), tuple(s["Dense_0"]["bias"].spec)
+      (('data', 'model'), ('model',))
     """
     if not isinstance(params, Mapping):
         raise TypeError(
@@ -178,15 +204,25 @@ def dense_param_shardings(params: Any, mesh: Mesh, model_axis: str | None = None
         )
     _check_mesh(mesh)
     _check_axis(mesh, "model_axis", model_axis, allow_none=True)
+    _check_axis(mesh, "fsdp_axis", fsdp_axis, allow_none=True)
+    if fsdp_axis is not None and fsdp_axis == model_axis:
+        raise ValueError(f"fsdp_axis and model_axis must differ, both are {fsdp_axis!r}")
+    fsdp_size = 1 if fsdp_axis is None else int(mesh.shape[fsdp_axis])
+
+    def leaf(value):
+        shape = getattr(value, "shape", ())
+        if fsdp_axis is not None and len(shape) >= 1 and shape[0] % fsdp_size == 0:
+            return NamedSharding(mesh, P(fsdp_axis))
+        return NamedSharding(mesh, P())
 
     def walk(tree):
         if not isinstance(tree, Mapping):
-            return NamedSharding(mesh, P())
+            return leaf(tree)
         kernel = getattr(tree.get("kernel"), "ndim", 0) == 2
         int8 = getattr(tree.get("CB"), "ndim", 0) == 2
         split = {}
-        if model_axis is not None and (kernel or int8):
-            split = {"kernel": P(None, model_axis), "CB": P(model_axis, None)}
+        if (model_axis is not None or fsdp_axis is not None) and (kernel or int8):
+            split = {"kernel": P(fsdp_axis, model_axis), "CB": P(model_axis, fsdp_axis)}
             split.update(SCB=P(model_axis), bias=P(model_axis))
         out = {}
         for key, value in tree.items():
