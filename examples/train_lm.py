@@ -13,6 +13,14 @@ model with orbax, restores it, and converts it to int8 inference weights.
     python examples/train_lm.py --preset gpu          # a larger model on a GPU
     python examples/train_lm.py --preset gpu-large    # d_model 2048: matmuls dominate
 
+On several devices, `--mesh data=2,model=2` shards the batch over 'data' and each
+projection's output features over 'model' (`fp8mm.nn.sharding`), `--fsdp` also shards
+the parameters over 'data', and `--partition` runs every fp8mm product per shard in
+`shard_map` (the Pallas path's way; GSPMD otherwise). Simulated on a CPU:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 \
+        python examples/train_lm.py --mesh data=2,model=2 --fsdp
+
 The gpu-large preset trains in bf16 (float32 parameters and optimizer state) with
 `jax.nn.dot_product_attention` (cuDNN's fused attention where available), 16k tokens
 a step, and adds the native-FP8 kinds (`fp8_mixed_native`, `fp8_global_native`).
@@ -21,6 +29,7 @@ a step, and adds the native-FP8 kinds (`fp8_mixed_native`, `fp8_global_native`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -40,6 +49,7 @@ import optax
 from tqdm import tqdm
 
 from fp8mm.nn import linen as fl
+from fp8mm.nn import sharding
 
 # Every fp8mm layer kind (fp8mm.nn.KINDS), and the fp8 kinds on FP8 tensor cores.
 DENSE = {
@@ -167,34 +177,98 @@ def loss_fn(model: CharLM, params, batch: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------------- training
 
 
-def train(kind: str, preset: Preset, train_data, eval_data, params0, seed: int):
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a run's arrays live: one device, or a mesh (see `parse_mesh`)."""
+
+    mesh: Any = None
+    fsdp: bool = False
+    partition: bool = False
+
+    def model_axis(self) -> str | None:
+        return "model" if self.mesh is not None and self.mesh.shape["model"] > 1 else None
+
+    def put_params(self, params):
+        if self.mesh is None:
+            return params
+        fsdp = "data" if self.fsdp else None
+        shard = sharding.dense_param_shardings(params, self.mesh, self.model_axis(), fsdp)
+        return jax.device_put(params, shard)
+
+    def put_opt(self, opt):
+        """Optimizer state on the mesh: moments as their parameters, scalars replicated."""
+        if self.mesh is None:
+            return opt
+        everywhere = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+        def put(a):
+            return a if len(a.sharding.device_set) > 1 else jax.device_put(a, everywhere)
+
+        return jax.tree.map(put, opt)
+
+    def put_batch(self, batch: np.ndarray) -> jax.Array:
+        if self.mesh is None:
+            return jnp.asarray(batch)
+        return jax.device_put(batch, sharding.batch_sharding(self.mesh))
+
+    def context(self):
+        if self.mesh is None or not self.partition:
+            return contextlib.nullcontext()
+        return sharding.partition(self.mesh, "data", self.model_axis())
+
+
+def parse_mesh(spec: str):
+    """'data=2,model=2' -> a Mesh of the first 4 devices with axes ('data', 'model')."""
+    sizes = {"data": 1, "model": 1}
+    for part in spec.split(","):
+        name, _, size = part.partition("=")
+        if name not in sizes or not size.isdigit() or int(size) < 1:
+            raise ValueError(f"--mesh takes data=N,model=M, got {spec!r}")
+        sizes[name] = int(size)
+    n = sizes["data"] * sizes["model"]
+    if n > jax.device_count():
+        raise ValueError(f"--mesh {spec} needs {n} devices, {jax.device_count()} are visible")
+    devs = np.array(jax.devices()[:n]).reshape(sizes["data"], sizes["model"])
+    return jax.sharding.Mesh(devs, ("data", "model"))
+
+
+def train(
+    kind: str, preset: Preset, train_data, eval_data, params0, seed: int, layout: Layout = Layout()
+):
     """Trains one kind from params0; returns (losses, eval loss, seconds per step, params)."""
     model = CharLM(preset, DENSE[kind])
     warmup = min(preset.warmup, preset.steps // 2)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, preset.lr, warmup, preset.steps))
 
-    @jax.jit
     def step(params, opt, batch):
-        loss, grads = jax.value_and_grad(functools.partial(loss_fn, model))(params, batch)
+        with layout.context():  # read while tracing
+            loss, grads = jax.value_and_grad(functools.partial(loss_fn, model))(params, batch)
         updates, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, updates), opt, loss
 
-    params, opt = params0, tx.init(params0)
+    params = layout.put_params(params0)
+    opt = layout.put_opt(tx.init(params))
     data = batches(train_data, preset.batch, preset.seq_len, seed)
-    first = jnp.asarray(next(data))
-    step = step.lower(params, opt, first).compile()
+    first = layout.put_batch(next(data))
+    # On a mesh the state keeps its layout from step to step (the compiled step's
+    # input shardings), instead of whatever layout XLA would pick for the outputs.
+    keep = None
+    if layout.mesh is not None:
+        keep = jax.tree.map(lambda a: a.sharding, (params, opt))
+        keep = (*keep, None)
+    step = jax.jit(step, out_shardings=keep).lower(params, opt, first).compile()
     peak_mib = _peak_mib(step)
     losses, times = [], []
     bar = tqdm(range(preset.steps), desc=f"{kind:>31}", ncols=110, mininterval=0.5)
     for i in bar:
         t0 = time.perf_counter()
-        batch = first if i == 0 else jnp.asarray(next(data))
+        batch = first if i == 0 else layout.put_batch(next(data))
         params, opt, loss = step(params, opt, batch)
         loss = float(loss)  # waits for the step: the timing covers the computation
         times.append(time.perf_counter() - t0)
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-    ev = evaluate(model, params, eval_data, preset)
+    ev = evaluate(model, params, eval_data, preset, layout)
     return losses, ev, float(np.median(times[1:])), peak_mib, params
 
 
@@ -208,10 +282,16 @@ def _peak_mib(compiled) -> float | None:
         return None
 
 
-def evaluate(model: CharLM, params, eval_data, preset: Preset) -> float:
+def evaluate(model: CharLM, params, eval_data, preset: Preset, layout: Layout = Layout()) -> float:
     data = batches(eval_data, preset.batch, preset.seq_len, seed=1234)
-    f = jax.jit(functools.partial(loss_fn, model))
-    return float(np.mean([f(params, jnp.asarray(next(data))) for _ in range(preset.eval_batches)]))
+
+    @jax.jit
+    def f(params, batch):
+        with layout.context():
+            return loss_fn(model, params, batch)
+
+    batches_ = (layout.put_batch(next(data)) for _ in range(preset.eval_batches))
+    return float(np.mean([f(params, b) for b in batches_]))
 
 
 # -------------------------------------------------------------------------- outputs
@@ -297,6 +377,11 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     ap.add_argument("--out", default="examples/out", help="folder for the CSV and PNG")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-checkpoint", action="store_true", help="skip the orbax round trip")
+    ap.add_argument("--mesh", default=None, help="device mesh, e.g. data=2,model=2")
+    ap.add_argument("--fsdp", action="store_true", help="with --mesh: shard parameters on data")
+    ap.add_argument(
+        "--partition", action="store_true", help="with --mesh: fp8mm products per shard (shard_map)"
+    )
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.steps:
@@ -309,6 +394,11 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     if unknown:
         ap.error(f"unknown kinds {unknown}; choose from {', '.join(KINDS)}")
 
+    layout = Layout()
+    if args.mesh:
+        layout = Layout(parse_mesh(args.mesh), args.fsdp, args.partition)
+    elif args.fsdp or args.partition:
+        ap.error("--fsdp and --partition need --mesh")
     text = load_corpus(preset.corpus_bytes)
     split = int(0.9 * text.size)
     train_data, eval_data = text[:split], text[split:]
@@ -317,6 +407,9 @@ def main(argv=None) -> dict[str, dict[str, float]]:
         f"model d={preset.d_model} layers={preset.n_layers} heads={preset.n_heads} "
         f"seq={preset.seq_len} batch={preset.batch} steps={preset.steps} "
         f"dtype={preset.dtype or 'float32'}"
+        + (f"; mesh {dict(layout.mesh.shape)}" if layout.mesh is not None else "")
+        + (" fsdp" if layout.fsdp else "")
+        + (" shard_map" if layout.partition else "")
     )
     sample = jnp.zeros((1, preset.seq_len), jnp.int32)
     # One initialisation for every kind: quantized layers take nn.Dense's parameters.
@@ -325,7 +418,7 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     results, curves, trained = {}, {}, {}
     for kind in kinds:
         losses, ev, step_s, peak, params = train(
-            kind, preset, train_data, eval_data, params0, args.seed
+            kind, preset, train_data, eval_data, params0, args.seed, layout
         )
         final = float(np.mean(losses[-10:]))
         results[kind] = {

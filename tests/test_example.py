@@ -22,3 +22,44 @@ def test_train_lm_smoke(tmp_path):
     assert set(results) == {"plain", "switchback"}
     assert (tmp_path / "train_lm_loss.png").stat().st_size > 0
     assert len((tmp_path / "train_lm_losses.csv").read_text().splitlines()) == 5
+
+
+MESH_WORKER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("train_lm", sys.argv[1])
+tl = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = tl
+spec.loader.exec_module(tl)
+common = ["--steps", "3", "--kinds", "plain,fp8_global", "--no-checkpoint", "--out", sys.argv[2]]
+single = tl.main(common)
+fsdp = tl.main(common + ["--mesh", "data=2,model=2", "--fsdp"])
+shard_map = tl.main(common + ["--mesh", "data=4", "--partition"])
+print(json.dumps({"single": single, "fsdp": fsdp, "shard_map": shard_map}))
+"""
+
+
+def test_train_lm_on_a_mesh(tmp_path):
+    """--mesh (GSPMD with FSDP, and shard_map) on 4 simulated CPU devices: the single-device run."""
+    import json
+    import os
+    import subprocess
+
+    pytest.importorskip("matplotlib")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", MESH_WORKER, str(ROOT / "examples" / "train_lm.py"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for layout in ("fsdp", "shard_map"):
+        for kind in ("plain", "fp8_global"):
+            got, want = runs[layout][kind], runs["single"][kind]
+            for key in ("final_loss", "eval_loss"):
+                assert abs(got[key] - want[key]) <= 1e-3 * abs(want[key]), (layout, kind, key)
