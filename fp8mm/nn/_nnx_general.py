@@ -127,6 +127,8 @@ class QuantizedLinearGeneral(_QuantGeneral):
     x's contracted axes go last, x becomes [rows, prod(in_features)] and the kernel
     [prod(in_features), prod(out_features)], and the product is an fp8mm Linear
     layer's on those (bit for bit), reshaped back to [free axes..., *out_features].
+    It keeps its float kernel: `to_int8_inference` stores int8 weights for the
+    Linear layers only.
 
     Args:
       module: the nnx.LinearGeneral (without batch_axis).

@@ -33,8 +33,8 @@ class ModuleRecord(NamedTuple):
 class QuantizeReport:
     """What one `quantize_model` call or `quantize_dense` context did, module by module.
 
-    Every module appears once, by path, in the order first seen (a linen module
-    traced by both `init` and `apply` in the context is one entry).
+    Every module appears once, by path and type, in the order first seen (a linen
+    module traced by both `init` and `apply` in the context is one entry).
 
     Attributes:
       spec: the `QuantSpec` the conversion applies.
@@ -50,7 +50,7 @@ class QuantizeReport:
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
         self.spec = spec
-        self._records: dict[str, dict[str, ModuleRecord]] = {
+        self._records: dict[str, dict[tuple[str, str], ModuleRecord]] = {
             "converted": {},
             "already_quantized": {},
             "skipped": {},
@@ -59,13 +59,14 @@ class QuantizeReport:
     def add(self, which: str, path: str, type_name: str, reason: str = "") -> None:
         """Records a module under `which` ("converted", "already_quantized" or "skipped").
 
-        A path recorded before (in any list) keeps its first record.
+        A module (path and type) recorded before, in any list, keeps its first record.
         """
         if which not in self._records:
             raise ValueError(f"which must be one of {tuple(self._records)}, got {which!r}")
-        if any(path in records for records in self._records.values()):
+        key = (path, type_name)
+        if any(key in records for records in self._records.values()):
             return
-        self._records[which][path] = ModuleRecord(path, type_name, reason)
+        self._records[which][key] = ModuleRecord(path, type_name, reason)
 
     @property
     def converted(self) -> tuple[ModuleRecord, ...]:

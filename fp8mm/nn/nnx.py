@@ -5,8 +5,13 @@
   `SwitchBackGlobalMemEfficientLinear`: the constructor,
   attributes and parameters ('kernel' [in, out], 'bias' [out]) of
   `nnx.Linear`, plus the quantization options.
-* `quantize_model(model, kind)`: swaps every `nnx.Linear` of a model for the
-  quantized layer in place, keeping its parameter Variables.
+* `QuantizedLinearGeneral(module, kind)` / `QuantizedEinsum(module, kind)`: an
+  `nnx.LinearGeneral` / `nnx.Einsum` (a dense product) running any kind, keeping
+  the module's parameter Variables.
+* `quantize_model(model, kind)`: swaps every `nnx.Linear`, `nnx.LinearGeneral`
+  and `nnx.Einsum` of a model (attention's projections too) for the quantized
+  layer in place, keeping its parameter Variables; `report=True` also returns a
+  `QuantizeReport` of what was converted and skipped.
 * `to_int8_inference(model)`: SwitchBack layers switch to int8 weights
   (`Int8Weight` Variables 'CB' [out, in] int8 and 'SCB' [out] float32).
 
