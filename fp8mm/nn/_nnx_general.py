@@ -28,7 +28,7 @@ from fp8mm.nn import _flax_compat as compat
 from fp8mm.nn._core import QuantSpec
 from fp8mm.nn._general import Contraction, dense_general_contraction, einsum_contraction
 from fp8mm.nn._general import general_product as _general_product
-from fp8mm.nn._nnx_static import code_value, static_option
+from fp8mm.nn._nnx_static import code_value, finish_product, static_option
 
 __all__ = [
     "NOT_CONVERTED",
@@ -106,12 +106,7 @@ class _QuantGeneral(nnx.Module):
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         y, cols = _general_product(self.spec(), plan, inputs, kernel, bias)
-        if cols is not None and compat.should_sow(self):  # under nnx.capture (flax >= 0.12.6)
-            self.sow(nnx.Intermediate, "outlier_cols", cols)
-            self.sow(nnx.Intermediate, "outlier_count", jnp.sum(cols, dtype=jnp.int32))
-        if self.preferred_element_type is not None:
-            y = y.astype(self.preferred_element_type)
-        return y
+        return finish_product(self, y, cols)
 
 
 class QuantizedLinearGeneral(_QuantGeneral):

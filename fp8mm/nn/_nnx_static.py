@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from fp8mm import _host
 from fp8mm.nn import _core
+from fp8mm.nn import _flax_compat as compat
 
-__all__ = ["StaticCode", "code_value", "static_option"]
+__all__ = ["StaticCode", "code_value", "finish_product", "static_option"]
 
 
 class StaticCode:
@@ -71,3 +74,17 @@ def static_option(name: str, value: Any) -> Any:
 
 def code_value(code: Any) -> Any:
     return code.value if isinstance(code, StaticCode) else code
+
+
+def finish_product(module: nnx.Module, y: jax.Array, cols: jax.Array | None) -> jax.Array:
+    """A layer's product y as nnx layers return it: outlier columns sown, cast as asked.
+
+    Outlier columns (SwitchBack with a threshold) are sown as `nnx.Intermediate`
+    under `nnx.capture` (flax >= 0.12.6); `preferred_element_type` casts y.
+    """
+    if cols is not None and compat.should_sow(module):
+        module.sow(nnx.Intermediate, "outlier_cols", cols)
+        module.sow(nnx.Intermediate, "outlier_count", jnp.sum(cols, dtype=jnp.int32))
+    if module.preferred_element_type is not None:
+        y = y.astype(module.preferred_element_type)
+    return y

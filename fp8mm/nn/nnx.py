@@ -48,7 +48,7 @@ from fp8mm.nn._core import Gemm, QuantSpec
 from fp8mm.nn._dense import quantized_dense
 from fp8mm.nn._int8 import Int8Report, tree_bytes
 from fp8mm.nn._nnx_general import QuantizedEinsum, QuantizedLinearGeneral
-from fp8mm.nn._nnx_static import StaticCode
+from fp8mm.nn._nnx_static import StaticCode, finish_product
 from fp8mm.nn._nnx_static import code_value as _code_value
 from fp8mm.nn._nnx_static import static_option as _static
 from fp8mm.nn._report import ModuleRecord, QuantizeReport
@@ -226,12 +226,7 @@ class _QuantLinear(nnx.Module):
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         y, cols = quantized_dense(spec, inputs, kernel, bias, int8_state=int8_state)
-        if cols is not None and compat.should_sow(self):  # under nnx.capture (flax >= 0.12.6)
-            self.sow(nnx.Intermediate, "outlier_cols", cols)
-            self.sow(nnx.Intermediate, "outlier_count", jnp.sum(cols, dtype=jnp.int32))
-        if self.preferred_element_type is not None:
-            y = y.astype(self.preferred_element_type)
-        return y
+        return finish_product(self, y, cols)
 
 
 # nnx.Linear's keyword arguments, as _QuantLinear takes them (for the subclasses' errors).
