@@ -101,10 +101,12 @@ def use_implementation(implementation: Impl) -> Iterator[None]:
     new function), or pass `implementation=` explicitly.
 
     Example:
+      ```python
       with fp8mm.use_implementation("xla"):
           loss = train_step(params, batch)   # traced here: every primitive uses XLA
       with fp8mm.use_implementation(("pallas_triton", "xla")):
           loss = train_step(params, batch)   # Triton kernels where they serve, else XLA
+      ```
     """
     token = _default.set(_normalise(implementation, "implementation"))
     try:

@@ -85,7 +85,8 @@ fp8_mixed_dot_general = _fp8_dot_general(
     Args:
       fw_code: forward code float32 [256] (None: e4m3).
       bw_code: backward code (None: e5m2).
-      bsz, bsz2: block sizes (-1: `fp8mm.get_block_sizes`).
+      bsz: forward block size (-1: `fp8mm.get_block_sizes`).
+      bsz2: backward block size (-1: `fp8mm.get_block_sizes`).
       gemm: "emulated" (bitsandbytes' numbers: quantize, dequantize to 16 bit,
         16-bit GEMM) or "native" (the same codes multiplied on FP8 tensor cores as
         float8_e4m3fn/e5m2 with float32 scales). "native" needs the default
