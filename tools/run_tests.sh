@@ -10,10 +10,10 @@ jobs=${2:-$(nproc)}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # Slowest first, so the long files start at once; any other file follows.
-order="test_ops test_kernels_int8 test_kernels_codebook test_numerics test_switchback_linear
-  test_properties test_nn_sharding
-  test_bad_input test_nn_linen test_nn_nnx test_golden_primitives test_benchmarks_smoke
-  test_primitives test_example"
+order="test_ops test_min_versions test_fp8_native test_kernels_int8 test_kernels_codebook
+  test_numerics test_switchback_linear test_nn_sharding test_example test_nn_attention
+  test_properties test_bad_input test_nn_linen test_nn_nnx test_golden_primitives
+  test_docs_build test_benchmarks_smoke test_primitives"
 # XLA's CPU backend at optimization level 0: the suite compiles hundreds of small
 # programs whose run time is negligible; level 0 roughly halves the compile time
 # (measured on 2 cores: test_ops 319 s -> 206 s) and IEEE arithmetic is the same at any

@@ -2,9 +2,11 @@
 
 `linen.py` and `nnx.py` import only public flax API (`flax.linen`, `flax.nnx`,
 `flax.typing`) and this module. What lives here, and which flax versions need it
-(pyproject allows flax >= 0.10; tested with flax 0.12.8 on jax 0.10.2 and a
-newer 0.12.x on jax 0.11.2; checked against flax's tags v0.10.0 ... v0.12.7
-and its main branch at 0.12.8):
+(pyproject requires flax >= 0.12.1, the first with `nnx.iter_modules`, which
+`quantize_model` uses; tests/test_min_versions.py runs flax 0.12.1 on jax 0.8.1,
+and the suite runs flax 0.12.8 on jax 0.10.2; checked against flax's tags
+v0.10.0 ... v0.12.7 and its main branch at 0.12.8). The fallbacks below for
+flax < 0.12.1 predate that minimum and are unreachable under it:
 
 * `autoname_like`: linen auto-naming under another class's prefix. Every
   version: flax has no public hook for it, so this reads the private
