@@ -97,6 +97,7 @@ def _target_rows(run, common):
     fused.rate, fused.unit = 1000.0, "TOPS"
     dense = _row(common, "train", run.DENSE, "flax", "step", 10.0, is_baseline=True)
     sb = _row(common, "train", "SwitchBackDense", "pallas", "step", 9.0, dense.key)
+    dense.mem, sb.mem = {"peak": 100}, {"peak": 102}  # 0.90 <= 0.92 step, 1.02 <= 1.05 memory
     return [lin, fast, slow, copy, quant, mm, i8, fused, dense, sb]
 
 
@@ -153,6 +154,8 @@ def test_targets_file_is_read(bench, tmp_path):
         "TOPS ≥ 1.35x 16-bit",
         "TOPS ≥ 0.85x XLA int8 dot",
         "step < 1.00x bf16 Dense",
+        "step ≤ 0.92x bf16 Dense",
+        "peak memory ≤ 1.05x bf16 Dense",
     }
 
     # The numbers come from the file: with the switchback fwd+bwd limit lowered to 0.85,
