@@ -7,6 +7,8 @@ import pytest
 import fp8mm.codebooks
 import fp8mm.functional
 import fp8mm.functional_fp8
+import fp8mm.nn.linen
+import fp8mm.nn.nnx
 import fp8mm.nn.sharding
 import fp8mm.ops._switchback_linear
 
@@ -14,6 +16,8 @@ MODULES = [
     fp8mm.codebooks,
     fp8mm.functional,
     fp8mm.functional_fp8,
+    fp8mm.nn.linen,
+    fp8mm.nn.nnx,
     fp8mm.nn.sharding,
     fp8mm.ops._switchback_linear,
 ]

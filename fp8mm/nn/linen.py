@@ -193,6 +193,15 @@ class Fp8MixedDense(_QuantDense):
         code values below 6.1e-5 of absmax, which fp8 rounds to its nearest value
         (docs/exactness.md).
       implementation: None, "xla", "pallas", a kernel name or a sequence of these.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from fp8mm.nn import linen as fl
+      >>> layer = fl.Fp8MixedDense(16)  # gemm="native" for FP8 tensor cores
+      >>> x = jnp.ones((4, 32))
+      >>> params = layer.init(jax.random.key(0), x)  # nn.Dense's parameters
+      >>> layer.apply(params, x).shape
+      (4, 16)
     """
 
     _KIND = "fp8_mixed"
@@ -226,6 +235,16 @@ class SwitchBackDense(_QuantDense):
         16 bits and sows 'outlier_cols'/'outlier_count' into 'intermediates'.
       outlier_capacity: outlier slots under jit (None: the op's default).
       implementation: None, "xla", "pallas", a kernel name or a sequence of these.
+
+    Examples:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> from fp8mm.nn import linen as fl
+      >>> x = jnp.ones((4, 32))
+      >>> params = nn.Dense(16).init(jax.random.key(0), x)  # a trained nn.Dense's params
+      >>> y = fl.SwitchBackDense(16).apply(params, x)  # the same tree, int8 products
+      >>> int8, report = fl.int8_inference_params(params)  # CB/SCB instead of the kernel
+      >>> sorted(int8["params"]), fl.SwitchBackDense(16).apply(int8, x).shape
+      (['CB', 'SCB', 'bias'], (4, 16))
     """
 
     _KIND = "switchback"
@@ -358,6 +377,17 @@ def quantize_dense(
       ValueError: unknown kind or a bad option value.
       TypeError: an option that `kind` does not have.
       NotImplementedError: (while tracing) an nn.DenseGeneral with batch_dims.
+
+    Examples:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> from fp8mm.nn import linen as fl
+      >>> attn = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=16)
+      >>> x = jnp.ones((1, 8, 16))
+      >>> params = attn.init(jax.random.key(0), x)
+      >>> with fl.quantize_dense("switchback_global", report=True) as report:
+      ...     y = attn.apply(params, x)
+      >>> y.shape, len(report.converted)  # query, key, value and out projections
+      ((1, 8, 16), 4)
     """
     _core.check_kind(kind)
     _core.check_options("quantize_dense", kind, options)

@@ -449,6 +449,16 @@ def quantize_model(
       ValueError: unknown kind, bad option value, or layers already quantized
         differently.
       NotImplementedError: a LinearGeneral with batch_axis (nothing is swapped then).
+
+    Examples:
+      >>> from flax import nnx
+      >>> import jax.numpy as jnp
+      >>> from fp8mm.nn import nnx as fnnx
+      >>> rngs = nnx.Rngs(0)
+      >>> mlp = nnx.Sequential(nnx.Linear(32, 64, rngs=rngs), nnx.Linear(64, 8, rngs=rngs))
+      >>> mlp, report = fnnx.quantize_model(mlp, "switchback", report=True)
+      >>> len(report.converted), mlp(jnp.ones((4, 32))).shape
+      (2, (4, 8))
     """
     _check_nnx_model(
         "quantize_model",
