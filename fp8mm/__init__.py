@@ -6,6 +6,7 @@ bit for bit; see the README for the layers built on them.
 
 from fp8mm import functional as _functional
 from fp8mm import functional_fp8 as _functional_fp8
+from fp8mm import functional_switchback as _functional_switchback
 from fp8mm import ops as _ops
 from fp8mm.codebooks import (
     Fp8Format,
@@ -25,17 +26,19 @@ from fp8mm.functional import (
     int8_linear_matmul,
     int8_linear_matmul_dequant,
     int8_mm_dequant,
-    int8_scaled_matmul,
     int8_vectorwise_quant,
     int8_vectorwise_quant_t,
     outlier_indices,
     quantize,
     quantize_blockwise,
+)
+from fp8mm.functional_fp8 import dequantize_fp8, fp8_row_scales, fp8_scaled_matmul, quantize_fp8
+from fp8mm.functional_switchback import (
+    int8_scaled_matmul,
     quantize_columnwise_and_transpose,
     quantize_global,
     quantize_rowwise,
 )
-from fp8mm.functional_fp8 import dequantize_fp8, fp8_row_scales, fp8_scaled_matmul, quantize_fp8
 from fp8mm.ops import (
     get_block_sizes,
     matmul_fp8_global,
@@ -66,4 +69,5 @@ __all__ = [
 ]
 __all__ += _functional.__all__
 __all__ += _functional_fp8.__all__
+__all__ += _functional_switchback.__all__
 __all__ += _ops.__all__

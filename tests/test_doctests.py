@@ -7,6 +7,7 @@ import pytest
 import fp8mm.codebooks
 import fp8mm.functional
 import fp8mm.functional_fp8
+import fp8mm.functional_switchback
 import fp8mm.nn.linen
 import fp8mm.nn.nnx
 import fp8mm.nn.sharding
@@ -16,6 +17,7 @@ MODULES = [
     fp8mm.codebooks,
     fp8mm.functional,
     fp8mm.functional_fp8,
+    fp8mm.functional_switchback,
     fp8mm.nn.linen,
     fp8mm.nn.nnx,
     fp8mm.nn.sharding,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from fp8mm import _checks, dispatch, reference
-from fp8mm import functional as F
+from fp8mm import functional_switchback as F
 from fp8mm.dispatch import Impl
 from fp8mm.ops._common import as_2d, bias_grad, matmul, static_implementation
 from fp8mm.state import MatmulLtState
