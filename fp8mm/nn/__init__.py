@@ -87,13 +87,8 @@ fp8_mixed_dot_general = _fp8_dot_general(
       bw_code: backward code (None: e5m2).
       bsz: forward block size (-1: `fp8mm.get_block_sizes`).
       bsz2: backward block size (-1: `fp8mm.get_block_sizes`).
-      gemm: "emulated" (bitsandbytes' numbers: quantize, dequantize to 16 bit,
-        16-bit GEMM) or "native" (the same codes multiplied on FP8 tensor cores as
-        float8_e4m3fn/e5m2 with float32 scales). "native" needs the default
-        e4m3/e5m2 codes (other codes raise NotImplementedError when called); its
-        products differ from the emulated ones only by float32 rounding and by
-        code values below 6.1e-5 of absmax, which fp8 rounds to its nearest value
-        (docs/exactness.md).
+      gemm: "emulated" (bitsandbytes' simulation) or "native" (the same codes on
+        FP8 tensor cores; needs the default codes): as `linen.Fp8MixedDense`'s.
       implementation: None, "xla", "pallas", a kernel name or a sequence of these.
     """,
 )
