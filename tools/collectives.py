@@ -40,12 +40,25 @@ _OP = re.compile(
 _SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
 
 
+_GROUPS = re.compile(r"replica_groups=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}")
+
+
+def _moves_data(line: str) -> bool:
+    """False for a collective whose every replica group is one device (a no-op, e.g. a
+    psum over a mesh axis of size 1)."""
+    m = _GROUPS.search(line)
+    if not m:
+        return True
+    return any(len(g.split(",")) > 1 for g in re.findall(r"\{([\d,]*)\}", m.group(1)))
+
+
 def collectives(hlo: str) -> dict[str, int]:
-    """{op: bytes} summed over the collectives of an HLO module (result shapes)."""
+    """{op: bytes} summed over the collectives of an HLO module that move data between
+    devices (result shapes; single-device groups left out)."""
     out = collections.Counter()
     for line in hlo.splitlines():
         m = _OP.search(line)
-        if not m:
+        if not m or not _moves_data(line):
             continue
         for dtype, dims in _SHAPE.findall(m.group(1)):
             n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
