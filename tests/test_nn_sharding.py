@@ -147,6 +147,24 @@ WORKER = textwrap.dedent(
                 np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=2e-5,
                                            err_msg=f"{kind} {mesh} {impl} int8={int8}")
         print("ok partition", kind, mesh, impl, "int8" if int8 else "")
+    # nnx: FSDP x tensor layout of a converted model's Params; the jitted gradients equal
+    # the single-device ones.
+    from flax import nnx
+    from fp8mm.nn import nnx as fnnx
+    for kind in ("switchback_global", "fp8_global"):
+        r = nnx.Rngs(0)
+        m = nnx.Sequential(nnx.Linear(64, 128, rngs=r), nnx.Linear(128, 64, rngs=r))
+        fnnx.quantize_model(m, kind, implementation="xla")
+        grad = lambda m, x: jnp.sum(m(x) ** 2)
+        want = nnx.grad(grad)(m, x)
+        sh = sharding.nnx_param_shardings(m, both, "model", "data")
+        nnx.update(m, jax.device_put(nnx.state(m, nnx.Param), sh))
+        assert tuple(m.layers[0].kernel[...].sharding.spec) == ("data", "model")
+        got = nnx.jit(nnx.grad(grad))(m, jax.device_put(x, sharding.batch_sharding(both)))
+        for u, v in zip(jax.tree.leaves(nnx.state(got)), jax.tree.leaves(nnx.state(want))):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=2e-5,
+                                       err_msg=f"nnx {kind} FSDP x tensor")
+        print("ok nnx FSDP x tensor", kind)
     print("ALL OK")
     """
 )

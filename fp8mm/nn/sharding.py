@@ -57,6 +57,7 @@ __all__ = [
     "batch_sharding",
     "current_partition",
     "dense_param_shardings",
+    "nnx_param_shardings",
     "partition",
     "shard_map",
 ]
@@ -233,3 +234,31 @@ def dense_param_shardings(
         return out
 
     return walk(params)
+
+
+def nnx_param_shardings(
+    model: Any, mesh: Mesh, model_axis: str | None = None, fsdp_axis: str | None = None
+) -> Any:
+    """`dense_param_shardings` for an nnx model: an `nnx.State` of NamedShardings.
+
+    The layout rules are `dense_param_shardings`'s, applied to the model's
+    `nnx.Param` state (Linear-style 'kernel' [in, out] and 'bias', SwitchBack int8
+    'CB'/'SCB'). Put the model on the mesh with
+    `nnx.update(model, jax.device_put(nnx.state(model, nnx.Param), shardings))`.
+
+    Args:
+      model: an nnx module (fp8mm's layers or flax's).
+      mesh: the device mesh.
+      model_axis: mesh axis of the output features, or None.
+      fsdp_axis: mesh axis the parameters are sharded over for FSDP, or None.
+
+    Returns:
+      `nnx.State` of `nnx.state(model, nnx.Param)`'s structure whose leaves are
+      NamedShardings.
+    """
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    shardings = dense_param_shardings(state.to_pure_dict(), mesh, model_axis, fsdp_axis)
+    state.replace_by_pure_dict(shardings)
+    return state
