@@ -37,7 +37,7 @@ FP8_DTYPES = (np.dtype(jnp.float8_e4m3fn), np.dtype(jnp.float8_e5m2))
 _QUANTIZE_FP8 = dispatch.Primitive(
     "quantize_fp8",
     reference_fp8.quantize_fp8,
-    (dispatch.Kernel("pallas_triton", "fp8mm.pallas.codebook"),),
+    (dispatch.Kernel("pallas_triton", "fp8mm.pallas.codebook_fp8"),),
 )
 _FP8_SCALED_MATMUL = dispatch.Primitive(
     "fp8_scaled_matmul",
