@@ -20,7 +20,7 @@ from jax import lax
 
 from fp8mm import reference
 
-__all__ = ["fp8_scaled_matmul", "quantize_fp8", "scale_product", "to_fp8"]
+__all__ = ["fp8_scaled_matmul", "quantize_fp8", "to_fp8"]
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
@@ -41,14 +41,6 @@ def quantize_fp8(A, code, table, blocksize, dtype, absmax=None) -> tuple[jax.Arr
     return to_fp8(q, jnp.asarray(table), dtype), state.absmax
 
 
-def scale_product(acc: jax.Array, a_scale: jax.Array, b_scale: jax.Array) -> jax.Array:
-    """(acc * a_scale) * b_scale in float32: acc [m, n], a_scale [m], b_scale [] or [n].
-
-    The one order every implementation applies the scales in.
-    """
-    return (acc * a_scale[:, None]) * b_scale
-
-
 @functools.partial(jax.jit, static_argnames=("out_dtype",))
 def fp8_scaled_matmul(
     A: jax.Array, B: jax.Array, a_scale: jax.Array, b_scale: jax.Array, out_dtype
@@ -64,9 +56,10 @@ def fp8_scaled_matmul(
     Returns:
       out_dtype [m, n].
     """
-    m, k = A.shape
+    k = A.shape[1]
+    # Validated: C >= 1 chunks of equal width. One chunk is (acc * a_scale) * b_scale.
     chunks = a_scale.shape[1]
-    width = k // chunks if chunks else 0
+    width = k // chunks
     dn = (((1,), (1,)), ((), ()))
     acc = None
     for c in range(chunks):
@@ -76,10 +69,6 @@ def fp8_scaled_matmul(
             dn,
             preferred_element_type=jnp.float32,
         )
-        if chunks == 1:
-            return scale_product(part, a_scale[:, 0], b_scale).astype(out_dtype)
         part = part * a_scale[:, c : c + 1]
         acc = part if acc is None else acc + part
-    if acc is None:
-        acc = jnp.zeros((m, B.shape[0]), jnp.float32)
     return (acc * b_scale).astype(out_dtype)

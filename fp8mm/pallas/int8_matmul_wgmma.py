@@ -214,7 +214,7 @@ def _kernel(
 
     fp8: the operands are float8 (one format for both: Mosaic GPU's wgmma takes
     no mixed float8 types), the accumulator float32 and the epilogue
-    `reference_fp8.scale_product` ((acc * row) * col, rounded once). chunks > 1
+    `reference_fp8.fp8_scaled_matmul`'s ((acc * row) * col, rounded once). chunks > 1
     (fp8 only): row_gmem is [chunks, m], one scale per row and K chunk; the
     wgmma accumulator is promoted into a float32 register sum, times the chunk's
     row scales, at the end of every chunk (then col, rounded once).
