@@ -8,6 +8,7 @@ import numpy as np
 
 from fp8mm import _host, dispatch
 from fp8mm.dispatch import Impl
+from fp8mm.reference import absmax_nan
 
 
 def matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) -> jax.Array:
@@ -76,3 +77,11 @@ def static_implementation(implementation: Impl) -> Impl:
     if implementation is None or isinstance(implementation, str):
         return implementation
     return tuple(implementation)
+
+
+def mesh_absmax(x: jax.Array, axis_names: tuple[str, ...]) -> jax.Array | None:
+    """The whole tensor's absmax inside `shard_map`: the `lax.pmax` over `axis_names` of
+    each shard's (NaN-propagating) absmax; None off a mesh (the primitive takes its own)."""
+    if not axis_names:
+        return None
+    return jax.lax.pmax(absmax_nan(x.astype(jnp.float32)), axis_names)

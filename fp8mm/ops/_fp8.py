@@ -19,15 +19,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from fp8mm import _checks, _host
 from fp8mm import functional as F
 from fp8mm import functional_fp8 as F8
 from fp8mm.dispatch import Impl
-from fp8mm.ops._common import as_2d, check_inner, matmul, static_implementation
+from fp8mm.ops._common import as_2d, check_inner, matmul, mesh_absmax, static_implementation
 from fp8mm.ops._fp8_native import NativeConfig, native_fp8, native_reason
-from fp8mm.reference import absmax_nan
 
 GEMMS = ("emulated", "native")
 
@@ -108,9 +106,7 @@ def global_(x, code, blocksize: int, implementation: Impl, axis_names=()) -> jax
     On a mesh the absmax is the `lax.pmax` of the shards' over `axis_names`, so each
     shard quantizes exactly as the whole tensor would."""
     del blocksize
-    absmax = None
-    if axis_names:
-        absmax = lax.pmax(absmax_nan(x.astype(jnp.float32)), axis_names)
+    absmax = mesh_absmax(x, axis_names)
     return F.fake_quant_global(x, code, absmax=absmax, implementation=implementation)
 
 

@@ -33,13 +33,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from fp8mm import functional_fp8 as F8
 from fp8mm.codebooks import e4m3_code, e5m2_code
 from fp8mm.dispatch import Impl
-from fp8mm.ops._common import as_2d, matmul
-from fp8mm.reference import absmax_nan
+from fp8mm.ops._common import as_2d, matmul, mesh_absmax
 from fp8mm.state import Fp8Tensor
 
 _CODES = {"e4m3": e4m3_code, "e5m2": e5m2_code}
@@ -74,12 +72,6 @@ class NativeConfig:
     b_dtype: Any
     axis_names: tuple[str, ...] = ()
 
-    def absmax(self, x: jax.Array) -> jax.Array | None:
-        """The whole tensor's absmax on a mesh (None off one: the primitive's own)."""
-        if not self.axis_names:
-            return None
-        return lax.pmax(absmax_nan(x.astype(jnp.float32)), self.axis_names)
-
     def quantize(self, x: jax.Array, code, blocksize: int) -> Fp8Tensor:
         """x as e4m3 bytes: blockwise (mixed recipe) or global, absmax across the mesh."""
         if self.blockwise:
@@ -90,7 +82,12 @@ class NativeConfig:
 
     def quantize_global(self, x: jax.Array, code) -> Fp8Tensor:
         return F8.quantize_fp8(
-            x, code, None, dtype=E4M3, absmax=self.absmax(x), implementation=self.implementation
+            x,
+            code,
+            None,
+            dtype=E4M3,
+            absmax=mesh_absmax(x, self.axis_names),
+            implementation=self.implementation,
         )
 
 
