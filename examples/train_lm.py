@@ -33,6 +33,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 import sysconfig
@@ -232,10 +233,12 @@ def parse_mesh(spec: str):
     return jax.sharding.Mesh(devs, ("data", "model"))
 
 
-def train(
-    kind: str, preset: Preset, train_data, eval_data, params0, seed: int, layout: Layout = Layout()
-):
-    """Trains one kind from params0; returns (losses, eval loss, seconds per step, params)."""
+def build_step(kind: str, preset: Preset, params0, layout: Layout = Layout()):
+    """The adamw step of one kind and its start state.
+
+    Returns (model, tx, step, params, opt): `step(params, opt, batch)` (not yet
+    jitted) gives (params, opt, loss); params and opt are on the layout.
+    """
     model = CharLM(preset, DENSE[kind])
     warmup = min(preset.warmup, preset.steps // 2)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, preset.lr, warmup, preset.steps))
@@ -248,6 +251,14 @@ def train(
 
     params = layout.put_params(params0)
     opt = layout.put_opt(tx.init(params))
+    return model, tx, step, params, opt
+
+
+def train(
+    kind: str, preset: Preset, train_data, eval_data, params0, seed: int, layout: Layout = Layout()
+):
+    """Trains one kind from params0; returns (losses, eval loss, seconds per step, params)."""
+    model, _, step, params, opt = build_step(kind, preset, params0, layout)
     data = batches(train_data, preset.batch, preset.seq_len, seed)
     first = layout.put_batch(next(data))
     # On a mesh the state keeps its layout from step to step (the compiled step's
@@ -345,6 +356,73 @@ def write_outputs(out: pathlib.Path, curves: dict[str, list[float]]) -> tuple[st
     return str(csv_path), str(png_path)
 
 
+def save_run(out: pathlib.Path, kind: str, args, preset: Preset, result: dict, losses) -> None:
+    """One kind's result and losses as `<out>/runs/<kind>.json`, written as soon as it ends.
+
+    A long run can be split over several processes (or machines): `--combine` reads
+    every saved kind back into one table, CSV and PNG.
+    """
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    record = {
+        "kind": kind,
+        "preset": args.preset,
+        "steps": preset.steps,
+        "seed": args.seed,
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        **result,
+        "losses": [float(v) for v in losses],
+    }
+    (runs / f"{kind}.json").write_text(json.dumps(record) + "\n")
+
+
+def load_runs(out: pathlib.Path) -> tuple[dict[str, dict], dict[str, list[float]]]:
+    """The runs `save_run` left in `<out>/runs`, plain first then in KINDS order."""
+    records = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*.json"))]
+    if not records:
+        raise SystemExit(f"--combine: no runs in {out / 'runs'}")
+    setups = {(r["preset"], r["steps"], r["seed"]) for r in records}
+    if len(setups) > 1:
+        raise SystemExit(f"--combine: runs of different (preset, steps, seed): {sorted(setups)}")
+    order = {k: i for i, k in enumerate(KINDS)}
+    records.sort(key=lambda r: order.get(r["kind"], len(order)))
+    results = {r["kind"]: {k: r[k] for k in RESULT_KEYS} for r in records}
+    return results, {r["kind"]: r["losses"] for r in records}
+
+
+RESULT_KEYS = ("final_loss", "eval_loss", "step_ms", "tokens_per_s", "peak_mib")
+
+
+def print_table(results: dict[str, dict]) -> str:
+    """Prints (and returns) the per-kind markdown table; adds the ratios to plain to `results`."""
+    base = results.get("plain")
+    head = "| kind | final loss | eval loss | step ms | tokens/s | peak MiB |"
+    rule = "|---|---|---|---|---|---|"
+    if base:
+        head += " eval loss vs plain | step vs plain | memory vs plain |"
+        rule += "---|---|---|"
+    lines = [head, rule]
+    for kind, r in results.items():
+        mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        row = (
+            f"| {kind} | {r['final_loss']:.4f} | {r['eval_loss']:.4f} | {r['step_ms']:.1f} | "
+            f"{r['tokens_per_s']:,.0f} | {mem} |"
+        )
+        if base:
+            r["ratio"] = r["final_loss"] / base["final_loss"]
+            r["eval_ratio"] = r["eval_loss"] / base["eval_loss"]
+            r["step_ratio"] = r["step_ms"] / base["step_ms"]
+            if r["peak_mib"] and base["peak_mib"]:
+                r["mem_ratio"] = r["peak_mib"] / base["peak_mib"]
+            mem_ratio = f"{r['mem_ratio']:.3f}" if "mem_ratio" in r else "n/a"
+            row += f" {r['eval_ratio']:.4f} | {r['step_ratio']:.3f} | {mem_ratio} |"
+        lines.append(row)
+    text = "\n".join(lines)
+    print("\n" + text)
+    return text
+
+
 def checkpoint_round_trip(preset: Preset, params, eval_data) -> None:
     """Saves and restores the SwitchBack model with orbax, then makes it int8 for inference."""
     import orbax.checkpoint as ocp
@@ -382,7 +460,18 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     ap.add_argument(
         "--partition", action="store_true", help="with --mesh: fp8mm products per shard (shard_map)"
     )
+    ap.add_argument(
+        "--combine",
+        action="store_true",
+        help="train nothing: one table, CSV and PNG from the runs saved in --out/runs",
+    )
     args = ap.parse_args(argv)
+    if args.combine:
+        results, curves = load_runs(pathlib.Path(args.out))
+        (pathlib.Path(args.out) / "train_lm_table.md").write_text(print_table(results) + "\n")
+        csv_path, png_path = write_outputs(pathlib.Path(args.out), curves)
+        print(f"\nloss curves: {csv_path}, {png_path}")
+        return results
     preset = PRESETS[args.preset]
     if args.steps:
         preset = dataclasses.replace(preset, steps=args.steps)
@@ -415,39 +504,22 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     # One initialisation for every kind: quantized layers take nn.Dense's parameters.
     params0 = CharLM(preset).init(jax.random.key(args.seed), sample)
 
+    out = pathlib.Path(args.out)
     results, curves, trained = {}, {}, {}
     for kind in kinds:
         losses, ev, step_s, peak, params = train(
             kind, preset, train_data, eval_data, params0, args.seed, layout
         )
-        final = float(np.mean(losses[-10:]))
         results[kind] = {
-            "final_loss": final,
+            "final_loss": float(np.mean(losses[-10:])),
             "eval_loss": ev,
             "step_ms": 1e3 * step_s,
             "tokens_per_s": preset.batch * preset.seq_len / step_s,
             "peak_mib": peak,
         }
         curves[kind], trained[kind] = losses, params
-
-    base = results.get("plain")
-    extra = " loss vs plain | step vs plain | memory vs plain |" if base else ""
-    print(f"\n| kind | final loss | eval loss | step ms | tokens/s | peak MiB |{extra}")
-    print(f"|---|---|---|---|---|---|{'---|---|---|' if base else ''}")
-    for kind, r in results.items():
-        mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-        row = (
-            f"| {kind} | {r['final_loss']:.4f} | {r['eval_loss']:.4f} | {r['step_ms']:.1f} | "
-            f"{r['tokens_per_s']:,.0f} | {mem} |"
-        )
-        if base:
-            r["ratio"] = r["final_loss"] / base["final_loss"]
-            r["step_ratio"] = r["step_ms"] / base["step_ms"]
-            if r["peak_mib"] and base["peak_mib"]:
-                r["mem_ratio"] = r["peak_mib"] / base["peak_mib"]
-            mem_ratio = f"{r['mem_ratio']:.3f}" if "mem_ratio" in r else "n/a"
-            row += f" {r['ratio']:.3f} | {r['step_ratio']:.3f} | {mem_ratio} |"
-        print(row)
+        save_run(out, kind, args, preset, results[kind], losses)
+    print_table(results)
     csv_path, png_path = write_outputs(pathlib.Path(args.out), curves)
     print(f"\nloss curves: {csv_path}, {png_path}")
     if "switchback" in trained and not args.no_checkpoint:

@@ -236,3 +236,24 @@ def test_device_time_failure_keeps_the_wall_clock_row(bench, monkeypatch):
     row2 = common.Row("kernels", "copy", "jnp", "-", "8", "float32", is_baseline=True)
     r.case(row2, lambda: ((lambda: 1.0), None), 8.0, "GB/s", sync=lambda x: x, device=True)
     assert row2.ms is not None and "no GPU events" in row2.note
+
+
+def test_profile_step_categories_and_smoke(tmp_path, monkeypatch):
+    from benchmarks import common, profile_step
+
+    cat = profile_step.category
+    assert cat("cudnn_generated_fort_native_sdpa_sm90_knob_7") == "attention"
+    assert cat("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert cat("fp8mm_int8_linear_matmul_dequant_wgmma") == "matmul"
+    assert cat("fp8mm_int8_vectorwise_quant_t") == "quantization"
+    assert cat("loop_add_fusion_3") == "other"
+    # Fake GPU events: the table splits them by category, per step, beside plain's.
+    events = [("nvjet_gemm", 0, 4_000_000), ("fp8mm_int8_stats", 1, 1_000_000), ("fusion", 2, 500)]
+    monkeypatch.setattr(common, "device_events", lambda call, n: events * n)
+    rows = profile_step.main(
+        ["--smoke", "--kinds", "plain,switchback", "--steps", "2", "--out", str(tmp_path)]
+    )
+    assert [r["kind"] for r in rows] == ["plain", "switchback"]
+    assert rows[1]["matmul_ms"] == pytest.approx(4.0) and rows[1]["quantization_ms"] == 1.0
+    text = (tmp_path / "profile.md").read_text()
+    assert "| switchback |" in text and "(1.00x)" in text

@@ -22,6 +22,16 @@ def test_train_lm_smoke(tmp_path):
     assert set(results) == {"plain", "switchback"}
     assert (tmp_path / "train_lm_loss.png").stat().st_size > 0
     assert len((tmp_path / "train_lm_losses.csv").read_text().splitlines()) == 5
+    # Each kind's run is saved as it ends; --combine rebuilds the outputs from them.
+    saved = sorted(f.name for f in (tmp_path / "runs").iterdir())
+    assert saved == ["plain.json", "switchback.json"]
+    (tmp_path / "train_lm_losses.csv").unlink()
+    combined = train_lm.main(["--combine", "--out", str(tmp_path)])
+    assert list(combined) == ["plain", "switchback"]
+    for kind in results:
+        assert combined[kind]["eval_loss"] == results[kind]["eval_loss"]
+    assert "| switchback |" in (tmp_path / "train_lm_table.md").read_text()
+    assert len((tmp_path / "train_lm_losses.csv").read_text().splitlines()) == 5
 
 
 MESH_WORKER = """
