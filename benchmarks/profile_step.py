@@ -4,7 +4,8 @@ For each layer kind, one compiled adamw step of train_lm's CharLM (the preset's
 model, by default gpu-large) runs under the JAX profiler; every GPU kernel and
 copy of the traced steps is put in one category by its name:
 
-* attention: cuDNN / flash attention kernels (`jax.nn.dot_product_attention`);
+* attention: cuDNN / flash attention kernels (`jax.nn.dot_product_attention` when it
+  picks one; when it runs as XLA fusions they count as "other");
 * matmul: GEMMs (cuBLAS/cuBLASLt, XLA's Triton GEMMs, fp8mm's Pallas matmuls);
 * quantization: fp8mm's Pallas quantization kernels (statistics, quantize, transposes);
 * other: the remaining XLA fusions (layer norms, GELU, residuals, loss, the

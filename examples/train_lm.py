@@ -22,7 +22,8 @@ the parameters over 'data', and `--partition` runs every fp8mm product per shard
         python examples/train_lm.py --mesh data=2,model=2 --fsdp
 
 The gpu-large preset trains in bf16 (float32 parameters and optimizer state) with
-`jax.nn.dot_product_attention` (cuDNN's fused attention where available), 16k tokens
+`jax.nn.dot_product_attention` (as JAX picks its implementation: XLA on an H200 with
+jax 0.11.2, see docs/performance.md), 16k tokens
 a step, and adds the native-FP8 kinds (`fp8_mixed_native`, `fp8_global_native`).
 """
 
