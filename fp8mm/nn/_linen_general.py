@@ -156,7 +156,6 @@ def einsum_call(
         bias = module.param("bias", module.bias_init, shape, module.param_dtype)
     inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
     y, cols = general_product(spec, plan, inputs, kernel, bias)
-    preferred = getattr(module, "preferred_element_type", None)  # (newer flax only)
-    if preferred is not None:
-        y = y.astype(preferred)
+    if module.preferred_element_type is not None:
+        y = y.astype(module.preferred_element_type)
     return y, cols

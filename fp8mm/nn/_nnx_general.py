@@ -24,7 +24,6 @@ from flax import nnx
 
 from fp8mm import _checks
 from fp8mm.nn import _core
-from fp8mm.nn import _flax_compat as compat
 from fp8mm.nn._core import QuantSpec
 from fp8mm.nn._general import Contraction, dense_general_contraction, einsum_contraction
 from fp8mm.nn._general import general_product as _general_product
@@ -97,9 +96,9 @@ class _QuantGeneral(nnx.Module):
         self.param_dtype = module.param_dtype
         self.precision = module.precision  # accepted for parity; the ops fix their precision
         self.promote_dtype = module.promote_dtype
-        self.preferred_element_type = compat.preferred_element_type(module)
+        self.preferred_element_type = module.preferred_element_type
         self.kernel = module.kernel  # the very Variables: shared references and metadata
-        self.bias = module.bias if module.bias is not None else compat.nnx_data(None)
+        self.bias = module.bias if module.bias is not None else nnx.data(None)
 
     def _product(self, plan: Contraction, inputs: jax.Array) -> jax.Array:
         kernel = self.kernel[...]

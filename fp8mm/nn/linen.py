@@ -28,7 +28,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.typing import Dtype, Initializer, PrecisionLike
+from flax.typing import Dtype, Initializer, PrecisionLike, PromoteDtypeFn
 
 from fp8mm import _checks
 from fp8mm.dispatch import Impl
@@ -37,7 +37,6 @@ from fp8mm.nn import _linen_general as _lg
 from fp8mm.nn._core import Gemm, QuantSpec
 from fp8mm.nn._dense import make_dot_general, quantized_dense
 from fp8mm.nn._flax_compat import (
-    PromoteDtypeFn,
     autoname_like,
     linen_default_kernel_init,
     linen_promote_dtype,

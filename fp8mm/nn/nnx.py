@@ -132,7 +132,7 @@ class _QuantLinear(nnx.Module):
                 bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata
             )
         else:
-            self.bias = compat.nnx_data(None)
+            self.bias = nnx.data(None)
         self.in_features = in_features
         self.out_features = out_features
         self.use_bias = use_bias
@@ -188,7 +188,7 @@ class _QuantLinear(nnx.Module):
             kernel_init=lambda *_: kernel[...],
             bias_init=lambda *_: linear.bias[...],
             promote_dtype=linear.promote_dtype,
-            preferred_element_type=compat.preferred_element_type(linear),
+            preferred_element_type=linear.preferred_element_type,
             rngs=nnx.Rngs(0),
             **options,
         )
