@@ -6,6 +6,8 @@ equals the fp8mm Dense layer on the reshaped 2-D problem bit for bit, batched pr
 are refused, and the report says what was converted and skipped. Tiny dims, XLA only.
 """
 
+import doctest
+import importlib
 import math
 
 import flax.linen as nn
@@ -268,15 +270,12 @@ def test_linen_dense_general_int8_and_outliers():
         _, inter = jax.jit(lambda p, x: out.apply(p, x, mutable=["intermediates"]))(params, x)
     cols = inter["intermediates"]["outlier_cols"][0]
     assert cols.shape == (H, D) and np.flatnonzero(cols).tolist() == [3]
-    # int8 inference weights stay with Dense layers: a 2-D-kernel DenseGeneral is refused.
-    flat = nn.DenseGeneral(E)
-    fp = flat.init(jax.random.key(0), x)
-    with L.quantize_dense("switchback"):
-        with pytest.raises(ValueError, match="do not run as SwitchBack"):
-            L.int8_inference_params(fp, flat, x)
-        int8, _ = L.int8_inference_params(fp)
-        with pytest.raises(ValueError, match="int8 inference weights for Dense layers only"):
-            flat.apply(int8, x)
+    # With int8 inference weights the same columns are found and sown.
+    with L.quantize_dense("switchback", threshold=6.0, **XLA):
+        int8, report = L.int8_inference_params(params, out, x)
+        _, inter8 = jax.jit(lambda p, x: out.apply(p, x, mutable=["intermediates"]))(int8, x)
+    assert report.layers == ("params",) and int8["params"]["CB"].shape == (E, H, D)
+    _bits_equal(inter8["intermediates"]["outlier_cols"][0], cols)
 
 
 # --- nnx --------------------------------------------------------------------------------------
@@ -400,3 +399,162 @@ def test_contraction_plans():
     ):
         assert why in _general.einsum_contraction(eq, x_ndim, k_ndim), eq
     assert "distinct axes" in _general.dense_general_contraction(2, (1, -1), 1)
+
+
+# --- int8 inference weights of the converted projections ----------------------------------------
+
+INT8_KINDS = ("switchback", "switchback_global", "switchback_vectorwise")
+
+
+def _int8_dense(kind, kernel2, bias2, x2):
+    """The SwitchBack Dense layer with int8 weights of kernel2 [K, N] on x2 [rows, K]."""
+    layer = L.LAYERS[kind](kernel2.shape[1], **XLA)
+    p, _ = L.int8_inference_params({"params": {"kernel": kernel2, "bias": bias2}}, kind=kind)
+    return jax.jit(layer.apply)(p, x2)
+
+
+@pytest.mark.parametrize("kind", INT8_KINDS)
+def test_linen_block_int8_projections_equal_the_2d_dense_path(kind):
+    calls = []
+
+    def record(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
+        if isinstance(context.module, nn.DenseGeneral) and context.method_name == "__call__":
+            calls.append(("/".join(context.module.path), args[0], y))
+        return y
+
+    with L.quantize_dense(kind, **XLA):
+        int8, report = L.int8_inference_params(PARAMS, Block(), X, kind=kind)
+        y_float = jax.jit(Block().apply)(PARAMS, X)
+    assert set(report.layers) == {f"params/{p}" for p in LINEN_PROJ} and not report.skipped
+    attn = int8["params"]["attn"]
+    assert attn["query"]["CB"].shape == (H, D, E) and attn["query"]["SCB"].shape == (H, D)
+    assert attn["out"]["CB"].shape == (E, H, D) and attn["out"]["SCB"].shape == (E,)
+    assert "kernel" not in attn["out"] and attn["out"]["CB"].dtype == jnp.int8
+
+    def f(p, x):
+        with nn.intercept_methods(record), L.quantize_dense(kind, **XLA):
+            return Block().apply(p, x), [c[1:] for c in calls]
+
+    y, seen = jax.jit(f)(int8, X)
+    # Threshold 0: the weight is quantized as on every training call, so nothing changes.
+    _bits_equal(y, y_float)
+    for path, (x, y) in zip([c[0] for c in calls], seen, strict=True):
+        p = PARAMS["params"]["attn"][path.split("/")[1]]
+        k = H * D if path.endswith("out") else E
+        n = p["kernel"].size // k
+        want = _int8_dense(kind, p["kernel"].reshape(k, n), p["bias"].reshape(n), x.reshape(-1, k))
+        _bits_equal(y.reshape(-1, n), want)
+
+
+def test_linen_int8_einsum_layouts_and_what_cannot_map():
+    x = rand((B, T, E), seed=8)
+    # The kernel contracted on its last axis: CB is [h, k, d], the Linear layout.
+    proj = nn.Einsum((H, D, E), "btd,hkd->bthk", bias_init=nn.initializers.normal(0.1))
+    p = proj.init(jax.random.key(0), x)
+    with L.quantize_dense("switchback", **XLA):
+        int8, report = L.int8_inference_params(p, proj, x)
+        y = jax.jit(proj.apply)(int8, x)
+        with pytest.raises(ValueError, match=r"CB \(4, 2, 8\), SCB \(2, 8\) do not fit"):
+            proj.apply({"params": {**int8["params"], "CB": jnp.zeros((4, 2, 8), jnp.int8)}}, x)
+    assert report.layers == ("params",) and int8["params"]["CB"].shape == (H, D, E)
+    k2 = p["params"]["kernel"].reshape(H * D, E).T
+    want = _int8_dense("switchback", k2, p["params"]["bias"].reshape(-1), x.reshape(-1, E))
+    _bits_equal(y, want.reshape(B, T, H, D))
+    with L.quantize_dense("fp8_mixed", **XLA):
+        with pytest.raises(ValueError, match=r"int8 weights \(CB/SCB .* runs as 'fp8_mixed'"):
+            proj.apply(int8, x)
+    # Without the model, which axes an N-d kernel contracts is unknown: it stays float.
+    kept, report = L.int8_inference_params(p)
+    assert kept == p and report.layers == ()
+    ((path, why),) = report.skipped
+    assert path == "params" and "3-d kernel" in why and "pass the model" in why
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y = nn.DenseGeneral(4, batch_dims=(0,), name="per_batch")(x)
+            z = nn.Einsum((B, 4), "bd,bf->bf", name="scale")(y[:, 0])  # d summed over x only
+            return nn.Dense(4, name="head")(y) + z[:, None]
+
+    params = Net().init(jax.random.key(0), x)
+    keep = lambda m: m.name != "per_batch"
+    with L.quantize_dense("switchback", filter=keep, **XLA):
+        with pytest.raises(ValueError, match=r"\['params/scale'\] do not run as SwitchBack"):
+            L.int8_inference_params(params, Net(), x)
+        int8, report = L.int8_inference_params(
+            params, Net(), x, filter=lambda path: path != "params/scale"
+        )
+        assert Net().apply(int8, x).shape == (B, T, 4)
+    assert report.layers == ("params/head",)
+    assert report.skipped == (
+        ("params/per_batch", "it does not run as a SwitchBack layer of kind 'switchback'"),
+    )
+    assert "kept float params/per_batch" in str(report)
+
+
+@pytest.mark.parametrize("kind", INT8_KINDS)
+def test_nnx_block_int8_projections_equal_the_2d_linear_path(kind):
+    model = fnn.quantize_model(NBlock(nnx.Rngs(0)), kind, **XLA)
+    floats = {name: getattr(model.attn, name).kernel[...] for name in ("query", "out")}
+    y_float = nnx.jit(lambda m, x: m(x))(model, X)
+    report = fnn.to_int8_inference(model)
+    assert set(report.layers) == set(NNX_PROJ) and not report.skipped
+    assert report.bytes_after < report.bytes_before
+    q, out = model.attn.query, model.attn.out
+    assert isinstance(q.CB, N.Int8Weight) and q.CB.shape == (H, D, E) and q.SCB.shape == (H, D)
+    assert out.CB.shape == (E, H, D) and getattr(out, "kernel", None) is None
+    assert "CB" in nnx.state(out, N.Int8Weight) and "kernel" not in nnx.state(out, nnx.Param)
+    _bits_equal(nnx.jit(lambda m, x: m(x))(model, X), y_float)
+    heads = rand((B, T, H, D), seed=9)
+    for name, x, k in (("query", X, E), ("out", heads, H * D)):
+        lg = getattr(model.attn, name)
+        kernel2 = floats[name].reshape(k, -1)
+        n = kernel2.shape[1]
+        lin = N.LAYERS[kind](
+            k,
+            n,
+            kernel_init=lambda *_, k2=kernel2: k2,
+            bias_init=lambda *_, lg=lg: lg.bias[...].reshape(n),
+            rngs=nnx.Rngs(0),
+            **XLA,
+        )
+        lin.to_int8()
+        want = nnx.jit(lambda m, x: m(x))(lin, x.reshape(B * T, k))
+        _bits_equal(nnx.jit(lambda m, x: m(x))(lg, x), want.reshape(B, T, *lg.out_features))
+        _bits_equal(lg.CB[...].reshape(n, k), lin.CB[...])
+
+
+def test_nnx_int8_einsum_and_what_cannot_map():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.proj = nnx.Einsum("btd,hkd->bthk", (H, D, E), (H, D), rngs=rngs)
+            self.fp8 = nnx.LinearGeneral(E, (H, D), rngs=rngs)
+            self.plain = nnx.Linear(E, E, rngs=rngs)
+
+    model = Net(nnx.Rngs(0))
+    fnn.quantize_model(model, "switchback", filter=lambda path, m: path == ("proj",), **XLA)
+    fnn.quantize_model(model, "fp8_mixed", filter=lambda path, m: path == ("fp8",), **XLA)
+    x = rand((B, T, E), seed=10)
+    kernel2 = model.proj.kernel[...].reshape(H * D, E).T
+    report = fnn.to_int8_inference(model)
+    assert report.layers == ("proj",) and model.proj.CB.shape == (H, D, E)
+    assert dict(report.skipped) == {
+        "fp8": "kind 'fp8_mixed' has no int8 inference weights",
+        "plain": "a float layer: quantize_model(model, kind) with a SwitchBack kind first",
+    }
+    want = _int8_dense("switchback", kernel2, model.proj.bias[...].reshape(-1), x.reshape(-1, E))
+    _bits_equal(nnx.jit(lambda m, x: m(x))(model.proj, x), want.reshape(B, T, H, D))
+    with pytest.raises(ValueError, match="its int8 weights were built for"):
+        model.proj(x, "btd,hdk->bthk")  # another equation: the kernel's d is elsewhere
+    with pytest.raises(ValueError, match="only the SwitchBack kinds"):
+        model.fp8.to_int8()
+
+
+@pytest.mark.parametrize("name", ["fp8mm.nn._int8", "fp8mm.nn._nnx_static"])
+def test_docstring_examples_of_the_int8_modules(name):
+    # tests/test_doctests.py runs the public modules', whose doctest finder skips what
+    # they re-export from these (int8_inference_params, Int8Weight).
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0, result

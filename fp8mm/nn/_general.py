@@ -8,6 +8,13 @@ einsum whose output interleaves x's and the kernel's axes, transposed) back. So
 every kind and option of `QuantSpec` applies unchanged, and the numbers are
 exactly those of an fp8mm Dense layer on [rows, K] @ [K, N] (+ bias [N]).
 
+SwitchBack int8 inference weights of such a layer are those of the Dense layer
+on the reshaped kernel [K, N], kept in the shape of the kernel's axes:
+CB int8 [*features, *contracted] (the Linear layout [out, in] of the reshaped
+problem, before flattening) and SCB float32 [*features]; `int8_weight` builds
+them and `general_product(..., int8_weight=(CB, SCB))` runs them, exactly the
+numbers of the Dense layer with CB [N, K], SCB [N].
+
 Products with a batch index (DenseGeneral `batch_dims`, LinearGeneral
 `batch_axis`, an einsum index in x, the kernel and the output) are a weight per
 batch element: they have no 2-D form, and the callers refuse or skip them.
@@ -19,14 +26,40 @@ import dataclasses
 import math
 import string
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from fp8mm.nn._core import QuantSpec
+from fp8mm.nn._core import KIND_TABLE, QuantSpec, int8_weight_state
 from fp8mm.nn._dense import quantized_dense
 
-__all__ = ["Contraction", "dense_general_contraction", "einsum_contraction", "general_product"]
+__all__ = [
+    "DENSE_LAYOUT",
+    "Contraction",
+    "KernelLayout",
+    "dense_general_contraction",
+    "einsum_contraction",
+    "general_product",
+    "int8_weight",
+    "int8_weight_shapes",
+]
+
+
+class KernelLayout(NamedTuple):
+    """How a kernel's axes become the [K, N] kernel of the 2-D product.
+
+    Attributes:
+      kernel_perm: the kernel's axes, the contracted ones first, then the features.
+      n_contract: how many of them are contracted.
+    """
+
+    kernel_perm: tuple[int, ...]
+    n_contract: int
+
+
+# nn.Dense / nnx.Linear: the kernel is [in, out] already.
+DENSE_LAYOUT = KernelLayout((0, 1), 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +79,11 @@ class Contraction:
     kernel_perm: tuple[int, ...]
     out_perm: tuple[int, ...] | None
     n_contract: int
+
+    @property
+    def layout(self) -> KernelLayout:
+        """The kernel's part of the mapping (it does not depend on x's free axes)."""
+        return KernelLayout(self.kernel_perm, self.n_contract)
 
 
 def _labels_contraction(lhs: str, rhs: str, out: str) -> Contraction | str:
@@ -148,12 +186,56 @@ def _transpose(a: jax.Array, perm: tuple[int, ...]) -> jax.Array:
     return a if perm == tuple(range(a.ndim)) else jnp.transpose(a, perm)
 
 
+def int8_weight_shapes(
+    layout: KernelLayout, kernel_shape: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of CB ([*features, *contracted]) and SCB ([*features]) for a kernel shape."""
+    shape = tuple(kernel_shape[a] for a in layout.kernel_perm)
+    contracted, feats = shape[: layout.n_contract], shape[layout.n_contract :]
+    return (*feats, *contracted), feats
+
+
+def int8_weight(
+    spec: QuantSpec, layout: KernelLayout, kernel: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The SwitchBack int8 inference weights of an N-d kernel: the 2-D Dense ones, reshaped.
+
+    Args:
+      spec: a SwitchBack kind's options (`fp8mm.nn.INT8_KINDS`).
+      layout: which kernel axes are contracted (`Contraction.layout`; `DENSE_LAYOUT`
+        for a Dense kernel [in, out]).
+      kernel: float [...], `len(layout.kernel_perm)` axes.
+
+    Returns:
+      (CB int8 [*features, *contracted], SCB float32 [*features]): the kind's
+      `int8_prepare` of the reshaped kernel [K, N] (CB [N, K], SCB [N]) in the
+      kernel's axes.
+
+    Raises:
+      ValueError: the kind takes no int8 weights, or the kernel does not fit `layout`.
+    """
+    row = KIND_TABLE[spec.kind]
+    if not row.int8_weights:
+        raise ValueError(f"kind {spec.kind!r} takes no int8 inference weights")
+    if kernel.ndim != len(layout.kernel_perm):
+        raise ValueError(
+            f"kernel {tuple(kernel.shape)} does not fit a {len(layout.kernel_perm)}-d layout"
+        )
+    cb_shape, scb_shape = int8_weight_shapes(layout, kernel.shape)
+    kt = _transpose(kernel, layout.kernel_perm)
+    k = math.prod(kt.shape[: layout.n_contract])
+    cb, scb = row.int8_prepare(spec, jnp.reshape(kt, (k, -1)))
+    return jnp.reshape(cb, cb_shape), jnp.reshape(scb, scb_shape)
+
+
 def general_product(
     spec: QuantSpec,
     contraction: Contraction,
     x: jax.Array,
-    kernel: jax.Array,
+    kernel: jax.Array | None,
     bias: jax.Array | None = None,
+    *,
+    int8_weight: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """`x` contracted with `kernel` (+ bias) through `quantized_dense` on the 2-D problem.
 
@@ -161,28 +243,37 @@ def general_product(
       spec: quantization options.
       contraction: from `dense_general_contraction` or `einsum_contraction`.
       x: float [...], already in the computation dtype.
-      kernel: float [...], x's dtype.
+      kernel: float [...], x's dtype; None with `int8_weight`.
       bias: optional float of the feature axes' total size ([features...] in the
         output's order of them; any shape of that size).
+      int8_weight: SwitchBack kinds: (CB int8 [*features, *contracted], SCB float32
+        [*features]) from `int8_weight`, used in place of the kernel.
 
     Returns:
       (y [output axes], outlier mask bool [contracted axes] or None): the output of
-      `quantized_dense(spec, x2 [rows, K], kernel2 [K, N], bias [N])` reshaped back,
-      and its SwitchBack outlier column mask (threshold > 0 only) reshaped to x's
-      contracted axes.
+      `quantized_dense(spec, x2 [rows, K], kernel2 [K, N], bias [N])` (or of its
+      int8 weight CB [N, K], SCB [N]) reshaped back, and its SwitchBack outlier
+      column mask (threshold > 0 only) reshaped to x's contracted axes.
 
     Raises:
-      ValueError: the kernel's contracted axes or the bias do not fit x.
+      ValueError: the kernel's (or CB's) contracted axes or the bias do not fit x.
     """
     c = contraction
-    xt, kt = _transpose(x, c.x_perm), _transpose(kernel, c.kernel_perm)
+    xt = _transpose(x, c.x_perm)
     free, in_shape = xt.shape[: xt.ndim - c.n_contract], xt.shape[xt.ndim - c.n_contract :]
-    if tuple(kt.shape[: c.n_contract]) != tuple(in_shape):
+    if int8_weight is not None:
+        cb, scb = int8_weight
+        feats, got = cb.shape[: cb.ndim - c.n_contract], cb.shape[cb.ndim - c.n_contract :]
+        what, name = f"int8 weight CB {tuple(cb.shape)}", "CB"
+    else:
+        kt = _transpose(kernel, c.kernel_perm)
+        got, feats = kt.shape[: c.n_contract], kt.shape[c.n_contract :]
+        what, name = f"kernel {tuple(kernel.shape)}", "the kernel"
+    if tuple(got) != tuple(in_shape):
         raise ValueError(
-            f"x {tuple(x.shape)} and kernel {tuple(kernel.shape)} disagree on the contracted "
-            f"axes: {tuple(in_shape)} in x, {tuple(kt.shape[: c.n_contract])} in the kernel"
+            f"x {tuple(x.shape)} and {what} disagree on the contracted axes: "
+            f"{tuple(in_shape)} in x, {tuple(got)} in {name}"
         )
-    feats = kt.shape[c.n_contract :]
     k, n = math.prod(in_shape), math.prod(feats)
     if bias is not None:
         if bias.size != n:
@@ -191,7 +282,13 @@ def general_product(
             )
         bias = jnp.reshape(bias, (n,))
     x2 = jnp.reshape(xt, (math.prod(free), k))
-    y, cols = quantized_dense(spec, x2, jnp.reshape(kt, (k, n)), bias)
+    if int8_weight is not None:
+        if scb.size != n:
+            raise ValueError(f"int8 scales SCB {tuple(scb.shape)} do not fit CB {cb.shape}")
+        state = int8_weight_state(spec, jnp.reshape(cb, (n, k)), jnp.reshape(scb, (n,)))
+        y, cols = quantized_dense(spec, x2, None, bias, int8_state=state)
+    else:
+        y, cols = quantized_dense(spec, x2, jnp.reshape(kt, (k, n)), bias)
     y = jnp.reshape(y, (*free, *feats))
     if c.out_perm is not None:
         y = jnp.transpose(y, c.out_perm)

@@ -9,7 +9,9 @@ paper's kinds; a global scale is stored once per row). With threshold 0 the
 forward output equals the training-mode layer's (SwitchBack quantizes the
 weight the same way on every training call); with threshold > 0 the outlier
 columns use the dequantized int8 weight, as bitsandbytes does, so they differ
-slightly.
+slightly. A DenseGeneral / Einsum kernel (N-d) gets the int8 weights of the
+Dense layer on its reshaped kernel [K, N], kept in its axes: CB [*features,
+*contracted], SCB [*features] (`fp8mm.nn._general.int8_weight`).
 
 The int8 leaves sit in 'params' but are not trained. To train the float parts
 of such a model (biases, layers left in float), split them off with
@@ -32,7 +34,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fp8mm.nn._core import INT8_KINDS, KIND_TABLE, QuantSpec, check_callable, check_kind
+from fp8mm.nn._core import INT8_KINDS, QuantSpec, check_callable, check_kind
+from fp8mm.nn._general import DENSE_LAYOUT, KernelLayout, int8_weight
 
 __all__ = [
     "Int8Report",
@@ -56,40 +59,62 @@ class Int8Report:
       layers: paths of the converted layers.
       bytes_before: bytes of all parameters before conversion.
       bytes_after: bytes of all parameters after conversion.
+      skipped: (path, why) of each layer with a float kernel that was left float
+        and not excluded by a filter (an N-d kernel whose layout only the model
+        knows, a layer that does not run as a SwitchBack kind).
     """
 
     layers: tuple[str, ...]
     bytes_before: int
     bytes_after: int
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def bytes_saved(self) -> int:
         return self.bytes_before - self.bytes_after
 
     def __str__(self) -> str:
-        return (
+        lines = [
             f"int8 weights in {len(self.layers)} layers: parameters {self.bytes_before:,} -> "
             f"{self.bytes_after:,} bytes (saved {self.bytes_saved:,}, "
             f"{100 * self.bytes_saved / max(self.bytes_before, 1):.1f}%)"
-        )
+        ]
+        lines += [f"  kept float {path or '<top>'}: {why}" for path, why in self.skipped]
+        return "\n".join(lines)
 
 
-# Module path -> kind of the linen layers of an int8 kind that ran while a recorder is active.
-_switchback_paths: contextvars.ContextVar[dict[tuple[str, ...], str] | None] = (
+@dataclasses.dataclass(frozen=True)
+class _Ran:
+    """How a linen layer of an int8 kind ran while traced: its kind and kernel layout."""
+
+    kind: str
+    layout: KernelLayout | None  # None: it ran with two different layouts
+
+
+# Module path -> how it ran, for the linen layers of an int8 kind traced while a recorder is on.
+_switchback_paths: contextvars.ContextVar[dict[tuple[str, ...], _Ran] | None] = (
     contextvars.ContextVar("fp8mm_switchback_paths", default=None)
 )
 
 
-def record_switchback(path: tuple[str, ...], kind: str) -> None:
-    """Called by every linen product of an int8 kind while tracing (`int8_inference_params`)."""
+def record_switchback(
+    path: tuple[str, ...], kind: str, layout: KernelLayout = DENSE_LAYOUT
+) -> None:
+    """Called by every linen product of an int8 kind while tracing (`int8_inference_params`).
+
+    `layout` says which axes of the layer's kernel are contracted (DenseGeneral /
+    Einsum kernels are N-d), so that its int8 weights can be built from the kernel.
+    """
     seen = _switchback_paths.get()
     if seen is not None:
-        seen[tuple(path)] = kind
+        before = seen.get(tuple(path))
+        same = before is None or before == _Ran(kind, layout)
+        seen[tuple(path)] = _Ran(kind, layout if same else None)
 
 
 @contextlib.contextmanager
-def _recording() -> Iterator[dict[tuple[str, ...], str]]:
-    seen: dict[tuple[str, ...], str] = {}
+def _recording() -> Iterator[dict[tuple[str, ...], _Ran]]:
+    seen: dict[tuple[str, ...], _Ran] = {}
     token = _switchback_paths.set(seen)
     try:
         yield seen
@@ -112,22 +137,32 @@ def int8_inference_params(
     kind: str = "switchback",
     **kwargs: Any,
 ) -> tuple[dict[str, Any], Int8Report]:
-    """Replaces each Dense-style 'kernel' [in, out] by the int8 'CB'/'SCB' of a SwitchBack kind.
+    """Replaces each SwitchBack layer's float 'kernel' by the int8 'CB'/'SCB' of its kind.
 
     Only layers of that kind (`SwitchBackDense` for "switchback",
-    `SwitchBackGlobalDense` for "switchback_global", ..., or nn.Dense under
-    `quantize_dense(kind)`) understand the converted entries; any other Dense
-    given them fails when the model is applied. Restrict the conversion with
-    `filter` when the tree holds other Dense layers, and pass `model` with the
-    arguments of `model.apply` to have that checked now: the model is traced once
-    (abstractly, `jax.eval_shape`) and a converted layer that does not run as
-    `kind` raises ValueError naming it. Call it inside the `quantize_dense(kind)`
-    context when that is how the model runs.
+    `SwitchBackGlobalDense` for "switchback_global", ..., or nn.Dense,
+    nn.DenseGeneral and nn.Einsum under `quantize_dense(kind)`) understand the
+    converted entries; any other layer given them fails when the model is
+    applied. Pass `model` with the arguments of `model.apply`: the model is then
+    traced once (abstractly, `jax.eval_shape`; inside the `quantize_dense(kind)`
+    context when that is how it runs), only the layers that run as `kind` are
+    converted, and a 2-D kernel of a layer that does not raises ValueError naming
+    it. Without `model`, every 2-D kernel is taken as a Dense kernel [in, out]
+    and converted (restrict that with `filter`), and N-d kernels stay float.
+
+    A Dense kernel [in, out] becomes CB int8 [out, in] and SCB float32 [out]. An
+    N-d kernel (nn.DenseGeneral, e.g. attention's q/k/v [embed, heads, head_dim]
+    and output [heads, head_dim, embed] projections, or an nn.Einsum that
+    `quantize_dense` runs) becomes the int8 weights of the Dense layer on its
+    reshaped kernel [K, N], kept in the kernel's axes: CB [*features, *contracted],
+    SCB [*features]. Which of its axes are contracted only the model knows, so
+    these need `model`; the layer then gives exactly the Dense layer's numbers on
+    the reshaped problem.
 
     Args:
       params: linen 'params' tree (nested dicts), or the variables dict holding it
         under 'params'.
-      model: optional linen module these parameters belong to, for the check above.
+      model: optional linen module these parameters belong to (see above).
       *args: positional arguments of `model.apply` after the variables.
       filter: optional predicate on the layer path ("params/Block_0/Dense_1"); False
         keeps that layer's float kernel.
@@ -137,10 +172,24 @@ def int8_inference_params(
       **kwargs: keyword arguments of `model.apply` (e.g. rngs=, train=False).
 
     Returns:
-      (new params, `Int8Report`).
+      (new params, `Int8Report`); the report's `skipped` lists the float kernels
+      left float and why.
 
     Raises:
-      ValueError: `model` was given and a layer to convert does not run as SwitchBack.
+      ValueError: `model` was given and a layer with a 2-D kernel to convert does
+        not run as SwitchBack of `kind`.
+
+    Examples:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp
+      >>> from fp8mm.nn import linen as fl
+      >>> attn = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=16)
+      >>> x = jnp.ones((1, 8, 16))
+      >>> params = attn.init(jax.random.key(0), x)
+      >>> with fl.quantize_dense("switchback"):
+      ...     int8, report = fl.int8_inference_params(params, attn, x)
+      ...     y = attn.apply(int8, x)
+      >>> int8["params"]["query"]["CB"].shape, len(report.layers)  # [heads, head_dim, embed]
+      ((2, 8, 16), 4)
     """
     _check_params(params)
     check_callable("filter", filter)
@@ -154,35 +203,69 @@ def int8_inference_params(
         raise TypeError(f"model must be a flax.linen Module or None, got {type(model).__name__}")
     if model is None and (args or kwargs):
         raise TypeError("int8_inference_params got model arguments but no model")
+    layout_of = _layouts(params, model, args, kwargs, kind)
     converted: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    bad: list[str] = []
 
     def walk(tree: Mapping[str, Any], path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         kernel = tree.get("kernel")
-        convert = (
+        layout = None
+        if (
             kernel is not None
             and not isinstance(kernel, Mapping)
-            and getattr(kernel, "ndim", 0) == 2
+            and getattr(kernel, "ndim", 0) >= 2
             and (filter is None or filter(path))
-        )
+        ):
+            found = layout_of(path, kernel)
+            if not isinstance(found, str):
+                layout = found
+            elif model is not None and kernel.ndim == 2:
+                bad.append(path)  # a Dense-like layer the caller meant to convert
+            else:
+                skipped.append((path, found))
         for key, value in tree.items():
             if isinstance(value, Mapping):
                 out[key] = walk(value, f"{path}/{key}" if path else key)
-            elif not (convert and key == "kernel"):
+            elif not (layout is not None and key == "kernel"):
                 out[key] = value
-        if convert:
-            out["CB"], out["SCB"] = KIND_TABLE[kind].int8_prepare(spec, kernel)
+        if layout is not None:
+            out["CB"], out["SCB"] = int8_weight(spec, layout, kernel)
             converted.append(path)
         return out
 
     new = walk(params, "")
-    if model is not None:
-        _check_switchback(params, model, args, kwargs, converted, kind)
-    report = Int8Report(tuple(converted), tree_bytes(params), tree_bytes(new))
+    if bad:
+        raise ValueError(
+            f"int8_inference_params: layer(s) {bad} do not run as SwitchBack layers of "
+            f"kind {kind!r} (a layer of that kind, or nn.Dense / nn.DenseGeneral / nn.Einsum "
+            f"under quantize_dense({kind!r})) in {type(model).__name__}.apply, so they cannot "
+            "use int8 weights; leave them float with filter= (e.g. filter=lambda path: path "
+            f"not in {bad!r})"
+        )
+    report = Int8Report(tuple(converted), tree_bytes(params), tree_bytes(new), tuple(skipped))
     return new, report
 
 
-def _check_switchback(params, model, args, kwargs, converted: list[str], kind: str) -> None:
+def _layouts(params, model, args, kwargs, kind: str) -> Callable[[str, Any], KernelLayout | str]:
+    """(param path, kernel) -> the kernel's layout, or why it stays float.
+
+    Without a model: the Dense layout for a 2-D kernel. With one: the layout each
+    layer ran with as `kind` while the model was traced.
+    """
+    if model is None:
+
+        def guess(path: str, kernel: Any) -> KernelLayout | str:
+            if kernel.ndim == 2:
+                return DENSE_LAYOUT
+            return (
+                f"a {kernel.ndim}-d kernel (nn.DenseGeneral / nn.Einsum): which of its axes "
+                "are contracted only the model knows; pass the model and its inputs "
+                "(int8_inference_params(params, model, x))"
+            )
+
+        return guess
     has_collection = "params" in params and isinstance(params["params"], Mapping)
     variables = params if has_collection else {"params": params}
     kwargs = {"mutable": True, **kwargs}  # sown statistics and batch stats must not stop it
@@ -190,19 +273,18 @@ def _check_switchback(params, model, args, kwargs, converted: list[str], kind: s
         jax.eval_shape(lambda v: model.apply(v, *args, **kwargs), variables)
     prefix = ("params",) if has_collection else ()
 
-    def module_path(path: str) -> tuple[str, ...] | None:
+    def recorded(path: str, kernel: Any) -> KernelLayout | str:
         parts = tuple(path.split("/"))
-        return parts[len(prefix) :] if parts[: len(prefix)] == prefix else None
+        entry = ran.get(parts[len(prefix) :]) if parts[: len(prefix)] == prefix else None
+        if entry is None or entry.kind != kind:
+            return f"it does not run as a SwitchBack layer of kind {kind!r}"
+        if entry.layout is None:
+            return "it runs with two different kernel layouts (einsum equations)"
+        if len(entry.layout.kernel_perm) != kernel.ndim:
+            return f"its {kernel.ndim}-d kernel is not the one it ran with"
+        return entry.layout
 
-    bad = [p for p in converted if ran.get(module_path(p)) != kind]
-    if bad:
-        raise ValueError(
-            f"int8_inference_params: layer(s) {bad} do not run as SwitchBack layers of "
-            f"kind {kind!r} (a layer of that kind, or nn.Dense under quantize_dense({kind!r})) in "
-            f"{type(model).__name__}.apply, so they cannot use int8 weights; leave them "
-            "float with filter= (e.g. filter=lambda path: path not in "
-            f"{bad!r})"
-        )
+    return recorded
 
 
 def _is_int8_layer(tree: Mapping[str, Any]) -> bool:

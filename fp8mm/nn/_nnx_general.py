@@ -12,6 +12,11 @@ LinearGeneral's `batch_axis` (a weight per batch element) has no 2-D form and is
 refused (NotImplementedError); an einsum that is not a dense product of x with
 the kernel is left as it is and reported skipped. A module's own `dot_general` /
 `dot_general_cls` / `einsum_op` is replaced, as for nnx.Linear.
+
+A layer of a SwitchBack kind turns into int8 inference weights with `to_int8()`
+(or `fp8mm.nn.to_int8_inference(model)`): those of the Linear layer on the
+reshaped kernel [K, N], kept in the kernel's axes as `Int8Weight` Variables
+'CB' int8 [*features, *contracted] and 'SCB' float32 [*features].
 """
 
 from __future__ import annotations
@@ -25,9 +30,15 @@ from flax import nnx
 from fp8mm import _checks
 from fp8mm.nn import _core
 from fp8mm.nn._core import QuantSpec
-from fp8mm.nn._general import Contraction, dense_general_contraction, einsum_contraction
+from fp8mm.nn._general import (
+    Contraction,
+    KernelLayout,
+    dense_general_contraction,
+    einsum_contraction,
+    int8_weight,
+)
 from fp8mm.nn._general import general_product as _general_product
-from fp8mm.nn._nnx_static import code_value, finish_product, static_option
+from fp8mm.nn._nnx_static import Int8Weight, code_value, finish_product, static_option
 
 __all__ = [
     "NOT_CONVERTED",
@@ -100,11 +111,49 @@ class _QuantGeneral(nnx.Module):
         self.kernel = module.kernel  # the very Variables: shared references and metadata
         self.bias = module.bias if module.bias is not None else nnx.data(None)
 
+    def _layout(self) -> KernelLayout:
+        """Which kernel axes are contracted: the subclass's mapping onto [K, N]."""
+        raise NotImplementedError
+
+    def to_int8(self) -> None:
+        """Replaces the float kernel by the SwitchBack int8 inference weights, in place.
+
+        They are the kind's int8 weights of the reshaped kernel [K, N] (CB [N, K],
+        SCB [N], as the Linear layer's `to_int8` builds them), kept in the kernel's
+        axes: `Int8Weight` 'CB' int8 [*features, *contracted], 'SCB' float32
+        [*features]. A second call does nothing.
+
+        Raises:
+          ValueError: the layer's kind takes no int8 weights (an fp8 kind).
+        """
+        if getattr(self, "CB", None) is not None:
+            return
+        if not _core.KIND_TABLE[self.kind].int8_weights:
+            raise ValueError(
+                f"{type(self).__name__} of kind {self.kind!r}: only the SwitchBack kinds "
+                f"({', '.join(_core.INT8_KINDS)}) have int8 inference weights"
+            )
+        layout = self._layout()
+        cb, scb = int8_weight(self.spec(), layout, self.kernel[...])
+        self.CB, self.SCB = Int8Weight(cb), Int8Weight(scb)
+        self.int8_layout = layout  # static: a call whose equation maps otherwise is refused
+        del self.kernel
+
     def _product(self, plan: Contraction, inputs: jax.Array) -> jax.Array:
-        kernel = self.kernel[...]
+        int8 = kernel = None
+        if getattr(self, "CB", None) is not None:
+            if plan.layout != self.int8_layout:
+                raise ValueError(
+                    f"{type(self).__name__}: this call contracts the kernel's axes as "
+                    f"{plan.layout}, its int8 weights were built for {self.int8_layout}; "
+                    "call it with the equation it was converted with"
+                )
+            int8 = (self.CB[...], self.SCB[...])
+        else:
+            kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        y, cols = _general_product(self.spec(), plan, inputs, kernel, bias)
+        y, cols = _general_product(self.spec(), plan, inputs, kernel, bias, int8_weight=int8)
         return finish_product(self, y, cols)
 
 
@@ -121,8 +170,9 @@ class QuantizedLinearGeneral(_QuantGeneral):
     x's contracted axes go last, x becomes [rows, prod(in_features)] and the kernel
     [prod(in_features), prod(out_features)], and the product is an fp8mm Linear
     layer's on those (bit for bit), reshaped back to [free axes..., *out_features].
-    It keeps its float kernel: `to_int8_inference` stores int8 weights for the
-    Linear layers only.
+    For a SwitchBack kind, `to_int8()` (or `fp8mm.nn.to_int8_inference`) swaps
+    the kernel for int8 inference weights 'CB' [*out_features, *in_features],
+    'SCB' [*out_features]: the Linear layer's on the reshaped kernel.
 
     Args:
       module: the nnx.LinearGeneral (without batch_axis).
@@ -137,6 +187,11 @@ class QuantizedLinearGeneral(_QuantGeneral):
         self._set_spec("QuantizedLinearGeneral", module, nnx.LinearGeneral, kind, options)
         refuse_batch_axis(module, type(module).__name__, kind)
         self._take(module, ("in_features", "out_features", "axis", "batch_axis", "use_bias"))
+
+    def _layout(self) -> KernelLayout:
+        # The kernel is [*in_features, *out_features], in x's (sorted) axis order.
+        n = len(self.in_features) + len(self.out_features)
+        return KernelLayout(tuple(range(n)), len(self.in_features))
 
     def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
         """Applies the quantized contraction over `axis`.
@@ -167,7 +222,9 @@ class QuantizedEinsum(_QuantGeneral):
     Built from an existing nnx.Einsum, whose attributes (einsum_str, kernel_shape,
     bias_shape, dtype, param_dtype, precision, promote_dtype,
     preferred_element_type) and parameter Variables it keeps; its einsum_op is
-    replaced.
+    replaced. For a SwitchBack kind, `to_int8()` swaps the kernel for int8
+    inference weights 'CB' [*features, *contracted] (the kernel's feature axes in
+    the output's order, its contracted ones in x's), 'SCB' [*features].
 
     Args:
       module: the nnx.Einsum.
@@ -187,6 +244,11 @@ class QuantizedEinsum(_QuantGeneral):
                 f"the kernel: {why}"
             )
         self._take(module, ("einsum_str", "kernel_shape", "bias_shape"))
+
+    def _layout(self) -> KernelLayout:
+        plan = einsum_structure(self.einsum_str, len(self.kernel_shape))
+        assert not isinstance(plan, str)  # checked when the layer was built
+        return plan.layout
 
     def __call__(
         self, inputs: jax.Array, einsum_str: str | None = None, out_sharding: Any = None

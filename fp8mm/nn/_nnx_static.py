@@ -1,7 +1,8 @@
-"""How nnx layers keep their quantization options: static attributes, codes as `StaticCode`.
+"""What every fp8mm nnx layer shares: static options (codes as `StaticCode`), `Int8Weight`.
 
 Shared by `fp8mm.nn.nnx` (the Linear layers) and `fp8mm.nn._nnx_general` (the
-LinearGeneral / Einsum layers); `fp8mm.nn.nnx.StaticCode` is the public name.
+LinearGeneral / Einsum layers); `fp8mm.nn.nnx.StaticCode` and
+`fp8mm.nn.nnx.Int8Weight` are the public names.
 """
 
 from __future__ import annotations
@@ -17,7 +18,21 @@ from fp8mm import _host
 from fp8mm.nn import _core
 from fp8mm.nn import _flax_compat as compat
 
-__all__ = ["StaticCode", "code_value", "finish_product", "static_option"]
+__all__ = ["Int8Weight", "StaticCode", "code_value", "finish_product", "static_option"]
+
+
+class Int8Weight(nnx.Variable):
+    """An int8 inference weight or its scales: not an `nnx.Param`, so never trained.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from fp8mm.nn import nnx as fnnx
+      >>> layer = fnnx.SwitchBackLinear(32, 16, rngs=nnx.Rngs(0))
+      >>> layer.to_int8()  # CB int8 [out, in], SCB float32 [out]
+      >>> type(layer.CB).__name__, layer.CB.shape, len(nnx.state(layer, nnx.Param))
+      ('Int8Weight', (16, 32), 1)
+    """
 
 
 class StaticCode:

@@ -10,8 +10,10 @@
   which unchanged `nn.Dense`, `nn.DenseGeneral` and `nn.Einsum` code runs
   quantized (so `nn.MultiHeadDotProductAttention`'s projections too); with
   `report=True` it yields a `QuantizeReport` of what it converted and skipped.
-* `int8_inference_params(params)`: SwitchBack int8 inference weights;
-  `split_int8_params` / `merge_int8_params` to train the float parts of such a model.
+* `int8_inference_params(params, model, ...)`: SwitchBack int8 inference
+  weights, for the Dense layers and the DenseGeneral / Einsum projections that
+  `quantize_dense` converts; `split_int8_params` / `merge_int8_params` to train
+  the float parts of such a model.
 
 With `threshold > 0`, SwitchBack layers sow 'outlier_cols' (bool [in]) and
 'outlier_count' (int32) into the 'intermediates' collection.
@@ -340,6 +342,10 @@ def quantize_dense(
     * Convolutions are not converted (reported skipped). The activation products
       inside attention (q @ k, weights @ v) have no weight and stay 16-bit, as
       in bitsandbytes.
+    * With a SwitchBack kind, converted layers also run the int8 inference
+      weights of `int8_inference_params(params, model, ...)` (called inside this
+      context, so that it sees which layers run as that kind and how each
+      DenseGeneral / Einsum kernel maps onto [K, N]).
 
     The context acts while the model's Python code runs, that is when a jitted
     function is traced, not when its compiled version is called. A function

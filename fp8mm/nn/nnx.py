@@ -13,7 +13,8 @@
   layer in place, keeping its parameter Variables; `report=True` also returns a
   `QuantizeReport` of what was converted and skipped.
 * `to_int8_inference(model)`: SwitchBack layers switch to int8 weights
-  (`Int8Weight` Variables 'CB' [out, in] int8 and 'SCB' [out] float32).
+  (`Int8Weight` Variables 'CB' [out, in] int8 and 'SCB' [out] float32; for the
+  LinearGeneral / Einsum layers CB [*features, *contracted], SCB [*features]).
 
 A custom fp8 code (`fw_code=`/`bw_code=`, float32 [256]) is kept on the layer
 as a compile-time constant, like a linen attribute: a `StaticCode` that
@@ -48,7 +49,7 @@ from fp8mm.nn._core import Gemm, QuantSpec
 from fp8mm.nn._dense import quantized_dense
 from fp8mm.nn._int8 import Int8Report, tree_bytes
 from fp8mm.nn._nnx_general import QuantizedEinsum, QuantizedLinearGeneral
-from fp8mm.nn._nnx_static import StaticCode, finish_product
+from fp8mm.nn._nnx_static import Int8Weight, StaticCode, finish_product
 from fp8mm.nn._nnx_static import code_value as _code_value
 from fp8mm.nn._nnx_static import static_option as _static
 from fp8mm.nn._report import ModuleRecord, QuantizeReport
@@ -69,10 +70,6 @@ __all__ = [
     "quantize_model",
     "to_int8_inference",
 ]
-
-
-class Int8Weight(nnx.Variable):
-    """An int8 inference weight or its scales: not an `nnx.Param`, so never trained."""
 
 
 class _QuantLinear(nnx.Module):
@@ -553,11 +550,27 @@ def to_int8_inference(model: nnx.Module) -> Int8Report:
     """Turns every SwitchBack layer of `model` into int8 inference weights, in place.
 
     `SwitchBackLinear` and the SwitchBack paper's `SwitchBackGlobalLinear`,
-    `SwitchBackVectorwiseLinear`, `SwitchBackGlobalMemEfficientLinear`, each with
-    its own kind's quantization.
+    `SwitchBackVectorwiseLinear`, `SwitchBackGlobalMemEfficientLinear` (CB int8
+    [out, in], SCB float32 [out]), and the `QuantizedLinearGeneral` /
+    `QuantizedEinsum` layers of those kinds that `quantize_model` made of
+    attention's projections (CB [*features, *contracted], SCB [*features]: the
+    Linear layer's int8 weights of the reshaped kernel [K, N]), each with its own
+    kind's quantization. The fp8 kinds' layers and float nnx.Linear /
+    LinearGeneral / Einsum modules keep their kernels and are listed in the
+    report's `skipped`.
 
     Returns:
       `Int8Report` with the bytes of all Variables of the model before and after.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import fp8mm.nn as fnn
+      >>> attn = nnx.MultiHeadAttention(2, 16, qkv_features=16, decode=False, rngs=nnx.Rngs(0))
+      >>> _ = fnn.quantize_model(attn, "switchback")
+      >>> report = fnn.to_int8_inference(attn)  # q/k/v: CB [heads, head_dim, embed]
+      >>> attn.query.CB.shape, attn(jnp.ones((1, 8, 16))).shape, len(report.layers)
+      ((2, 8, 16), (1, 8, 16), 4)
     """
     _check_nnx_model(
         "to_int8_inference",
@@ -565,9 +578,17 @@ def to_int8_inference(model: nnx.Module) -> Int8Report:
         "convert its parameters with `fp8mm.nn.linen.int8_inference_params(params)`",
     )
     before = tree_bytes(nnx.state(model))
-    layers = []
+    layers, skipped = [], []
     for path, m in list(nnx.iter_modules(model)):
-        if isinstance(m, _QuantLinear) and _core.KIND_TABLE[m._KIND].int8_weights:
-            m.to_int8()
-            layers.append("/".join(map(str, path)))
-    return Int8Report(tuple(layers), before, tree_bytes(nnx.state(model)))
+        where = "/".join(map(str, path))
+        if isinstance(m, (_QuantLinear, *_QUANTIZED_GENERAL)):
+            kind = m.spec().kind
+            if _core.KIND_TABLE[kind].int8_weights:
+                m.to_int8()
+                layers.append(where)
+            else:
+                skipped.append((where, f"kind {kind!r} has no int8 inference weights"))
+        elif type(m) is nnx.Linear or _gen.convertible(m):
+            why = "a float layer: quantize_model(model, kind) with a SwitchBack kind first"
+            skipped.append((where, why))
+    return Int8Report(tuple(layers), before, tree_bytes(nnx.state(model)), tuple(skipped))
