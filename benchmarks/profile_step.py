@@ -134,9 +134,17 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--steps", type=int, default=5, help="traced steps per kind")
     ap.add_argument("--out", default="benchmarks/results/profile")
     ap.add_argument("--smoke", action="store_true", help="a tiny model (tests, CPU)")
+    ap.add_argument(
+        "--attention",
+        default=None,
+        help="dot_product_attention implementation on a GPU (default: the preset's; 'auto': JAX's)",
+    )
     args = ap.parse_args(argv)
     tl = load_train_lm()
     preset = tl.PRESETS[args.preset]
+    if args.attention is not None:
+        impl = None if args.attention == "auto" else args.attention
+        preset = tl.dataclasses.replace(preset, attention=impl)
     if args.smoke:
         preset = tl.dataclasses.replace(
             tl.PRESETS["cpu"], d_model=32, n_layers=1, n_heads=2, seq_len=16, batch=4

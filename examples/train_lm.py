@@ -22,9 +22,9 @@ the parameters over 'data', and `--partition` runs every fp8mm product per shard
         python examples/train_lm.py --mesh data=2,model=2 --fsdp
 
 The gpu-large preset trains in bf16 (float32 parameters and optimizer state) with
-`jax.nn.dot_product_attention` (as JAX picks its implementation: XLA on an H200 with
-jax 0.11.2, see docs/performance.md), 16k tokens
-a step, and adds the native-FP8 kinds (`fp8_mixed_native`, `fp8_global_native`).
+`jax.nn.dot_product_attention` (cuDNN's flash attention on a GPU; JAX would pick
+XLA's unfused softmax on an H200, see docs/performance.md), 16k tokens a step, and
+adds the native-FP8 kinds (`fp8_mixed_native`, `fp8_global_native`).
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ class Preset:
 
     dtype: the compute dtype (None: float32); parameters and optimizer stay float32.
     fused_attention: `jax.nn.dot_product_attention` instead of the explicit einsums.
+    attention: its `implementation` on a GPU ("cudnn": cuDNN's flash attention; None:
+      as JAX picks, which is XLA's unfused softmax on an H200). Other backends always
+      run JAX's choice (cuDNN exists only on NVIDIA GPUs).
     """
 
     d_model: int
@@ -85,13 +88,14 @@ class Preset:
     dtype: str | None = None
     fused_attention: bool = False
     warmup: int = 20
+    attention: str | None = None
 
 
 PRESETS = {
     "cpu": Preset(64, 2, 4, 64, 16, 300, 3e-3, 1_000_000, 4),
     "gpu": Preset(512, 6, 8, 256, 64, 2000, 1e-3, 20_000_000, 16),
     "gpu-large": Preset(
-        2048, 8, 16, 1024, 16, 1000, 3e-4, 40_000_000, 8, "bfloat16", True, warmup=100
+        2048, 8, 16, 1024, 16, 1000, 3e-4, 40_000_000, 8, "bfloat16", True, 100, "cudnn"
     ),
 }
 
@@ -133,6 +137,7 @@ class Block(nn.Module):
     dense: Callable = nn.Dense
     dtype: Any = None
     fused_attention: bool = False
+    attention: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -142,7 +147,9 @@ class Block(nn.Module):
         qkv = dense(3 * d)(h).reshape(b, t, 3, self.n_heads, d // self.n_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.fused_attention:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, t, d)
+            impl = self.attention if jax.default_backend() == "gpu" else None
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+            y = y.reshape(b, t, d)
         else:
             att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // self.n_heads)
             causal = jnp.tril(jnp.ones((t, t), bool))
@@ -163,11 +170,18 @@ class CharLM(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         p = self.preset
         dt = None if p.dtype is None else jnp.dtype(p.dtype)
-        x = nn.Embed(256, p.d_model, dtype=dt)(tokens)
+        table = nn.Embed(256, p.d_model, dtype=dt)
+        # The lookup as a one-hot product: its gradient is then a [256, tokens] x [tokens,
+        # d] matmul instead of a scatter-add of every token's row into 256 rows (10-14 ms
+        # of a gpu-large step on an H200, serialised on the colliding rows; see
+        # docs/performance.md). HIGHEST: the forward values are the rows themselves, exactly
+        # (a float32 product may otherwise run in TF32 on a GPU).
+        x = jax.nn.one_hot(tokens, 256, dtype=table.embedding.dtype if dt is None else dt)
+        x = jnp.matmul(x, table.embedding.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
         pos = self.param("pos", nn.initializers.normal(0.02), (p.seq_len, p.d_model))
         x = x + pos.astype(x.dtype)
         for _ in range(p.n_layers):
-            x = Block(p.n_heads, self.dense, dt, p.fused_attention)(x)
+            x = Block(p.n_heads, self.dense, dt, p.fused_attention, p.attention)(x)
         return nn.Dense(256, dtype=dt, name="head")(nn.LayerNorm(dtype=dt)(x))
 
 
@@ -270,18 +284,28 @@ def train(
         keep = (*keep, None)
     step = jax.jit(step, out_shardings=keep).lower(params, opt, first).compile()
     peak_mib = _peak_mib(step)
-    losses, times = [], []
+    # One step stays queued on the device: the next batch is made, and the previous
+    # step's loss read, while a step runs, so the host's share of a step (batch, dispatch,
+    # progress bar) does not idle the device. A step's time is the interval between the
+    # completions of consecutive steps.
+    losses, done, pending, batch = [], [], None, first
     bar = tqdm(range(preset.steps), desc=f"{kind:>31}", ncols=110, mininterval=0.5)
     for i in bar:
-        t0 = time.perf_counter()
-        batch = first if i == 0 else layout.put_batch(next(data))
         params, opt, loss = step(params, opt, batch)
-        loss = float(loss)  # waits for the step: the timing covers the computation
-        times.append(time.perf_counter() - t0)
-        losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if i + 1 < preset.steps:
+            batch = layout.put_batch(next(data))
+        if pending is not None:
+            losses.append(float(pending))  # waits for the previous step
+            done.append(time.perf_counter())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        pending = loss
+    losses.append(float(pending))
+    done.append(time.perf_counter())
+    gaps = np.diff(done)
+    gaps = gaps[1:] if gaps.size > 1 else gaps  # the first interval holds the queue filling
     ev = evaluate(model, params, eval_data, preset, layout)
-    return losses, ev, float(np.median(times[1:])), peak_mib, params
+    sec = float(np.median(gaps)) if gaps.size else float("nan")
+    return losses, ev, sec, peak_mib, params
 
 
 def _peak_mib(compiled) -> float | None:
