@@ -37,7 +37,19 @@ _QUANTIZE_COLUMNWISE_T = _spec("quantize_columnwise_and_transpose", _SWITCHBACK_
 _INT8_SCALED_MATMUL = _spec("int8_scaled_matmul", _INT8_MATMUL)
 
 
-def quantize_rowwise(X: jax.Array, *, implementation: Impl = None) -> tuple[jax.Array, jax.Array]:
+def _check_absmax(absmax, shape: tuple[int, ...], what: str) -> tuple:
+    """The primitive's extra argument: () for None, else (absmax,) checked against `shape`."""
+    if absmax is None:
+        return ()
+    _checks.check_dtype("absmax", absmax, jnp.float32)
+    if tuple(absmax.shape) != tuple(shape):
+        raise ValueError(f"absmax must be float32 {tuple(shape)} ({what}), got {absmax.shape}")
+    return (absmax,)
+
+
+def quantize_rowwise(
+    X: jax.Array, absmax: jax.Array | None = None, *, implementation: Impl = None
+) -> tuple[jax.Array, jax.Array]:
     """Row-wise int8 quantization of X's own values (the SwitchBack paper's activations).
 
     Unlike `int8_vectorwise_quant` (bitsandbytes' LLM.int8 rule) the values are
@@ -48,10 +60,14 @@ def quantize_rowwise(X: jax.Array, *, implementation: Impl = None) -> tuple[jax.
 
     Args:
       X: float [..., k] (float32, float16 or bfloat16).
+      absmax: optional float32 [...]: the rows' absmax to scale by instead of
+        their own. Inside `jax.shard_map`, a shard of rows split over devices
+        passes the whole rows' (the `lax.pmax` of the shards') and gets the
+        codes of its part of them. None computes it.
       implementation: None, "xla", "pallas", a kernel name or a sequence of these.
 
     Returns:
-      codes int8 [..., k] in [-127, 127]; absmax float32 [...].
+      codes int8 [..., k] in [-127, 127]; absmax float32 [...] (the given one).
 
     Examples:
       >>> import jax.numpy as jnp, fp8mm
@@ -60,7 +76,8 @@ def quantize_rowwise(X: jax.Array, *, implementation: Impl = None) -> tuple[jax.
       ([[127, -64, 32]], [1.0])
     """
     _check_int8_input(X)
-    return _QUANTIZE_ROWWISE(X, implementation=implementation)
+    extra = _check_absmax(absmax, X.shape[:-1], "one per row of X")
+    return _QUANTIZE_ROWWISE(X, *extra, implementation=implementation)
 
 
 def quantize_global(
@@ -104,7 +121,7 @@ def quantize_global(
 
 
 def quantize_columnwise_and_transpose(
-    W: jax.Array, *, implementation: Impl = None
+    W: jax.Array, absmax: jax.Array | None = None, *, implementation: Impl = None
 ) -> tuple[jax.Array, jax.Array]:
     """Column-wise int8 quantization of W, written transposed (the vectorwise input gradient).
 
@@ -113,6 +130,8 @@ def quantize_columnwise_and_transpose(
 
     Args:
       W: float [r, c].
+      absmax: optional float32 [c]: the columns' absmax to scale by instead of
+        their own (columns split over devices: the whole columns'); None computes it.
       implementation: None, "xla", "pallas", a kernel name or a sequence of these.
 
     Returns:
@@ -126,7 +145,8 @@ def quantize_columnwise_and_transpose(
     """
     _checks.check_float("W", W)
     _checks.check_ndim("W", W, 2)
-    return _QUANTIZE_COLUMNWISE_T(W, implementation=implementation)
+    extra = _check_absmax(absmax, W.shape[1:], "one per column of W")
+    return _QUANTIZE_COLUMNWISE_T(W, *extra, implementation=implementation)
 
 
 def int8_scaled_matmul(

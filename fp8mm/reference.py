@@ -152,7 +152,7 @@ def _blocks(A: jax.Array, blocksize: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("blocksize",))
 def quantize_blockwise(
-    A: jax.Array, code: jax.Array, blocksize: int = 4096
+    A: jax.Array, code: jax.Array, blocksize: int = 4096, absmax=None
 ) -> tuple[jax.Array, QuantState]:
     """Blockwise codebook quantization (bitsandbytes `quantize_blockwise`).
 
@@ -160,13 +160,16 @@ def quantize_blockwise(
       A: float32/float16/bfloat16 array of any shape.
       code: float32 [256] codebook.
       blocksize: elements per block of the row-major flattened A.
+      absmax: float32 [ceil(A.size / blocksize)] to scale the blocks by instead
+        of their own (pieces of blocks that span devices pass the whole blocks'
+        absmax); None: each block's own.
 
     Returns:
       (q, state): uint8 codes with A's shape; state.absmax is float32
       [ceil(A.size / blocksize)].
     """
     blocks = _blocks(A, blocksize)
-    absmax = absmax_nan(blocks, axis=1)
+    absmax = absmax_nan(blocks, axis=1) if absmax is None else absmax
     q = nearest_code(normalise_blocks(blocks, absmax), code)
     q = q.reshape(-1)[: A.size].reshape(A.shape)
     return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
@@ -192,10 +195,10 @@ def dequantize_blockwise(q: jax.Array, state: QuantState) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("blocksize",))
-def fake_quant_blockwise(A: jax.Array, code: jax.Array, blocksize: int) -> jax.Array:
-    """`dequantize_blockwise(*quantize_blockwise(A, code, blocksize))` in A's dtype."""
+def fake_quant_blockwise(A: jax.Array, code: jax.Array, blocksize: int, absmax=None) -> jax.Array:
+    """`dequantize_blockwise(*quantize_blockwise(A, code, blocksize, absmax))` in A's dtype."""
     blocks = _blocks(A, blocksize)
-    absmax = absmax_nan(blocks, axis=1)
+    absmax = absmax_nan(blocks, axis=1) if absmax is None else absmax
     q = nearest_code(normalise_blocks(blocks, absmax), code)
     vals = code[q.astype(jnp.int32)] * absmax[:, None]
     return vals.reshape(-1)[: A.size].reshape(A.shape).astype(A.dtype)
@@ -505,10 +508,14 @@ def _sb_codes(x: jax.Array, absmax: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def quantize_rowwise(X: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Row-wise int8 codes of X [..., k] in its own dtype: (int8 [..., k], absmax float32 [...])."""
+def quantize_rowwise(X: jax.Array, absmax=None) -> tuple[jax.Array, jax.Array]:
+    """Row-wise int8 codes of X [..., k] in its own dtype: (int8 [..., k], absmax float32 [...]).
+
+    absmax: float32 [...] to scale the rows by instead of their own (a shard of
+    rows that span devices passes the whole rows'); None: computed.
+    """
     x = X.astype(jnp.float32)
-    absmax = absmax_nan(x, axis=-1)
+    absmax = absmax_nan(x, axis=-1) if absmax is None else absmax
     return _sb_codes(x, absmax[..., None]), absmax
 
 
@@ -525,10 +532,13 @@ def quantize_global(W: jax.Array, transpose: bool = False, absmax=None):
 
 
 @jax.jit
-def quantize_columnwise_and_transpose(W: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Column-wise int8 codes of W [r, c], transposed: (int8 [c, r], absmax float32 [c])."""
+def quantize_columnwise_and_transpose(W: jax.Array, absmax=None) -> tuple[jax.Array, jax.Array]:
+    """Column-wise int8 codes of W [r, c], transposed: (int8 [c, r], absmax float32 [c]).
+
+    absmax: float32 [c] to scale the columns by instead of their own; None: computed.
+    """
     w = W.astype(jnp.float32)
-    absmax = absmax_nan(w, axis=0)
+    absmax = absmax_nan(w, axis=0) if absmax is None else absmax
     return _sb_codes(w, absmax[None, :]).T, absmax
 
 

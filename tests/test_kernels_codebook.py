@@ -167,6 +167,46 @@ def test_blockwise_steps_on_any_tile(steps):
     assert_bits_equal(fake, ref("fake_quant_blockwise", A, jnp.asarray(E4M3), 4096), "fake")
 
 
+def _given_absmax(n: int, blocksize: int, seed: int) -> jax.Array:
+    """Block absmaxes from outside (a pmax over shards): larger than the blocks' own, and
+    the edge values 0, NaN, inf, huge (>= 2**126, the prescaled path) and tiny."""
+    rng = np.random.default_rng(seed)
+    absmax = np.abs(rng.standard_normal(-(-n // blocksize))).astype(np.float32) * 8 + 1
+    for i, v in enumerate([0.0, np.nan, np.inf, 2.0**127, 1e-30]):
+        if i < absmax.size:
+            absmax[i] = v
+    return jnp.asarray(absmax)
+
+
+# Blocks quantized with a given absmax (the pieces of blocks split over devices): the
+# heuristic tiles, a multi-tile prefetching program cut mid-span, a partial last block.
+@pytest.mark.usefixtures("loud_padding")
+@pytest.mark.parametrize(
+    ("dtype", "n", "blocksize", "steps"),
+    [
+        (jnp.float32, 37 * 32 + 5, 32, None),
+        (jnp.bfloat16, 8192 + 2048 + 300, 256, None),
+        (jnp.float16, 3 * 4096 + 100, 4096, 2),
+    ],
+)
+def test_blockwise_given_absmax(dtype, n, blocksize, steps):
+    A = heavy_tailed((n,), dtype, seed=n)
+    absmax = _given_absmax(n, blocksize, seed=n)
+    code = jnp.asarray(E5M2)
+    cfg = None if steps is None else cb.TileConfig(1, blocksize, 4, steps=steps)
+    q, state = cb.quantize_blockwise(A, code, blocksize, absmax, config=cfg, interpret=INTERPRET)
+    q_ref, state_ref = ref("quantize_blockwise", A, code, blocksize, absmax)
+    assert_bits_equal(q, q_ref, "codes")
+    assert_bits_equal(state.absmax, absmax, "absmax")
+    assert_bits_equal(state_ref.absmax, absmax, "reference absmax")
+    fake = cb.fake_quant_blockwise(A, code, blocksize, absmax, config=cfg, interpret=INTERPRET)
+    assert_bits_equal(fake, ref("fake_quant_blockwise", A, code, blocksize, absmax), "fake")
+    # A block's own absmax given back gives the default path's bits.
+    own = ref("quantize_blockwise", A, code, blocksize)[1].absmax
+    fake_own = cb.fake_quant_blockwise(A, code, blocksize, own, config=cfg, interpret=INTERPRET)
+    assert_bits_equal(fake_own, cb.fake_quant_blockwise(A, code, blocksize, interpret=INTERPRET))
+
+
 def test_tile_config_validation():
     with pytest.raises(ValueError, match="steps"):
         cb.TileConfig(1, 4096, 4, steps=3)

@@ -15,6 +15,7 @@ WORKER = textwrap.dedent(
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import functools
     from fp8mm.nn import linen as fl, sharding
 
     assert jax.device_count() == 4, jax.devices()
@@ -33,8 +34,9 @@ WORKER = textwrap.dedent(
     params0 = MLP(nn.Dense).init(jax.random.key(0), x)
     tx = optax.sgd(0.1)  # linear in the gradients: no amplification of rounding
 
-    def make_step(kind, part=None):
-        model = MLP(LAYERS[kind])
+    def make_step(kind, part=None, impl=None):
+        dense = LAYERS[kind]
+        model = MLP(dense if impl is None else functools.partial(dense, implementation=impl))
         def step(params, opt, x, y):
             def loss(p):
                 if part is None:
@@ -46,8 +48,8 @@ WORKER = textwrap.dedent(
             return optax.apply_updates(params, upd), opt, l
         return step
 
-    def run(kind, mesh=None, model_axis=None, part=None, steps=2, fsdp=None):
-        step = make_step(kind, part)
+    def run(kind, mesh=None, model_axis=None, part=None, steps=2, fsdp=None, impl=None):
+        step = make_step(kind, part, impl)
         params, xs, ys = params0, x, y
         if mesh is not None:
             shard = sharding.dense_param_shardings(params0, mesh, model_axis, fsdp)
@@ -101,18 +103,22 @@ WORKER = textwrap.dedent(
     ]:
         got = run(kind, mesh, m, part=(mesh, "data", m))
         same(got, run(kind), f"{kind} shard_map {dict(mesh.shape)}")
-    for kind, mesh, m in [("fp8_mixed", tp, "model")]:
-        try:
-            run(kind, mesh, m, part=(mesh, "data", m), steps=1)
-        except NotImplementedError as e:
-            print("ok refused", kind, str(e)[:60])
-        else:
-            raise AssertionError(f"{kind} shard_map should refuse {dict(mesh.shape)}")
+    # Refused: fp8_mixed blocks straddling the batch shards (4 rows x 40 features per
+    # shard, blocks of 64).
+    layer = fl.Fp8MixedDense(40)
+    p40 = layer.init(jax.random.key(0), x)
+    try:
+        with sharding.partition(dp, "data", None):
+            jax.jit(layer.apply)(p40, x)
+    except NotImplementedError as e:
+        assert "straddle the batch shards" in str(e), e
+        print("ok refused fp8_mixed", str(e)[:60])
+    else:
+        raise AssertionError("fp8_mixed shard_map should refuse blocks across batch shards")
     # The Pallas path (interpreted here) under partition, and int8 inference weights
     # split with the output features: one layer's forward and gradients.
     from fp8mm.nn import int8_inference_params
     meshes = {"dp": (dp, "data", None), "both": (both, "data", "model")}
-    import functools
     LAYERS["fp8_global_native"] = functools.partial(fl.Fp8GlobalDense, gemm="native")
     LAYERS["fp8_mixed_native"] = functools.partial(fl.Fp8MixedDense, gemm="native")
     for kind, mesh, impl, int8 in [
@@ -147,6 +153,90 @@ WORKER = textwrap.dedent(
                 np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=2e-5,
                                            err_msg=f"{kind} {mesh} {impl} int8={int8}")
         print("ok partition", kind, mesh, impl, "int8" if int8 else "")
+    # The model axis for the SwitchBack paper's kinds and fp8_mixed (emulated and native):
+    # W's absmax, the vectorwise input gradient's per-input-feature weight absmax, the
+    # gradient's row absmax (paper) and the gradient's bsz2 blocks spanning the split
+    # output features (fp8_mixed: blocks of 128 over 4 x 32 and 2 x 64 columns in the
+    # first layer, of 64 over 16-wide pieces in the second) are combined over the model
+    # axis inside the ops. Training steps equal the single-device ones to float summation
+    # order: each shard's input gradient is a partial sum over its output features (summed
+    # by shard_map's transpose), and XLA's CPU float GEMMs sum in a shape-dependent order.
+    PAPER = ["switchback_global", "switchback_vectorwise", "switchback_global_mem_efficient"]
+    for kind in [*PAPER, "fp8_mixed", "fp8_mixed_native"]:
+        for impl in ("xla", "pallas"):
+            ref = run(kind, impl=impl)
+            for mesh in (tp, both):
+                got = run(kind, mesh, "model", part=(mesh, "data", "model"), impl=impl)
+                same(got, ref, f"{kind} {impl} shard_map {dict(mesh.shape)}")
+    # One layer: the paper's forward is bit for bit (int8 products, per-element scales);
+    # blocks of the output gradient straddling rows and shards (96 features: blocks of 128,
+    # 24- or 48-column shards; 384 features: blocks of 512 over 96-column shards).
+    for kind, feats, impl in [
+        ("switchback_global", 32, "pallas"),
+        ("switchback_vectorwise", 32, "xla"),
+        ("fp8_mixed", 96, "xla"),
+        ("fp8_mixed", 384, "pallas"),
+        ("fp8_mixed_native", 96, "pallas"),
+    ]:
+        layer = LAYERS[kind](feats, implementation=impl)
+        p = layer.init(jax.random.key(1), x)
+        loss = lambda p, x: jnp.sum(layer.apply(p, x) ** 2)
+        f = jax.value_and_grad(loss, argnums=(0, 1))
+        want, y_want = f(p, x), layer.apply(p, x)
+        for mesh in (tp, both):
+            with sharding.partition(mesh, "data", "model"):
+                got, y = jax.jit(f)(p, x), jax.jit(layer.apply)(p, x)
+            if kind in PAPER:
+                np.testing.assert_array_equal(np.asarray(y), np.asarray(y_want), err_msg=kind)
+            for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                # float32 summation order: within 2e-6 of the array's largest value
+                scale = 2e-6 * float(np.abs(np.asarray(v)).max())
+                np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=scale,
+                                           err_msg=f"{kind} {feats} {impl} {dict(mesh.shape)}")
+            print("ok model-split layer", kind, feats, impl, dict(mesh.shape))
+    # The quantizers themselves inside shard_map, bit for bit with the whole tensor's, and
+    # different from it without the collective (the data sees a missing pmax).
+    from fp8mm import codebooks, reference
+    from fp8mm import functional_switchback as FS
+    from fp8mm.ops import _common, _fp8, _fp8_native
+    code = codebooks.e5m2_code()
+    def on_columns(fn, mesh, g):
+        spec = P("data", "model")
+        return jax.jit(sharding.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec,
+                                          check_vma=False))(g)
+    for rows, cols, bs in [(16, 96, 128), (8, 192, 64), (16, 384, 512), (6, 40, 64), (4, 64, 64)]:
+        g = rng.standard_normal((rows, cols)) * np.exp(2 * rng.standard_normal((rows, 1)))
+        g = jnp.asarray(g, jnp.float32)
+        want = np.asarray(reference.fake_quant_blockwise(g, jnp.asarray(code), bs))
+        for impl in ("xla", "pallas"):
+            for mesh in (tp, both):
+                if (rows // mesh.shape["data"]) * cols % bs:
+                    continue  # blocks across batch shards: refused by partition
+                fn = lambda g: _fp8.blockwise(g, code, bs, impl, ("model",), ("model",))
+                np.testing.assert_array_equal(np.asarray(on_columns(fn, mesh, g)), want)
+        alone = lambda g: _fp8.blockwise(g, code, bs, "xla")  # no collective
+        assert not np.array_equal(np.asarray(on_columns(alone, tp, g)), want), (rows, cols, bs)
+        print("ok split blocks", rows, cols, bs)
+    # native: the output gradient's float8 bytes and row scales per shard.
+    ncfg = _fp8_native.NativeConfig(True, "e4m3", "e5m2", 64, 128, "xla", jnp.float32,
+                                    ("model",), ("model",))
+    g = jnp.asarray(rng.standard_normal((16, 128)), jnp.float32)
+    whole = _fp8_native.NativeConfig(True, "e4m3", "e5m2", 64, 128, "xla", jnp.float32)
+    w8, w_rows, _ = whole.quantize_grad(g, codebooks.e5m2_code())
+    def native_grad(g):
+        d, r, _ = ncfg.quantize_grad(g, codebooks.e5m2_code())
+        return d.astype(jnp.float32) * r
+    np.testing.assert_array_equal(np.asarray(on_columns(native_grad, tp, g)),
+                                  np.asarray(w8.astype(jnp.float32) * w_rows))
+    # switchback_linear: the gradient's row absmax over the split features.
+    want = FS.quantize_rowwise(g)[0]
+    for impl in ("xla", "pallas"):
+        fn = lambda g: FS.quantize_rowwise(g, _common.mesh_absmax(g, ("model",), 1),
+                                           implementation=impl)[0]
+        np.testing.assert_array_equal(np.asarray(on_columns(fn, both, g)), np.asarray(want))
+    alone = lambda g: FS.quantize_rowwise(g)[0]
+    assert not np.array_equal(np.asarray(on_columns(alone, both, g)), np.asarray(want))
+    print("ok split rows")
     # nnx: FSDP x tensor layout of a converted model's Params; the jitted gradients equal
     # the single-device ones.
     from flax import nnx

@@ -142,6 +142,32 @@ def test_quantization_nan_zero_and_huge(implementation, name):
     assert np.all(np.abs(np.asarray(q).astype(int)) <= 127)
 
 
+@pytest.mark.parametrize("name", ["quantize_rowwise", "quantize_columnwise_and_transpose"])
+def test_given_absmax(implementation, name):
+    """absmax= (a shard of rows/columns split over devices passes the whole ones'): the
+    codes of the rule with that absmax, the kernels' bits the reference's."""
+    cpu_subset(implementation, keep=True)
+    skip_xla_on_gpu(implementation)
+    fn = getattr(fp8mm, name)
+    x = np.array(f32(rand((6, 40), seed=5)))
+    x[2, 3] = np.nan
+    rows = name == "quantize_rowwise"
+    n = x.shape[0] if rows else x.shape[1]
+    absmax = np.abs(np.random.default_rng(2).standard_normal(n)).astype(np.float32) * 3 + 2
+    absmax[0], absmax[1], absmax[-1] = 0.0, 3e38, np.nan  # zero, prescaled, NaN scales
+    q, got = fn(jnp.asarray(x), jnp.asarray(absmax), implementation=implementation)
+    want = np_codes(x, absmax[:, None] if rows else absmax[None, :])
+    assert_bits_equal(q, want if rows else want.T, name)
+    assert_bits_equal(got, absmax, name)
+    # The own absmax given back: the default path's codes.
+    own = fn(jnp.asarray(x), implementation=implementation)
+    assert_bits_equal(fn(jnp.asarray(x), own[1], implementation=implementation)[0], own[0])
+    with pytest.raises(ValueError, match="absmax"):
+        fn(jnp.asarray(x), jnp.ones(n + 1, jnp.float32), implementation=implementation)
+    with pytest.raises(TypeError, match="absmax"):
+        fn(jnp.asarray(x), jnp.ones(n, jnp.float16), implementation=implementation)
+
+
 @pytest.mark.parametrize("out_dtype", DTYPES)
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("mnk", [(33, 70, 50), (256, 256, 128)])
@@ -374,6 +400,7 @@ def test_prepared_weight_inference(implementation, vectorwise):
         (lambda X, W: fp8mm.switchback_linear(X, fp8mm.MatmulLtState()), ValueError, "int8"),
         (lambda X, W: fp8mm.quantize_global(W, transpose="yes"), TypeError, "transpose"),
         (lambda X, W: fp8mm.switchback_bnb(X, W, axis_names=3), TypeError, "axis_names"),
+        (lambda X, W: fp8mm.switchback_linear(X, W, axis_names=[1]), TypeError, "axis_names"),
         (lambda X, W: fp8mm.quantize_rowwise(jnp.ones((2, 3), jnp.int8)), TypeError, "X|A"),
         (
             lambda X, W: fp8mm.int8_scaled_matmul(

@@ -70,9 +70,11 @@ def _fp8_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
     fw, bw = spec.codes()
     # The ops need A at least 2-D; a single vector is a batch of one row.
     x2 = x[None] if x.ndim == 1 else x
-    # Under `partition` the global absmaxes are combined over the split mesh axes.
+    # Under `partition` the global absmaxes are combined over the split mesh axes, and
+    # the output gradient's blocks over the model axis (which splits its columns).
     part = current_partition()
     axes = () if part is None else part.split_axes()
+    model = part.model_axis if part is not None and part.model_axis in axes else None
     y = op(
         x2,
         kernel,
@@ -83,6 +85,7 @@ def _fp8_product(op, spec: QuantSpec, x, kernel, bias, int8_state):
         gemm=spec.gemm,
         implementation=spec.implementation,
         axis_names=axes or None,
+        feature_axis_names=model,
     )
     y = y[0] if x.ndim == 1 else y
     if bias is not None:
@@ -123,6 +126,10 @@ def _paper_kind(*, vectorwise: bool, mem_efficient: bool) -> LayerKind:
         # The Dense kernel [in, out] is used as it is (weight_layout="dense"); int8
         # inference weights come as the state, CB [out, in].
         w, layout = (kernel, "dense") if int8_state is None else (int8_state, "linear")
+        # Under `partition` with the output features split, the statistics spanning them
+        # (W's absmax, the gradient's rows) are combined over the model axis in the op.
+        part = current_partition()
+        model = part.model_axis if part is not None and part.size(part.model_axis) > 1 else None
         y = op(
             x,
             w,
@@ -131,6 +138,7 @@ def _paper_kind(*, vectorwise: bool, mem_efficient: bool) -> LayerKind:
             mem_efficient=mem_efficient,
             weight_layout=layout,
             implementation=spec.implementation,
+            axis_names=model,
         )
         return y, None
 
@@ -143,13 +151,15 @@ def _paper_kind(*, vectorwise: bool, mem_efficient: bool) -> LayerKind:
     return LayerKind(("implementation",), ops.switchback_linear, product, _split_paper, prepare)
 
 
-_SPLIT_BLOCKS = "the output gradient's blocks of bsz2 elements span the model-split output features"
-
-
 def _split_fp8_mixed(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
-    if part.size(part.model_axis) > 1:
-        return _SPLIT_BLOCKS
-    # On the batch axis: blocks of the flattened rows must not straddle shards.
+    # On the model axis the output gradient's blocks that span the split output features
+    # take their absmax across the shards in the op (split_block_absmax: a pmax), and B's
+    # global absmax is a pmax; A is not split there. On the batch axis: blocks of the
+    # flattened rows must not straddle shards.
+    if part.size(part.model_axis) > 1 and getattr(part, "gather_8bit", False):
+        # The 8-bit FSDP gather runs its own product (fp8mm.nn._fsdp), which does not
+        # combine the gradient's blocks over the model axis.
+        return "the 8-bit FSDP gather does not combine the gradient's blocks over the model axis"
     bsz, bsz2 = ops.get_block_sizes(x, kernel)
     bsz = bsz if spec.bsz == -1 else spec.bsz
     bsz2 = bsz2 if spec.bsz2 == -1 else spec.bsz2
@@ -164,13 +174,12 @@ def _split_fp8_global(spec: QuantSpec, part: Partition, x, kernel) -> None:
     return None
 
 
-def _split_paper(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
-    # int8 inference weights (kernel None) carry fixed per-row scales: any split is exact.
-    if kernel is not None and part.size(part.model_axis) > 1:
-        # Global: one absmax over the whole weight. Vectorwise: the input gradient's
-        # per-input-feature scales reduce over the output features.
-        return "the weight's scale for the input gradient spans the output features"
-    return None  # rows of X and of the gradient are quantized per row: batch splits are exact
+def _split_paper(spec: QuantSpec, part: Partition, x, kernel) -> None:
+    # Rows of X are quantized per row (batch splits are exact); what spans the model-split
+    # output features (W's global absmax, the vectorwise input gradient's per-input-feature
+    # weight absmax, the gradient's row absmax) is a pmax over the model axis in the op.
+    # int8 inference weights carry fixed per-row scales.
+    return None
 
 
 def _split_switchback(spec: QuantSpec, part: Partition, x, kernel) -> str | None:

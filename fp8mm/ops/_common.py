@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fp8mm import _host, dispatch
+from fp8mm import _host, dispatch, reference
 from fp8mm.dispatch import Impl
 from fp8mm.reference import absmax_nan
 
@@ -79,9 +81,98 @@ def static_implementation(implementation: Impl) -> Impl:
     return tuple(implementation)
 
 
-def mesh_absmax(x: jax.Array, axis_names: tuple[str, ...]) -> jax.Array | None:
-    """The whole tensor's absmax inside `shard_map`: the `lax.pmax` over `axis_names` of
-    each shard's (NaN-propagating) absmax; None off a mesh (the primitive takes its own)."""
+def mesh_absmax(x: jax.Array, axis_names: tuple[str, ...], axis=None) -> jax.Array | None:
+    """x's absmax (along `axis`, None: the whole tensor) across the shards of `shard_map`.
+
+    Each shard's NaN-propagating absmax (`reference.absmax_nan`), combined by
+    `pmax_absmax` over `axis_names`: what the unsplit tensor's absmax would be when x
+    is split over those axes along the reduced dimensions. None off a mesh (the
+    primitive then takes its own).
+    """
     if not axis_names:
         return None
-    return jax.lax.pmax(absmax_nan(x.astype(jnp.float32)), axis_names)
+    return pmax_absmax(absmax_nan(x.astype(jnp.float32), axis), axis_names)
+
+
+def pmax_absmax(absmax: jax.Array, axis_names: tuple[str, ...]) -> jax.Array:
+    """`lax.pmax` over `axis_names` of float32 absmaxes (>= 0 or NaN), NaN kept.
+
+    Taken on the int32 bits: non-negative floats order as their bits do and NaN's
+    lie above inf's, so the integer max is exact and keeps a NaN that a float
+    all-reduce max (fmaxf-like on some backends) could drop.
+    """
+    bits = jax.lax.bitcast_convert_type(absmax, jnp.int32)
+    return jax.lax.bitcast_convert_type(jax.lax.pmax(bits, axis_names), jnp.float32)
+
+
+def _shard_index(axis_names: tuple[str, ...]) -> tuple[jax.Array, int]:
+    """(this shard's index, the shard count) over `axis_names`, the first axis major (the
+    order `shard_map` splits a dimension over a tuple of axes)."""
+    index, count = jnp.int32(0), 1
+    for name in axis_names:
+        size = jax.lax.axis_size(name)
+        index, count = index * size + jax.lax.axis_index(name), count * size
+    return index, count
+
+
+def split_block_absmax(
+    x2: jax.Array, blocksize: int, column_axes: tuple[str, ...]
+) -> tuple[int, jax.Array | None]:
+    """Blockwise statistics of a tensor whose columns are split over devices.
+
+    x2 [T, w] is one column shard of the [T, w * shards] tensor X (inside
+    `jax.shard_map`, split over `column_axes`), and X is quantized blockwise in
+    blocks of `blocksize` elements of its row-major flattening. When the shard's
+    rows hold whole blocks (blocksize divides w) x2's own blocks are X's: (blocksize,
+    None). Otherwise X's blocks span shards (and maybe rows): x2 is cut into pieces
+    of p = gcd(w, blocksize) elements, each inside one block of X; every shard
+    scatters its pieces' absmax into X's block count, a `pmax_absmax` over
+    `column_axes` gives each block's absmax, and each piece takes its block's.
+    Quantizing x2 blockwise with blocksize p and that absmax gives X's codes exactly
+    (the per-element arithmetic is the same; only the absmax comes from outside).
+
+    Args:
+      x2: float [T, w], this shard's columns.
+      blocksize: X's block size.
+      column_axes: the mesh axes X's columns are split over (first axis major).
+
+    Returns:
+      (p, absmax float32 [T * w / p] or None).
+    """
+    rows, w = x2.shape
+    if not column_axes or x2.size == 0 or w % blocksize == 0:
+        return blocksize, None
+    j, shards = _shard_index(column_axes)
+    if shards == 1:
+        return blocksize, None
+    p = math.gcd(w, blocksize)
+    pieces = absmax_nan(x2.astype(jnp.float32).reshape(-1, p), axis=1)
+    # Each piece's position in X in units of p (int32: X's size per batch shard is
+    # below 2**31), and the block holding it.
+    unit = (
+        jnp.arange(rows, dtype=jnp.int32)[:, None] * (w * shards // p)
+        + j * (w // p)
+        + jnp.arange(w // p, dtype=jnp.int32)[None, :]
+    )
+    block = (unit // (blocksize // p)).reshape(-1)
+    nblocks = -(-rows * w * shards // blocksize)
+    # Absmaxes are >= 0 or NaN: as int32 bits they order as floats and keep NaN on top.
+    bits = jax.lax.bitcast_convert_type(pieces, jnp.int32)
+    partial = jnp.zeros((nblocks,), jnp.int32).at[block].max(bits)
+    whole = jax.lax.bitcast_convert_type(jax.lax.pmax(partial, column_axes), jnp.float32)
+    return p, whole[block]
+
+
+def blockwise_codes(x2: jax.Array, code, piece: int, absmax: jax.Array, implementation: Impl):
+    """uint8 codes of x2 [rows, w] quantized in blocks of `piece` (dividing w) with the
+    given float32 absmax [rows * w / piece] (`split_block_absmax`'s pieces).
+
+    Pieces below the kernels' smallest block (32 elements; shards whose width is no
+    multiple of 32) are quantized by the reference's arithmetic, the same codes.
+    """
+    if piece >= 32:
+        quantize = dispatch.REGISTRY["quantize_blockwise"]
+        return quantize(x2, code, piece, absmax, implementation=implementation)[0]
+    blocks = x2.astype(jnp.float32).reshape(-1, piece)
+    q = reference.nearest_code(reference.normalise_blocks(blocks, absmax), jnp.asarray(code))
+    return q.reshape(x2.shape)

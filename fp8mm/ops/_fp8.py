@@ -24,7 +24,14 @@ from fp8mm import _checks, _host
 from fp8mm import functional as F
 from fp8mm import functional_fp8 as F8
 from fp8mm.dispatch import Impl
-from fp8mm.ops._common import as_2d, check_inner, matmul, mesh_absmax, static_implementation
+from fp8mm.ops._common import (
+    as_2d,
+    check_inner,
+    matmul,
+    mesh_absmax,
+    split_block_absmax,
+    static_implementation,
+)
 from fp8mm.ops._fp8_native import NativeConfig, native_fp8, native_reason
 
 GEMMS = ("emulated", "native")
@@ -86,26 +93,42 @@ def get_block_sizes(input_matrix, weight_matrix) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- recipes
 
-# (x, code, blocksize, implementation) -> x quantized and dequantized, in x's dtype and shape.
-# The last argument: mesh axes x is split over (inside shard_map; () off a mesh).
-Quantizer = Callable[[jax.Array, jax.Array | np.ndarray, int, Impl, tuple], jax.Array]
+# (x, code, blocksize, implementation, axis_names, column_axes) -> x quantized and
+# dequantized, in x's dtype and shape. Inside shard_map (() off a mesh): axis_names, the
+# mesh axes x is split over; column_axes, those of them that split x's last dimension.
+Quantizer = Callable[[jax.Array, jax.Array | np.ndarray, int, Impl, tuple, tuple], jax.Array]
 
 
-def blockwise(x, code, blocksize: int, implementation: Impl, axis_names=()) -> jax.Array:
+def blockwise(
+    x, code, blocksize: int, implementation: Impl, axis_names=(), column_axes=()
+) -> jax.Array:
     """QB: one absmax per `blocksize` elements of the row-major flattened x.
 
-    Shards hold whole blocks wherever `partition` splits blockwise operands, so the
-    blocks need no cross-device statistics."""
+    Row splits hold whole blocks (`partition` checks it). With x's columns split over
+    `column_axes`, blocks wider than a shard's columns take their absmax across the
+    shards (`split_block_absmax`: a pmax of per-block absmaxes), so each shard
+    quantizes its pieces of them exactly as the whole tensor would."""
     del axis_names
-    return F.fake_quant_blockwise(x, code, blocksize, implementation=implementation)
+    x2 = as_2d(x)
+    piece, absmax = split_block_absmax(x2, blocksize, column_axes)
+    if absmax is None:
+        return F.fake_quant_blockwise(x, code, blocksize, implementation=implementation)
+    # Pieces narrower than the kernels' smallest block (32) only arise from shards whose
+    # width is no multiple of 32: the XLA reference quantizes them (the same codes).
+    impl = implementation if piece >= 32 else "xla"
+    # The primitive itself: the public fake_quant_blockwise takes no absmax.
+    out = F._FAKE_QUANT_BLOCKWISE(x2, code, piece, absmax, implementation=impl)
+    return out.reshape(x.shape)
 
 
-def global_(x, code, blocksize: int, implementation: Impl, axis_names=()) -> jax.Array:
+def global_(
+    x, code, blocksize: int, implementation: Impl, axis_names=(), column_axes=()
+) -> jax.Array:
     """Q: one absmax for the whole tensor, so it commutes with transposition.
 
     On a mesh the absmax is the `lax.pmax` of the shards' over `axis_names`, so each
     shard quantizes exactly as the whole tensor would."""
-    del blocksize
+    del blocksize, column_axes
     absmax = mesh_absmax(x, axis_names)
     return F.fake_quant_global(x, code, absmax=absmax, implementation=implementation)
 
@@ -174,6 +197,8 @@ class _Config:
     fw_host: _HostCode | None = None
     bw_host: _HostCode | None = None
     axis_names: tuple[str, ...] = ()
+    # The mesh axes among axis_names that split B's columns (the output features).
+    feature_axes: tuple[str, ...] = ()
 
     def codes(self, fw_code: jax.Array, bw_code: jax.Array) -> tuple:
         """The codes to quantize with: the host copies when the codes were concrete."""
@@ -183,9 +208,12 @@ class _Config:
         )
 
     @classmethod
-    def make(cls, bsz, bsz2, implementation, fw_code, bw_code, axis_names=()) -> _Config:
+    def make(
+        cls, bsz, bsz2, implementation, fw_code, bw_code, axis_names=(), feature_axes=()
+    ) -> _Config:
         impl = static_implementation(implementation)
-        return cls(bsz, bsz2, impl, _host_code(fw_code), _host_code(bw_code), axis_names)
+        fw, bw = _host_code(fw_code), _host_code(bw_code)
+        return cls(bsz, bsz2, impl, fw, bw, axis_names, feature_axes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -221,7 +249,8 @@ def _fp8_bwd(recipe: Recipe, cfg: _Config, res, g):
     """
     A_res, fp8B, fw_code, bw_code = res
     _, bw = cfg.codes(fw_code, bw_code)
-    g8 = recipe.grad(g, bw, cfg.bsz2, cfg.implementation, cfg.axis_names)
+    # g's columns are the output features: split with B's over feature_axes.
+    g8 = recipe.grad(g, bw, cfg.bsz2, cfg.implementation, cfg.axis_names, cfg.feature_axes)
     gradA = matmul(as_2d(g8), fp8B.astype(g.dtype), (1, 1), g.dtype)
     # Summing over the flattened leading axes is PyTorch's implicit batch reduction.
     g_b = g8 if recipe.quantized_grad_b else g
@@ -240,8 +269,11 @@ def _is_auto(size) -> bool:
     return isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size == -1
 
 
-def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation) -> tuple:
-    """Validated (fw_code, bw_code, bsz, bsz2): codes as arrays (None: the dynamic map)."""
+def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation, shards=1) -> tuple:
+    """Validated (fw_code, bw_code, bsz, bsz2): codes as arrays (None: the dynamic map).
+
+    shards: how many column shards B is one of; the automatic block sizes are the
+    whole weight's (B.shape[1] * shards output features), as on one device."""
     _checks.check_float("A", A)
     _checks.check_float("B", B)
     _checks.check_min_ndim("A", A, 2)
@@ -253,7 +285,7 @@ def _check_fp8_args(A, B, fw_code, bw_code, bsz, bsz2, implementation) -> tuple:
     # Checked before the comparison with -1: a traced block size would fail it obscurely.
     _checks.check_static("bsz", bsz, "int")
     _checks.check_static("bsz2", bsz2, "int")
-    auto = get_block_sizes(A, B)
+    auto = get_block_sizes(A, (B.shape[0], B.shape[1] * shards))
     bsz = auto[0] if _is_auto(bsz) else _checks.check_blocksize(bsz, "bsz", auto=True)
     bsz2 = auto[1] if _is_auto(bsz2) else _checks.check_blocksize(bsz2, "bsz2", auto=True)
     return fw_code, bw_code, bsz, bsz2
@@ -280,7 +312,8 @@ _ARGS_DOC = """
         bitsandbytes' positional calls run; must be None (JAX arrays are
         immutable: use the returned array).
       bsz: static forward block size, -1 for `get_block_sizes`.
-      bsz2: static backward block size, -1 for `get_block_sizes`.
+      bsz2: static backward block size, -1 for `get_block_sizes` (of the whole
+        weight: with `feature_axis_names`, of all its output features).
       gemm: "emulated" (bitsandbytes' simulation: codes dequantized to A's
         dtype, a 16-bit GEMM) or "native" (the same codes as float8 bytes,
         multiplied on FP8 tensor cores with float32 scales after the
@@ -293,8 +326,13 @@ _ARGS_DOC = """
         gradient are split over: every global absmax (B's; A's and the
         gradient's in the global recipe) becomes the `lax.pmax` of the shards',
         so each device quantizes its shard exactly as the whole tensor would be
-        (`fp8mm.nn.sharding.partition` passes them). Blockwise operands must be
-        split on block boundaries. None off a mesh.
+        (`fp8mm.nn.sharding.partition` passes them). None off a mesh.
+      feature_axis_names: inside `jax.shard_map`, those of `axis_names` that
+        split B's columns (the output features; tensor parallelism): the
+        output gradient's blocks (mixed recipe) that span them take their
+        absmax across the shards (a pmax of one float32 per block), so every
+        shard quantizes its part of them exactly as the whole gradient would
+        be. Row splits of A must hold whole blocks. None: no column split.
 
     Returns:
       [..., n] in A's dtype.
@@ -320,13 +358,16 @@ def _public_op(recipe: Recipe, name: str, summary: str):
         gemm: str = "emulated",
         implementation: Impl = None,
         axis_names: str | tuple[str, ...] | None = None,
+        feature_axis_names: str | tuple[str, ...] | None = None,
     ) -> jax.Array:
         _checks.check_out(out, before="bsz")
+        axes = _checks.check_axis_names(axis_names)
+        features = _checks.check_axis_names(feature_axis_names)
+        shards = int(np.prod([jax.lax.axis_size(a) for a in features], dtype=np.int64))
         fw_code, bw_code, bsz, bsz2 = _check_fp8_args(
-            A, B, fw_code, bw_code, bsz, bsz2, implementation
+            A, B, fw_code, bw_code, bsz, bsz2, implementation, shards
         )
         _check_gemm(gemm)
-        axes = _checks.check_axis_names(axis_names)
         if gemm == "native":
             ncfg = NativeConfig(
                 recipe is MIXED,
@@ -337,10 +378,11 @@ def _public_op(recipe: Recipe, name: str, summary: str):
                 static_implementation(implementation),
                 jnp.dtype(B.dtype),
                 axes,
+                features,
             )
             if native_reason(A.shape, B.shape, ncfg) is None:
                 return native_fp8(A, B, ncfg)
-        cfg = _Config.make(bsz, bsz2, implementation, fw_code, bw_code, axes)
+        cfg = _Config.make(bsz, bsz2, implementation, fw_code, bw_code, axes, features)
         return _fp8(A, B, jnp.asarray(fw_code), jnp.asarray(bw_code), recipe, cfg)
 
     op.__name__ = op.__qualname__ = name

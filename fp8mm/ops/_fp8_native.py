@@ -33,11 +33,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fp8mm import functional_fp8 as F8
+from fp8mm import reference_fp8
 from fp8mm.codebooks import e4m3_code, e5m2_code
 from fp8mm.dispatch import Impl
-from fp8mm.ops._common import as_2d, matmul, mesh_absmax
+from fp8mm.ops._common import as_2d, blockwise_codes, matmul, mesh_absmax, split_block_absmax
 from fp8mm.state import Fp8Tensor
 
 _CODES = {"e4m3": e4m3_code, "e5m2": e5m2_code}
@@ -61,6 +63,9 @@ class NativeConfig:
         global absmax (A's and g's in the global recipe, B's in both) is the
         `lax.pmax` of the shards', so each shard quantizes as the whole tensor
         would. () off a mesh.
+      feature_axes: those of axis_names that split B's columns (the output
+        features): blocks of the output gradient spanning them take their absmax
+        across the shards (`split_block_absmax`).
     """
 
     blockwise: bool
@@ -71,6 +76,7 @@ class NativeConfig:
     implementation: Impl
     b_dtype: Any
     axis_names: tuple[str, ...] = ()
+    feature_axes: tuple[str, ...] = ()
 
     def quantize(self, x: jax.Array, code, blocksize: int) -> Fp8Tensor:
         """x as e4m3 bytes: blockwise (mixed recipe) or global, absmax across the mesh."""
@@ -79,6 +85,24 @@ class NativeConfig:
                 x, code, blocksize, dtype=E4M3, implementation=self.implementation
             )
         return self.quantize_global(x, code)
+
+    def quantize_grad(self, g2: jax.Array, code) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The output gradient g2 [rows, n] as e4m3 bytes: (data, row scales [rows, C] for
+        `fp8_scaled_matmul`, the scale). With its columns split over feature_axes, blocks
+        spanning shards are quantized in pieces with their blocks' absmax."""
+        piece, absmax = (None, None)
+        if self.blockwise:
+            piece, absmax = split_block_absmax(g2, self.bsz2, self.feature_axes)
+        if absmax is None:
+            qg = self.quantize(g2, code, self.bsz2)
+            return qg.data, F8.fp8_row_scales(qg), qg.scale
+        # quantize_fp8's codes (blockwise codes, then their float8 bits) with the given
+        # absmax; the pieces divide the row, so each row holds n / piece scale chunks.
+        fmt = F8.format_of(code, "code", E4M3)
+        q = blockwise_codes(g2, code, piece, absmax, self.implementation)
+        scale = absmax / np.float32(fmt.scale)
+        rows, n = g2.shape
+        return reference_fp8.to_fp8(q, fmt.table, E4M3), scale.reshape(rows, n // piece), scale
 
     def quantize_global(self, x: jax.Array, code) -> Fp8Tensor:
         return F8.quantize_fp8(
@@ -97,6 +121,8 @@ def native_reason(A_shape, B_shape, cfg: NativeConfig) -> str | None:
     for s in A_shape[:-1]:
         m *= s
     k, n = B_shape
+    for name in cfg.feature_axes:  # inside shard_map: the whole output's feature count
+        n *= jax.lax.axis_size(name)
     if 0 in (m, k, n):
         return "an operand is empty"
     if cfg.blockwise:
@@ -141,14 +167,14 @@ def _bwd(cfg: NativeConfig, res, g):
     accumulates most) or Q(A)ᵀ · Q_bw(g) on FP8 (global: everything quantized)."""
     a_res, qb = res
     g2 = as_2d(g)
-    qg = cfg.quantize(g2, _CODES[cfg.bw](), cfg.bsz2)
-    gradA = _gemm(qg.data, qb.data, F8.fp8_row_scales(qg), qb.scale, g.dtype, cfg)
+    g8, g_rows, g_scale = cfg.quantize_grad(g2, _CODES[cfg.bw]())
+    gradA = _gemm(g8, qb.data, g_rows, qb.scale, g.dtype, cfg)
     if cfg.blockwise:
         gradB = matmul(as_2d(a_res).astype(g.dtype), g2, (0, 0), g.dtype)
     else:
         k = a_res.data.shape[1]
         a_scale = jnp.broadcast_to(a_res.scale, (k, 1))
-        gradB = _gemm(a_res.data.T, qg.data.T, a_scale, qg.scale, g.dtype, cfg)
+        gradB = _gemm(a_res.data.T, g8.T, a_scale, g_scale, g.dtype, cfg)
     # out (hence g) has A's dtype; gradB is rounded to g's dtype first, then to B's, as
     # the emulated path (torch's .to()).
     a_shape = (*g.shape[:-1], qb.data.shape[0])

@@ -12,6 +12,14 @@ X is flattened to [tokens, in]; W is [out, in] (or a Flax [in, out] kernel).
 * mem_efficient (global only): saves X as int8 + row scales instead of X and
   dequantizes them for the weight gradient.
 
+Inside `jax.shard_map` with the output features split (tensor parallelism,
+`axis_names=`), every statistic that spans them is combined across the shards
+with a `lax.pmax` (`mesh_absmax`), so each shard quantizes its part exactly as
+the whole weight would be: the global weight absmax (forward), the per-input-
+feature weight absmax of the vectorwise input gradient and the row absmax of the
+output gradient (backward). Each shard's input gradient is then a partial sum
+over its output features, which shard_map's transpose sums over the axis.
+
 The weight gradient Gᵀ·X stays 16-bit in every variant: its inner dimension is
 the token count, where int8 rounding noise would grow (the paper's "switch
 back"). The quantization rule (`fp8mm.quantize_rowwise`) is fp8mm's own, exact
@@ -30,7 +38,7 @@ import jax.numpy as jnp
 from fp8mm import _checks, dispatch, reference
 from fp8mm import functional_switchback as F
 from fp8mm.dispatch import Impl
-from fp8mm.ops._common import as_2d, bias_grad, matmul, static_implementation
+from fp8mm.ops._common import as_2d, bias_grad, matmul, mesh_absmax, static_implementation
 from fp8mm.state import MatmulLtState
 
 WEIGHT_LAYOUTS = ("linear", "dense")
@@ -42,18 +50,23 @@ class _Config:
     mem_efficient: bool
     layout: str  # "linear": W [out, in]; "dense": a Flax kernel [in, out]
     implementation: Impl
+    # Mesh axes (inside shard_map) W's output features are split over; () off a mesh.
+    axis_names: tuple[str, ...] = ()
+
+    def out_absmax(self, x, axis=None):
+        """x's absmax over the (split) output features: None off a mesh (the primitive's)."""
+        return mesh_absmax(x, self.axis_names, axis)
 
 
 def _forward_weight(W, cfg: _Config):
     """(W8 int8 [out, in], scale float32 [out] or []) for the forward GEMM."""
     impl = cfg.implementation
-    if cfg.layout == "linear":
-        if cfg.vectorwise:
-            return F.quantize_rowwise(W, implementation=impl)
-        return F.quantize_global(W, implementation=impl)
+    # Per output feature (vectorwise) is local to a shard; the global absmax is not.
     if cfg.vectorwise:
+        if cfg.layout == "linear":
+            return F.quantize_rowwise(W, implementation=impl)
         return F.quantize_columnwise_and_transpose(W, implementation=impl)
-    return F.quantize_global(W, True, implementation=impl)
+    return F.quantize_global(W, cfg.layout == "dense", cfg.out_absmax(W), implementation=impl)
 
 
 def _dgrad_weight(W, w_scale, cfg: _Config):
@@ -63,9 +76,11 @@ def _dgrad_weight(W, w_scale, cfg: _Config):
     """
     impl = cfg.implementation
     if cfg.vectorwise:
+        # Per input feature: a reduction over the output features, split on a mesh.
         if cfg.layout == "linear":
-            return F.quantize_columnwise_and_transpose(W, implementation=impl)
-        return F.quantize_rowwise(W, implementation=impl)
+            absmax = cfg.out_absmax(W, 0)
+            return F.quantize_columnwise_and_transpose(W, absmax, implementation=impl)
+        return F.quantize_rowwise(W, cfg.out_absmax(W, 1), implementation=impl)
     return F.quantize_global(W, cfg.layout == "linear", w_scale, implementation=impl)
 
 
@@ -102,8 +117,9 @@ def _linear_bwd(cfg: _Config, res, g):
     impl = cfg.implementation
     dtype = g.dtype  # the output's dtype, which is X's
     g2 = as_2d(g)
-    # Input gradient in int8: G row-wise times the weight quantized for it.
-    g8, sg = F.quantize_rowwise(g2, implementation=impl)
+    # Input gradient in int8: G row-wise (its rows span the output features) times the
+    # weight quantized for it.
+    g8, sg = F.quantize_rowwise(g2, cfg.out_absmax(g2, 1), implementation=impl)
     wt8, swt = _dgrad_weight(W, w_scale, cfg)
     grad_x = F.int8_scaled_matmul(g8, wt8, sg, swt, None, dtype, implementation=impl)
     grad_x = grad_x.reshape(*g.shape[:-1], wt8.shape[0])
@@ -227,6 +243,7 @@ def switchback_linear(
     mem_efficient: bool = False,
     weight_layout: str = "linear",
     implementation: Impl = None,
+    axis_names: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
     """The SwitchBack paper's linear layer: X @ Wᵀ + bias with int8 forward and input gradient.
 
@@ -251,6 +268,14 @@ def switchback_linear(
         used as it is: no transpose is materialized).
       implementation: None, "xla", "pallas", a kernel name or a sequence of these,
         for the quantizations and the int8 GEMMs (see `fp8mm.dispatch`).
+      axis_names: inside `jax.shard_map`, the mesh axes W's output features are
+        split over (tensor parallelism; `fp8mm.nn.sharding.partition` passes its
+        model axis): the global weight absmax, the vectorwise input gradient's
+        per-input-feature weight absmax and the output gradient's row absmax are
+        each the `lax.pmax` of the shards', so every shard quantizes exactly as the
+        whole layer would. Axes that split only X's rows need no statistic (rows
+        are quantized per row). Unused for int8 inference weights (fixed per-row
+        scales). None off a mesh.
 
     Returns:
       [..., out] in X's dtype.
@@ -270,7 +295,8 @@ def switchback_linear(
     _checks.check_min_ndim("X", X, 1)
     k = X.shape[-1]
     _checks.check_int8_k(k, "switchback_linear")
-    cfg = _Config(vectorwise, mem_efficient, layout, static_implementation(implementation))
+    axes = _checks.check_axis_names(axis_names)
+    cfg = _Config(vectorwise, mem_efficient, layout, static_implementation(implementation), axes)
     if isinstance(W, MatmulLtState):
         CB, SCB, n = _check_state(X, W)
     else:

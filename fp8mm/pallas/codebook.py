@@ -211,20 +211,11 @@ def _block_absmax(x: jax.Array, interpret: bool) -> jax.Array:
 
 
 def _blockwise_kernel(
-    x_ref,
-    code_ref,
-    table_ref,
-    out_ref,
-    absmax_ref,
-    *,
-    cfg,
-    n,
-    nblocks,
-    fake,
-    lookup,
-    interpret,
-    to_bytes=False,
+    x_ref, code_ref, table_ref, *refs, cfg, n, nblocks, fake, lookup, interpret, to_bytes, given
 ):
+    # refs: the given absmax (when `given`), the output, the absmax output (not when fake).
+    given_ref, refs = (refs[0], refs[1:]) if given else (None, refs)
+    out_ref, absmax_ref = refs if len(refs) == 2 else (refs[0], None)
     local = _local_offsets(cfg)
     rows = lax.broadcasted_iota(jnp.int32, (cfg.rows,), 0)
     # program_id is read here, outside the loop body (interpret mode needs it so).
@@ -242,9 +233,17 @@ def _blockwise_kernel(
     def load(t, more=None):
         return _load(x_ref, local + t * cfg.size, tile_mask(t, more))
 
+    def block_rows(t):
+        row = rows + t * cfg.rows
+        return row, (start // cfg.cols + row < nblocks if nblocks % blocks_per_program else None)
+
     def work(t, x):
         x = x.astype(jnp.float32)
-        absmax = _block_absmax(x, interpret)
+        if given_ref is None:
+            absmax = _block_absmax(x, interpret)
+        else:  # the blocks' absmax from outside (e.g. pmax'd over devices), same arithmetic
+            row, row_valid = block_rows(t)
+            absmax = _load(given_ref, row, row_valid).astype(jnp.float32)
         # 0 -> inf, and 0 * inf = NaN -> code 0, as on CUDA; the power-of-two prescale
         # keeps the reciprocal of an absmax >= 2**126 normal (reference.normalise_blocks).
         s = reference.block_prescale(absmax)
@@ -258,8 +257,7 @@ def _blockwise_kernel(
             out = q.astype(jnp.uint8)
         _backend.store(out_ref.at[local + t * cfg.size], out, mask=tile_mask(t))
         if absmax_ref is not None:
-            row = rows + t * cfg.rows
-            row_valid = start // cfg.cols + row < nblocks if nblocks % blocks_per_program else None
+            row, row_valid = block_rows(t)
             _backend.store(absmax_ref.at[row], absmax, mask=row_valid)
 
     if cfg.steps == 1:
@@ -320,7 +318,9 @@ def _tiled(size: int) -> pl.BlockSpec:
 @functools.partial(
     jax.jit, static_argnames=("blocksize", "fake", "lookup", "interpret", "cfg", "to_bytes")
 )
-def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg, to_bytes=False):
+def _blockwise_call(
+    A, code, table, blocksize, fake, lookup, interpret, cfg, to_bytes=False, absmax=None
+):
     n = A.size
     nblocks = -(-n // blocksize)
     grid = -(-n // cfg.span)
@@ -338,19 +338,22 @@ def _blockwise_call(A, code, table, blocksize, fake, lookup, interpret, cfg, to_
         lookup=lookup,
         interpret=interpret,
         to_bytes=to_bytes,
+        given=absmax is not None,
     )
-    if fake:
-        kernel = functools.partial(kernel, absmax_ref=None)
+    in_specs = [_tiled(cfg.span), _whole(256), _whole(table.shape[0])]
+    given = () if absmax is None else (absmax.reshape(-1),)
+    if given:
+        in_specs.append(_tiled(cfg.rows * cfg.steps))
     outs = pallas_call(
         kernel,
         name="fake_quant_blockwise" if fake else "quantize_blockwise",
         interpret=interpret,
         num_warps=cfg.num_warps,
         grid=(grid,),
-        in_specs=[_tiled(cfg.span), _whole(256), _whole(table.shape[0])],
+        in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-    )(A.reshape(-1), code, table)
+    )(A.reshape(-1), code, table, *given)
     return outs[0].reshape(A.shape), (None if fake else outs[1])
 
 
@@ -418,6 +421,7 @@ def quantize_blockwise(
     A: jax.Array,
     code: jax.Array,
     blocksize: int = 4096,
+    absmax: jax.Array | None = None,
     *,
     config: TileConfig | None = None,
     interpret: bool = False,
@@ -431,6 +435,8 @@ def quantize_blockwise(
         blocks of `blocksize` (the last may be partial).
       code: float32 [256] sorted codebook.
       blocksize: power of two in [32, 4096].
+      absmax: float32 [ceil(A.size / blocksize)] to scale the blocks by instead of
+        their own (`reference.quantize_blockwise`); None: each block's own.
       config: the tiling (cols == blocksize); None for `choose_tiles(blocksize)`.
       interpret: run the kernel in Pallas interpret mode (CPU).
 
@@ -439,11 +445,13 @@ def quantize_blockwise(
     """
     nblocks = -(-A.size // blocksize)
     if A.size == 0:
-        q, absmax = jnp.zeros(A.shape, jnp.uint8), jnp.zeros((nblocks,), jnp.float32)
+        q = jnp.zeros(A.shape, jnp.uint8)
+        absmax = jnp.zeros((nblocks,), jnp.float32) if absmax is None else absmax
     else:
         cfg = _blockwise_tiles(config, blocksize, fake=False)
         table, lookup = _table.table_for(code)
-        q, absmax = _blockwise_call(A, code, table, blocksize, False, lookup, bool(interpret), cfg)
+        args = (A, code, table, blocksize, False, lookup, bool(interpret), cfg, False, absmax)
+        q, absmax = _blockwise_call(*args)
     return q, QuantState(absmax, code, blocksize, A.dtype, A.shape)
 
 
@@ -475,6 +483,7 @@ def fake_quant_blockwise(
     A: jax.Array,
     code: jax.Array,
     blocksize: int,
+    absmax: jax.Array | None = None,
     *,
     config: TileConfig | None = None,
     interpret: bool = False,
@@ -489,7 +498,8 @@ def fake_quant_blockwise(
         return jnp.zeros(A.shape, A.dtype)
     cfg = _blockwise_tiles(config, blocksize, fake=True)
     table, lookup = _table.table_for(code)
-    return _blockwise_call(A, code, table, blocksize, True, lookup, bool(interpret), cfg)[0]
+    args = (A, code, table, blocksize, True, lookup, bool(interpret), cfg, False, absmax)
+    return _blockwise_call(*args)[0]
 
 
 def quantize(
@@ -556,7 +566,7 @@ def fake_quant_global(
 
 
 # The kernels' only limit is int32 indexing of the flat tensor (registry predicates).
-def supported_quantize_blockwise(A, code, blocksize) -> str | None:
+def supported_quantize_blockwise(A, code, blocksize, absmax=None) -> str | None:
     return _backend.too_large(A)
 
 

@@ -105,30 +105,37 @@ def _given(config: Tile | None, choice: Tile) -> Tile:
 # ----------------------------------------------------------------------------
 
 
-def _scaled_quant_kernel(w_ref, absmax_ref, o_ref, *, r, c, cfg, transpose, interpret):
+def _scaled_quant_kernel(w_ref, absmax_ref, o_ref, *, r, c, cfg, transpose, per_row, interpret):
     bm, bn = cfg.block_rows, cfg.block_cols
     i, j = pl.program_id(0), pl.program_id(1)
     r_ok = range_mask(i * bm, bm, r, r % bm != 0)
     c_ok = range_mask(j * bn, bn, c, c % bn != 0)
     rs, cs = pl.ds(i * bm, bm), pl.ds(j * bn, bn)
     w = masked_load(w_ref.at[rs, cs], and_masks(r_ok, c_ok), 0.0).astype(_F32)
-    absmax = masked_load(absmax_ref.at[cs], c_ok, 1.0)
+    absmax = masked_load(absmax_ref.at[rs if per_row else cs], r_ok if per_row else c_ok, 1.0)
     # reference.row_scale with a correctly rounded reciprocal (prescaled for huge absmax).
     s = reference.block_prescale(absmax)
     scale = (np.float32(127.0) * s) * _backend.recip_rn(absmax * s, interpret)
-    codes = to_int8_rn(w * scale[None, :], interpret)
+    codes = to_int8_rn(w * (scale[:, None] if per_row else scale[None, :]), interpret)
     if transpose:
         _backend.store(o_ref.at[cs, rs], codes.T, mask=and_masks(c_ok, r_ok))
     else:
         _backend.store(o_ref.at[rs, cs], codes, mask=and_masks(r_ok, c_ok))
 
 
-@functools.partial(jax.jit, static_argnames=("transpose", "cfg", "interpret"))
-def _scaled_quant_2d(w, absmax, *, transpose, cfg, interpret):
-    """Codes of w [r, c] with the column absmax [c]: int8 [r, c], or [c, r] transposed."""
+@functools.partial(jax.jit, static_argnames=("transpose", "cfg", "interpret", "per_row"))
+def _scaled_quant_2d(w, absmax, *, transpose, cfg, interpret, per_row=False):
+    """Codes of w [r, c] with the column absmax [c] (per_row: the row absmax [r]): int8
+    [r, c], or [c, r] transposed."""
     r, c = w.shape
     kernel = functools.partial(
-        _scaled_quant_kernel, r=r, c=c, cfg=cfg, transpose=transpose, interpret=interpret
+        _scaled_quant_kernel,
+        r=r,
+        c=c,
+        cfg=cfg,
+        transpose=transpose,
+        per_row=per_row,
+        interpret=interpret,
     )
     return pallas_call(
         kernel,
@@ -156,9 +163,10 @@ def _quantize_2d(w, absmax, *, per_column, transpose, cfg, interpret):
 # ----------------------------------------------------------------------------
 
 
-def supported_quantize_rowwise(X: jax.Array) -> str | None:
-    """None when the single-pass row kernel holds X's rows (at most 16384 elements)."""
-    if X.size and choose_row_quant_config(1, X.shape[-1]) is None:
+def supported_quantize_rowwise(X: jax.Array, absmax=None) -> str | None:
+    """None when the single-pass row kernel holds X's rows (at most 16384 elements), or
+    with a given absmax (the scaled kernel, any row length)."""
+    if absmax is None and X.size and choose_row_quant_config(1, X.shape[-1]) is None:
         return f"rows of {X.shape[-1]} elements exceed the single-pass row kernel's 16384"
     return too_large(X)
 
@@ -169,8 +177,9 @@ def supported_quantize_global(W: jax.Array, transpose: bool = False, absmax=None
     return too_large(W)
 
 
-def supported_quantize_columnwise_and_transpose(W: jax.Array) -> str | None:
+def supported_quantize_columnwise_and_transpose(W: jax.Array, absmax=None) -> str | None:
     """None: the kernel serves every validated W up to its int32 indexing."""
+    del absmax
     return too_large(W)
 
 
@@ -180,14 +189,21 @@ def _check_served(why: str | None) -> None:
 
 
 def quantize_rowwise(
-    X: jax.Array, *, config: Tile | None = None, interpret: bool = False
+    X: jax.Array,
+    absmax: jax.Array | None = None,
+    *,
+    config: Tile | None = None,
+    interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Row-wise int8 codes of X's own values in one pass (`reference.quantize_rowwise`).
 
     Args:
-      X: float [..., k] (float32, float16 or bfloat16), k <= 16384.
+      X: float [..., k] (float32, float16 or bfloat16), k <= 16384 (any k with absmax).
+      absmax: float32 [...] to scale the rows by instead of their own (rows split
+        over devices pass the whole rows'); then the scaled kernel writes the codes.
       config: the row kernel's `Tile` (`choose_row_quant_config`; block_cols
-        must cover k); None: the heuristic.
+        must cover k), with absmax the scaled kernel's (`choose_scaled_quant_config`);
+        None: the heuristic.
       interpret: run in Pallas interpret mode (CPU).
 
     Returns:
@@ -197,11 +213,15 @@ def quantize_rowwise(
       ValueError: rows longer than 16384, X beyond the kernel's int32 indexing,
         or a `config` that cannot hold a row.
     """
-    _check_served(supported_quantize_rowwise(X))
+    _check_served(supported_quantize_rowwise(X, absmax))
     if X.size == 0:
-        return reference.quantize_rowwise(X)
+        return reference.quantize_rowwise(X, absmax)
     k = X.shape[-1]
     a2 = X.reshape(-1, k)
+    if absmax is not None:
+        cfg = _given(config, choose_scaled_quant_config(*a2.shape, False))
+        kw = dict(transpose=False, cfg=cfg, interpret=interpret, per_row=True)
+        return _scaled_quant_2d(a2, absmax.reshape(-1), **kw).reshape(X.shape), absmax
     cfg = _given(config, choose_row_quant_config(*a2.shape))
     if cfg.block_cols < k:
         raise ValueError(f"config {cfg} cannot hold rows of {k} elements (block_cols < {k})")
@@ -242,7 +262,11 @@ def quantize_global(
 
 
 def quantize_columnwise_and_transpose(
-    W: jax.Array, *, config: Tile | None = None, interpret: bool = False
+    W: jax.Array,
+    absmax: jax.Array | None = None,
+    *,
+    config: Tile | None = None,
+    interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Column-wise int8 codes of W, transposed (`reference.quantize_columnwise_and_transpose`).
 
@@ -254,9 +278,12 @@ def quantize_columnwise_and_transpose(
 
     Args:
       W: float [r, c].
+      absmax: float32 [c] to scale the columns by instead of their own (columns
+        split over devices pass the whole columns'); the scaled kernel then writes
+        the codes.
       config: the `Tile` of the kernel that writes the codes: the row kernel's over
-        Wᵀ (`choose_row_quant_config(c, r)`) when r <= 16384, else the scaled
-        kernel's over W (`choose_scaled_quant_config`); None: the heuristic.
+        Wᵀ (`choose_row_quant_config(c, r)`) when r <= 16384 and absmax is None, else
+        the scaled kernel's over W (`choose_scaled_quant_config`); None: the heuristic.
       interpret: run in Pallas interpret mode (CPU).
 
     Returns:
@@ -264,8 +291,8 @@ def quantize_columnwise_and_transpose(
     """
     _check_served(supported_quantize_columnwise_and_transpose(W))
     if W.size == 0:
-        return reference.quantize_columnwise_and_transpose(W)
-    if choose_row_quant_config(W.shape[1], W.shape[0]) is not None:
+        return reference.quantize_columnwise_and_transpose(W, absmax)
+    if absmax is None and choose_row_quant_config(W.shape[1], W.shape[0]) is not None:
         return quantize_rowwise(W.T, config=config, interpret=interpret)
     cfg = _given(config, choose_scaled_quant_config(*W.shape, True))
-    return _quantize_2d(W, None, per_column=True, transpose=True, cfg=cfg, interpret=interpret)
+    return _quantize_2d(W, absmax, per_column=True, transpose=True, cfg=cfg, interpret=interpret)
