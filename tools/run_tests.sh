@@ -11,7 +11,7 @@ logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # Slowest first, so the long files start at once; any other file follows.
 order="test_ops test_min_versions test_fp8_native test_kernels_int8 test_kernels_codebook
-  test_numerics test_switchback_linear test_nn_sharding test_example test_nn_attention
+  test_numerics test_switchback_linear test_nn_sharding test_nn_fsdp test_example test_nn_attention
   test_properties test_bad_input test_nn_linen test_nn_nnx test_golden_primitives
   test_docs_build test_benchmarks_smoke test_primitives"
 # XLA's CPU backend at optimization level 0: the suite compiles hundreds of small

@@ -14,8 +14,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from fp8mm import _checks
+from fp8mm import _checks, ops
 from fp8mm.nn._core import INT8_KINDS, KIND_TABLE, QuantSpec
+from fp8mm.nn._fsdp import gather_problem, gathered_dense, gathered_split_problem
 from fp8mm.nn.sharding import P, Partition, current_partition, shard_map
 from fp8mm.state import MatmulLtState
 
@@ -149,31 +150,73 @@ def make_dot_general(spec: QuantSpec):
 
 def _check_exact(spec: QuantSpec, part: Partition, x: jax.Array, kernel, int8_state) -> None:
     """Raises unless per-shard quantization equals the global one (see fp8mm.nn.sharding)."""
+    why = split_reason(spec, part, x, kernel, int8_state)
+    if why:
+        raise NotImplementedError(why)
+
+
+def split_reason(spec: QuantSpec, part: Partition, x, kernel, int8_state=None) -> str | None:
+    """Why `partition` refuses to split this product over `part`'s mesh, or None.
+
+    Shapes that do not divide over the mesh, the kind's `split_problem`, and with
+    `gather_8bit` the 8-bit gather's own limits (`fp8mm.nn._fsdp`: its custom VJPs
+    combine the statistics they quantize with themselves, so for the kinds they serve
+    they replace the table's check).
+    """
     nb, nm = part.size(part.batch_axis), part.size(part.model_axis)
     n = int8_state.CB.shape[0] if kernel is None else kernel.shape[1]
+    nf = part.size(part.fsdp) if kernel is not None else 1
+    gathered = part.gather_8bit and kernel is not None and part.fsdp is not None
     if x.ndim < 2 or x.shape[0] % nb or n % nm:
         why = f"x {x.shape} / {n} output features do not divide over the mesh ({nb}, {nm})"
+    elif kernel is not None and kernel.shape[0] % nf:
+        why = f"the kernel's {kernel.shape[0]} input features do not divide over fsdp ({nf})"
+    elif gathered and gather_problem(spec):
+        return (
+            f"fp8mm.nn.sharding.partition(gather_8bit=True) cannot gather the {spec.kind} "
+            f"weight in 8 bit: {gather_problem(spec)}. Use gather_8bit=False (the 16-bit "
+            "gather)."
+        )
+    elif gathered:
+        why = gathered_split_problem(spec, part, x, kernel)
     else:
         why = KIND_TABLE[spec.kind].split_problem(spec, part, x, kernel)
-    if why:
-        raise NotImplementedError(
-            f"fp8mm.nn.sharding.partition cannot split {spec.kind} exactly: {why}. "
-            "Run it without `partition` (GSPMD, XLA path) instead."
-        )
+    if not why:
+        return None
+    return (
+        f"fp8mm.nn.sharding.partition cannot split {spec.kind} exactly: {why}. "
+        "Run it without `partition` (GSPMD, XLA path) instead."
+    )
+
+
+def _whole_blocks(spec: QuantSpec, x, kernel) -> QuantSpec:
+    """The fp8 kinds' automatic block sizes (-1) picked from the whole operands, as one
+    device picks them: inside the shard_map the op sees a shard's output features (and
+    would pick a smaller bsz2 where the model axis splits them)."""
+    if kernel is None or "bsz" not in KIND_TABLE[spec.kind].options:
+        return spec
+    bsz, bsz2 = ops.get_block_sizes(x, kernel)
+    return dataclasses.replace(
+        spec, bsz=bsz if spec.bsz == -1 else spec.bsz, bsz2=bsz2 if spec.bsz2 == -1 else spec.bsz2
+    )
 
 
 def _partitioned(spec: QuantSpec, part: Partition, x, kernel, bias, int8_state):
     """`_local` inside shard_map: each device quantizes and multiplies its own shard."""
     _check_exact(spec, part, x, kernel, int8_state)
+    spec = _whole_blocks(spec, x, kernel)
     b, m = part.batch_axis, part.model_axis
+    # FSDP: the kernel enters as its [in / fsdp, out / model] shard and is gathered inside.
+    f = part.fsdp if kernel is not None else None
     rest = (None,) * (x.ndim - 1)
     # The int8 weight travels as its two arrays (a MatmulLtState of PartitionSpecs is no
     # state) and is rebuilt per shard: CB rows and SCB split with the output features.
+    # Under FSDP a CB split on its columns is gathered (in int8) at the shard_map's edge.
     cb, scb = (None, None) if int8_state is None else (int8_state.CB, int8_state.SCB)
     args = (x, kernel, bias, cb, scb)
     specs = (
         P(b, *rest),
-        None if kernel is None else P(None, m),
+        None if kernel is None else P(f, m),
         None if bias is None else P(m),
         None if cb is None else P(m, None),
         None if scb is None else P(m),
@@ -181,6 +224,12 @@ def _partitioned(spec: QuantSpec, part: Partition, x, kernel, bias, int8_state):
     out_specs = (P(b, *rest[:-1], m), P() if spec.threshold > 0 else None)
 
     def body(x, kernel, bias, cb, scb):
+        if f is not None and part.gather_8bit:
+            return gathered_dense(spec, part, x, kernel, bias)
+        if f is not None:
+            # The 16-bit gather (the kernel's dtype); its transpose, a psum_scatter, is
+            # the weight gradient's reduce-scatter.
+            kernel = jax.lax.all_gather(kernel, f, axis=0, tiled=True)
         state = None if cb is None else dataclasses.replace(int8_state, CB=cb, SCB=scb)
         return _local(spec, x, kernel, bias, state)
 

@@ -38,6 +38,25 @@ Two ways to run fp8mm layers on a `jax.sharding.Mesh`:
    shard_map runs with `check_vma=False` (Pallas interpret mode cannot trace
    under the varying-axes check); so must a shard_map of your own around
    fp8mm's Pallas kernels.
+
+FSDP (ZeRO-3) under `partition`: with `fsdp_axis=` (the batch axis) each kernel
+enters the shard_map as its shard [in / fsdp, out / model], the layout of
+`dense_param_shardings(..., fsdp_axis=)`. By default the shard is all-gathered
+over that axis in the kernel's dtype for the product, and the transpose of the
+gather reduce-scatters its gradient. With `gather_8bit=True` the kinds that
+quantize the whole weight anyway gather its 8-bit codes instead (half of a
+16-bit gather's bytes): each device quantizes its own shard with the statistic
+combined over the mesh (a `lax.pmax` of the absmax, of each row's absmax for
+switchback's row-wise weight), the 1-byte codes are all-gathered and multiplied,
+and the 16-bit weight gradient is reduce-scattered back to the shard
+(`fp8mm.nn._fsdp`): fp8_mixed and fp8_global (uint8 codes, emulated;
+float8_e4m3fn bytes, gemm="native"), switchback (int8 rows, threshold 0), and
+switchback_global / switchback_global_mem_efficient (int8, one scale). The
+others raise `NotImplementedError` under `gather_8bit=True`: switchback's
+outlier columns need the 16-bit weight, and switchback_vectorwise quantizes
+the weight twice (per output and per input feature), two sets of codes that
+weigh what one 16-bit gather does. SwitchBack int8 inference weights (CB)
+are gathered as the int8 arrays they are in either mode.
 """
 
 from __future__ import annotations
@@ -84,20 +103,39 @@ class Partition:
       mesh: the device mesh.
       batch_axis: mesh axis of the activations' leading (batch) dimension, or None.
       model_axis: mesh axis of the kernel's output features, or None.
+      fsdp_axis: mesh axis of the kernel's input features (FSDP), or None; the
+        batch axis, as in ZeRO-3.
+      gather_8bit: with fsdp_axis, gather the weight as its 8-bit codes.
     """
 
     mesh: Mesh
     batch_axis: str | None = None
     model_axis: str | None = None
+    fsdp_axis: str | None = None
+    gather_8bit: bool = False
 
     def __post_init__(self) -> None:
         _check_mesh(self.mesh)
-        for name in ("batch_axis", "model_axis"):
+        for name in ("batch_axis", "model_axis", "fsdp_axis"):
             _check_axis(self.mesh, name, getattr(self, name), allow_none=True)
         if self.batch_axis is not None and self.batch_axis == self.model_axis:
             raise ValueError(
                 f"batch_axis and model_axis must be different mesh axes, both are "
                 f"{self.batch_axis!r}"
+            )
+        if self.fsdp_axis is not None and self.fsdp_axis != self.batch_axis:
+            # Each device's weight gradient sums over its own batch shard; the
+            # reduce-scatter over the fsdp axis completes the sum only when that axis is
+            # the batch's (activations replicated over it would be counted once per device).
+            raise ValueError(
+                f"fsdp_axis must be the batch axis {self.batch_axis!r} (the parameters are "
+                f"sharded over the devices that split the batch), got {self.fsdp_axis!r}"
+            )
+        if not isinstance(self.gather_8bit, bool):
+            raise TypeError(f"gather_8bit must be a bool, got {self.gather_8bit!r}")
+        if self.gather_8bit and self.fsdp_axis is None:
+            raise ValueError(
+                "gather_8bit=True needs fsdp_axis (the axis the weights are split over)"
             )
 
     def size(self, axis: str | None) -> int:
@@ -106,6 +144,11 @@ class Partition:
     def split_axes(self) -> tuple[str, ...]:
         """The mesh axes this partition splits over (batch and model, where of size > 1)."""
         return tuple(a for a in (self.batch_axis, self.model_axis) if self.size(a) > 1)
+
+    @property
+    def fsdp(self) -> str | None:
+        """The fsdp axis when it splits the kernels (size > 1), else None."""
+        return self.fsdp_axis if self.size(self.fsdp_axis) > 1 else None
 
 
 _MESH_TYPES = tuple(t for t in (Mesh, getattr(jax.sharding, "AbstractMesh", None)) if t is not None)
@@ -137,7 +180,12 @@ def current_partition() -> Partition | None:
 
 @contextlib.contextmanager
 def partition(
-    mesh: Mesh, batch_axis: str | None = "data", model_axis: str | None = None
+    mesh: Mesh,
+    batch_axis: str | None = "data",
+    model_axis: str | None = None,
+    *,
+    fsdp_axis: str | None = None,
+    gather_8bit: bool = False,
 ) -> Iterator[Partition]:
     """Within this context (at trace time), fp8mm products run per shard in `shard_map`.
 
@@ -149,10 +197,40 @@ def partition(
       mesh: device mesh.
       batch_axis: mesh axis sharding the activations' leading dimension (None: replicated).
       model_axis: mesh axis sharding the kernels' output features (None: replicated).
+      fsdp_axis: FSDP: the mesh axis the kernels' input features are sharded over
+        (must be batch_axis); each kernel [in, out] enters the shard_map as its
+        [in / fsdp, out / model] shard (`dense_param_shardings(..., fsdp_axis=)`'s
+        layout), is all-gathered for the product and its gradient reduce-scattered.
+        None: kernels enter whole over the batch axis (GSPMD gathers a sharded one).
+      gather_8bit: with fsdp_axis, all-gather the weight's 8-bit codes (quantized per
+        shard with mesh-wide statistics) instead of the 16-bit weight, for the kinds
+        that quantize the whole weight anyway (see the module docstring); the others
+        raise NotImplementedError. The numbers are the single-device ones either way.
+
+    Raises:
+      TypeError: a mesh that is no Mesh, an axis that is no str, a gather_8bit that
+        is no bool.
+      ValueError: an axis not in the mesh, batch_axis == model_axis, fsdp_axis not the
+        batch axis, gather_8bit without fsdp_axis.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from jax.sharding import Mesh
+      >>> from fp8mm.nn import linen as fl, sharding
+      >>> mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+      >>> layer = fl.Fp8GlobalDense(8)
+      >>> x = jnp.ones((4, 16))
+      >>> params = layer.init(jax.random.key(0), x)
+      >>> def f(p, x):
+      ...     with sharding.partition(mesh, "data", fsdp_axis="data", gather_8bit=True):
+      ...         return layer.apply(p, x)
+      >>> jax.jit(f)(params, x).shape
+      (4, 8)
     """
-    token = _current.set(Partition(mesh, batch_axis, model_axis))  # validates the arguments
+    part = Partition(mesh, batch_axis, model_axis, fsdp_axis, gather_8bit)  # validates
+    token = _current.set(part)
     try:
-        yield _current.get()
+        yield part
     finally:
         _current.reset(token)
 
