@@ -6,7 +6,7 @@ batch time divided by the calls per batch. A sync per call would add the
 launch/sync latency to every call and flatter every ratio against a fast
 baseline. The number of calls per batch is chosen per case so that a batch
 lasts at least `TimingConfig.batch_s` (short kernels are otherwise measured
-against Python dispatch).
+against Python dispatch), and is at least `TimingConfig.min_reps`.
 
 Targets: `load_targets` reads the pass/miss targets from benchmarks/targets.toml
 and `evaluate_targets` attaches the checks to the rows; the numbers live in
@@ -47,6 +47,10 @@ class TimingConfig:
       batches: device-synchronised batches; the median over them is reported.
       batch_s: lower bound on the wall time of one batch (sets calls per batch).
       max_reps: upper bound on calls per batch.
+      min_reps: lower bound on calls per batch (within max_reps): a case longer than
+        batch_s still runs a few calls back to back, so the host's dispatch of one call
+        overlaps the previous call's execution as in a training loop (a 70 ms training
+        step timed one call per sync exposes several ms of dispatch per call).
       warmup: calls (each synchronised) before the calibration.
       warmup_s: then calls (each synchronised) for at least this long, so the SM clock
         has ramped up again after the compilation's idle time (an H200 idles at
@@ -57,6 +61,7 @@ class TimingConfig:
     batches: int = 20
     batch_s: float = 0.004
     max_reps: int = 200
+    min_reps: int = 3
     warmup: int = 2
     warmup_s: float = 0.05
     device: bool = True
@@ -101,7 +106,7 @@ def time_calls(call: Callable[[], Any], sync: Callable[[Any], Any], cfg: TimingC
         out = call()
         sync(out)
         est = max((time.perf_counter() - t0) / 2, 1e-7)
-        reps = int(min(cfg.max_reps, max(1, math.ceil(cfg.batch_s / est))))
+        reps = int(min(cfg.max_reps, max(cfg.min_reps, math.ceil(cfg.batch_s / est))))
     per_call = []
     for _ in range(max(cfg.batches, 1)):
         t0 = time.perf_counter()

@@ -474,7 +474,8 @@ def render_markdown(meta: dict[str, Any], rows: Sequence[Row]) -> str:
         f"`{meta['command']}` — jax {meta['jax']} ({meta['backend']}), "
         f"python {meta['python']}, fp8mm {meta['fp8mm']}; bitsandbytes: {meta['bnb_status']}.",
         f"Timing: median over {meta['timing']['batches']} device-synchronised batches of "
-        f"back-to-back calls (each batch ≥ {meta['timing']['batch_s'] * 1e3:.0f} ms, at most "
+        f"back-to-back calls (each batch ≥ {meta['timing']['batch_s'] * 1e3:.0f} ms and "
+        f"≥ {meta['timing'].get('min_reps', 1)} calls, at most "
         f"{meta['timing']['max_reps']} calls) after warm-up; one compilation per case, whose "
         "memory analysis gives peak MiB (temp + argument + output). Ratios are to the "
         "baseline row of the same shape and dtype in the same run "
