@@ -9,8 +9,9 @@ projection `DenseGeneral(features, axis=(-2, -1))`, both of which map.
 
 A SwitchBack kind's layer may hold int8 inference weights instead of its kernel
 ('CB' int8 [*features, *contracted], 'SCB' float32 [*features], from
-`int8_inference_params(params, model, ...)`); every such call records the
-kernel's layout for that function.
+`int8_inference_params(params, model, ...)`). Each call of a SwitchBack kind
+records how its kernel maps onto [K, N], which `int8_inference_params` reads
+while it traces the model.
 """
 
 from __future__ import annotations
