@@ -91,17 +91,10 @@ class Gather:
     w_dtype: Any
 
 
-def _pmax(absmax: jax.Array, axes) -> jax.Array:
-    """`lax.pmax` of float32 absmaxes (>= 0 or NaN) on their int32 bits, which order as
-    the floats do with NaN above inf: exact, and no backend's float max drops a NaN."""
-    bits = jax.lax.pmax(jax.lax.bitcast_convert_type(absmax, jnp.int32), axes)
-    return jax.lax.bitcast_convert_type(bits, jnp.float32)
-
-
 def _with_features(cfg, gather: Gather):
-    """cfg with the model axis as the output features' split (`feature_axes`, where the
-    config has that field): the mixed recipe's gradient blocks combine over it."""
-    if gather.model is None or "feature_axes" not in {f.name for f in dataclasses.fields(cfg)}:
+    """cfg with the model axis as the output features' split: the mixed recipe's gradient
+    blocks spanning it combine across the shards (`feature_axes`)."""
+    if gather.model is None:
         return cfg
     return dataclasses.replace(cfg, feature_axes=(gather.model,))
 
@@ -246,9 +239,10 @@ def _switchback_gathered_fwd(A, W, bias, implementation, gather):
 
     The rule of `int8_vectorwise_quant(W.T)` (float16 values, code = round(x * 127 /
     row absmax)) with each output feature's absmax the pmax of its shards'."""
-    w16 = reference.f16_or_wide(W.T)  # [out, in / fsdp]
-    scb = _pmax(reference.absmax_nan(w16, axis=1), gather.fsdp)
-    cb = _gather(reference._sb_codes(w16, scb[:, None]), gather, 1)
+    w16 = reference.f16_or_wide(W.T)  # [out, in / fsdp], float16 values as float32
+    scb = mesh_absmax(w16, (gather.fsdp,), axis=1)
+    # On float16 values the paper's row rule is bitsandbytes' (no further cast).
+    cb = _gather(FS.quantize_rowwise(w16, scb, implementation=implementation)[0], gather, 1)
     # The op's forward with these as a prepared weight: without outliers that is the
     # trained weight's forward, code for code.
     cfg = _switchback._Config(0.0, False, 1, implementation)
@@ -292,11 +286,8 @@ def _paper_gathered_fwd(X, W, bias, mem_efficient, implementation, gather):
 def _rowwise(g2: jax.Array, gather: Gather, implementation: Impl):
     """`quantize_rowwise(g2)` of the whole output gradient: the row absmax spans the
     output features, so with a model split it is the pmax of the shards'."""
-    if gather.model is None:
-        return FS.quantize_rowwise(g2, implementation=implementation)
-    x = g2.astype(jnp.float32)
-    absmax = _pmax(reference.absmax_nan(x, axis=-1), gather.model)
-    return reference._sb_codes(x, absmax[:, None]), absmax
+    absmax = None if gather.model is None else mesh_absmax(g2, (gather.model,), axis=-1)
+    return FS.quantize_rowwise(g2, absmax, implementation=implementation)
 
 
 def _paper_gathered_bwd(mem_efficient, implementation, gather, res, g):
