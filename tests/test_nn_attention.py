@@ -465,7 +465,8 @@ def test_linen_int8_einsum_layouts_and_what_cannot_map():
         with pytest.raises(ValueError, match=r"int8 weights \(CB/SCB .* runs as 'fp8_mixed'"):
             proj.apply(int8, x)
     # Without the model, which axes an N-d kernel contracts is unknown: it stays float.
-    kept, report = L.int8_inference_params(p)
+    with pytest.warns(UserWarning, match=r"1 N-d kernel\(s\) stayed float .* Pass the model"):
+        kept, report = L.int8_inference_params(p)
     assert kept == p and report.layers == ()
     ((path, why),) = report.skipped
     assert path == "params" and "3-d kernel" in why and "pass the model" in why

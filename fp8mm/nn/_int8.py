@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -243,6 +244,18 @@ def int8_inference_params(
             f"under quantize_dense({kind!r})) in {type(model).__name__}.apply, so they cannot "
             "use int8 weights; leave them float with filter= (e.g. filter=lambda path: path "
             f"not in {bad!r})"
+        )
+    if model is None and skipped:
+        # Not an error (float kernels compute the right numbers), but the caller asked
+        # for int8 weights and a transformer's attention projections would quietly stay
+        # float.
+        paths = [path for path, _ in skipped]
+        warnings.warn(
+            f"int8_inference_params: {len(paths)} N-d kernel(s) stayed float (e.g. "
+            f"{paths[:3]}): without `model` only 2-D kernels convert. Pass the model and an "
+            "input (int8_inference_params(params, model, x)) to convert DenseGeneral / "
+            "Einsum projections such as attention's, or filter= them out to silence this.",
+            stacklevel=2,
         )
     report = Int8Report(tuple(converted), tree_bytes(params), tree_bytes(new), tuple(skipped))
     return new, report
