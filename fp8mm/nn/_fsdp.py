@@ -46,7 +46,14 @@ from fp8mm.ops._common import as_2d, bias_grad, matmul, mesh_absmax, static_impl
 from fp8mm.ops._switchback_linear import _int8_product
 from fp8mm.state import Fp8Tensor
 
-__all__ = ["GATHER_8BIT_KINDS", "gather_problem", "gathered_dense", "gathered_split_problem"]
+__all__ = [
+    "GATHER_8BIT_KINDS",
+    "Gather",
+    "gather_problem",
+    "gathered_dense",
+    "gathered_product",
+    "gathered_split_problem",
+]
 
 _PAPER_GLOBAL = ("switchback_global", "switchback_global_mem_efficient")
 GATHER_8BIT_KINDS = ("fp8_mixed", "fp8_global", "switchback", *_PAPER_GLOBAL)
@@ -328,15 +335,18 @@ def gathered_dense(spec: QuantSpec, part, x: jax.Array, kernel: jax.Array, bias)
     """
     model = part.model_axis if part.size(part.model_axis) > 1 else None
     gather = Gather(part.fsdp, part.split_axes(), model, jnp.dtype(kernel.dtype))
+    return gathered_product(spec, gather, x, kernel, bias), None
+
+
+def gathered_product(spec: QuantSpec, gather: Gather, x: jax.Array, kernel: jax.Array, bias):
+    """`gathered_dense` for a given `Gather` (inside a shard_map over its axes): y only."""
     impl = static_implementation(spec.implementation)
     if spec.kind in ("fp8_mixed", "fp8_global"):
-        sizes = (part.size(part.fsdp), part.size(model))
-        y = _fp8_product(spec, gather, sizes, x, kernel, bias)
-    elif spec.kind == "switchback":
-        y = _switchback_gathered(x, kernel, bias, impl, gather)
-    elif spec.kind in _PAPER_GLOBAL:
+        sizes = tuple(1 if a is None else jax.lax.axis_size(a) for a in (gather.fsdp, gather.model))
+        return _fp8_product(spec, gather, sizes, x, kernel, bias)
+    if spec.kind == "switchback":
+        return _switchback_gathered(x, kernel, bias, impl, gather)
+    if spec.kind in _PAPER_GLOBAL:
         mem_efficient = spec.kind == "switchback_global_mem_efficient"
-        y = _paper_gathered(x, kernel, bias, mem_efficient, impl, gather)
-    else:  # pragma: no cover - refused by gather_problem before the shard_map
-        raise NotImplementedError(gather_problem(spec))
-    return y, None
+        return _paper_gathered(x, kernel, bias, mem_efficient, impl, gather)
+    raise NotImplementedError(gather_problem(spec))  # refused before the shard_map
