@@ -75,10 +75,14 @@ def gathered_split_problem(spec: QuantSpec, part, x, kernel) -> str | None:
     """The kind's `split_problem` for the gathered product: the SwitchBack paper's global
     kinds combine every statistic spanning a split themselves here (W's absmax over the
     mesh, the output gradient's rows over the model axis); the others run the op's own
-    quantizers of A and of the gradient, and have the op's limits."""
+    quantizers of A and of the gradient, and have the op's limits (the 16-bit path's)."""
     if spec.kind in _PAPER_GLOBAL:
         return None
-    return KIND_TABLE[spec.kind].split_problem(spec, part, x, kernel)
+    # The gradient and A go through the op's own quantizers (the mixed recipe's blocks
+    # of the gradient combined over the model axis, `feature_axes`): the op's limits.
+    return KIND_TABLE[spec.kind].split_problem(
+        spec, dataclasses.replace(part, gather_8bit=False), x, kernel
+    )
 
 
 @dataclasses.dataclass(frozen=True)
