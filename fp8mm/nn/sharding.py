@@ -254,8 +254,9 @@ def dense_param_shardings(
     the batch axis) the kernels are also split on their input features ('CB' on
     its columns), and every other leaf whose leading dimension divides evenly
     (embeddings, positional tables) on that dimension; jit (GSPMD) then gathers
-    each weight for its product and reduce-scatters its gradient. The rest is
-    replicated.
+    each weight for its product, or `partition(..., fsdp_axis=)` does inside its
+    shard_map (with `gather_8bit=True` as the weight's 8-bit codes) and
+    reduce-scatters its gradient. The rest is replicated.
 
     Args:
       params: a linen params tree (nested dicts of arrays).
