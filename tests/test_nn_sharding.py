@@ -170,15 +170,16 @@ WORKER = textwrap.dedent(
                 same(got, ref, f"{kind} {impl} shard_map {dict(mesh.shape)}")
     # One layer: the paper's forward is bit for bit (int8 products, per-element scales);
     # blocks of the output gradient straddling rows and shards (96 features: blocks of 128,
-    # 24- or 48-column shards; 384 features: blocks of 512 over 96-column shards).
-    for kind, feats, impl in [
-        ("switchback_global", 32, "pallas"),
-        ("switchback_vectorwise", 32, "xla"),
-        ("fp8_mixed", 96, "xla"),
-        ("fp8_mixed", 384, "pallas"),
-        ("fp8_mixed_native", 96, "pallas"),
+    # 24- or 48-column shards; 384 features: blocks of 512 over 96-column shards); native
+    # with 64-blocks cut into 16- or 32-element pieces (192 features, 48 or 96 a shard).
+    for kind, feats, impl, kw in [
+        ("switchback_global", 32, "pallas", {}),
+        ("switchback_vectorwise", 32, "xla", {}),
+        ("fp8_mixed", 96, "xla", {}),
+        ("fp8_mixed", 384, "pallas", {}),
+        ("fp8_mixed_native", 192, "pallas", {"bsz2": 64}),
     ]:
-        layer = LAYERS[kind](feats, implementation=impl)
+        layer = LAYERS[kind](feats, implementation=impl, **kw)
         p = layer.init(jax.random.key(1), x)
         loss = lambda p, x: jnp.sum(layer.apply(p, x) ** 2)
         f = jax.value_and_grad(loss, argnums=(0, 1))
