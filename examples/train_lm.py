@@ -16,7 +16,9 @@ model with orbax, restores it, and converts it to int8 inference weights.
 On several devices, `--mesh data=2,model=2` shards the batch over 'data' and each
 projection's output features over 'model' (`fp8mm.nn.sharding`), `--fsdp` also shards
 the parameters over 'data', and `--partition` runs every fp8mm product per shard in
-`shard_map` (the Pallas path's way; GSPMD otherwise). Simulated on a CPU:
+`shard_map` (the Pallas path's way; GSPMD otherwise); with `--fsdp --partition`,
+`--gather-8bit` all-gathers each weight's 8-bit codes instead of the 16-bit weight.
+Simulated on a CPU:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 \
         python examples/train_lm.py --mesh data=2,model=2 --fsdp
@@ -200,6 +202,7 @@ class Layout:
     mesh: Any = None
     fsdp: bool = False
     partition: bool = False
+    gather_8bit: bool = False
 
     def model_axis(self) -> str | None:
         return "model" if self.mesh is not None and self.mesh.shape["model"] > 1 else None
@@ -230,7 +233,13 @@ class Layout:
     def context(self):
         if self.mesh is None or not self.partition:
             return contextlib.nullcontext()
-        return sharding.partition(self.mesh, "data", self.model_axis())
+        return sharding.partition(
+            self.mesh,
+            "data",
+            self.model_axis(),
+            fsdp_axis="data" if self.fsdp else None,
+            gather_8bit=self.gather_8bit,
+        )
 
 
 def parse_mesh(spec: str):
@@ -486,6 +495,11 @@ def main(argv=None) -> dict[str, dict[str, float]]:
         "--partition", action="store_true", help="with --mesh: fp8mm products per shard (shard_map)"
     )
     ap.add_argument(
+        "--gather-8bit",
+        action="store_true",
+        help="with --fsdp --partition: all-gather the weights' 8-bit codes, not 16-bit weights",
+    )
+    ap.add_argument(
         "--combine",
         action="store_true",
         help="train nothing: one table, CSV and PNG from the runs saved in --out/runs",
@@ -508,9 +522,11 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     if unknown:
         ap.error(f"unknown kinds {unknown}; choose from {', '.join(KINDS)}")
 
+    if args.gather_8bit and not (args.mesh and args.fsdp and args.partition):
+        ap.error("--gather-8bit needs --mesh, --fsdp and --partition")
     layout = Layout()
     if args.mesh:
-        layout = Layout(parse_mesh(args.mesh), args.fsdp, args.partition)
+        layout = Layout(parse_mesh(args.mesh), args.fsdp, args.partition, args.gather_8bit)
     elif args.fsdp or args.partition:
         ap.error("--fsdp and --partition need --mesh")
     text = load_corpus(preset.corpus_bytes)

@@ -44,12 +44,14 @@ common = ["--steps", "3", "--kinds", "plain,fp8_global", "--no-checkpoint", "--o
 single = tl.main(common)
 fsdp = tl.main(common + ["--mesh", "data=2,model=2", "--fsdp"])
 shard_map = tl.main(common + ["--mesh", "data=4", "--partition"])
-print(json.dumps({"single": single, "fsdp": fsdp, "shard_map": shard_map}))
+gather8 = tl.main(common + ["--mesh", "data=2,model=2", "--fsdp", "--partition", "--gather-8bit"])
+print(json.dumps({"single": single, "fsdp": fsdp, "shard_map": shard_map, "gather8": gather8}))
 """
 
 
 def test_train_lm_on_a_mesh(tmp_path):
-    """--mesh (GSPMD with FSDP, and shard_map) on 4 simulated CPU devices: the single-device run."""
+    """--mesh (GSPMD with FSDP; shard_map; shard_map with FSDP and the 8-bit weight gather) on
+    4 simulated CPU devices: the single-device run."""
     import json
     import os
     import subprocess
@@ -68,7 +70,7 @@ def test_train_lm_on_a_mesh(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
-    for layout in ("fsdp", "shard_map"):
+    for layout in ("fsdp", "shard_map", "gather8"):
         for kind in ("plain", "fp8_global"):
             got, want = runs[layout][kind], runs["single"][kind]
             for key in ("final_loss", "eval_loss"):
