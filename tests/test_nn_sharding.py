@@ -103,18 +103,26 @@ WORKER = textwrap.dedent(
     ]:
         got = run(kind, mesh, m, part=(mesh, "data", m))
         same(got, run(kind), f"{kind} shard_map {dict(mesh.shape)}")
-    # Refused: fp8_mixed blocks straddling the batch shards (4 rows x 40 features per
-    # shard, blocks of 64).
-    layer = fl.Fp8MixedDense(40)
-    p40 = layer.init(jax.random.key(0), x)
-    try:
-        with sharding.partition(dp, "data", None):
-            jax.jit(layer.apply)(p40, x)
-    except NotImplementedError as e:
-        assert "straddle the batch shards" in str(e), e
-        print("ok refused fp8_mixed", str(e)[:60])
-    else:
-        raise AssertionError("fp8_mixed shard_map should refuse blocks across batch shards")
+    # fp8_mixed blocks straddling the batch shards (and the model shards): A's blocks of
+    # 512 over 4- or 8-row shards of 64 features, the gradient's of 64 over rows of 40 (or
+    # of 256 over rows of 32, native).
+    for kind, feats, kw, impl in [
+        ("fp8_mixed", 40, {"bsz": 512}, "xla"),
+        ("fp8_mixed", 40, {"bsz": 512}, "pallas"),
+        ("fp8_mixed", 32, {"bsz": 512, "bsz2": 256, "gemm": "native"}, "pallas"),
+    ]:
+        layer = LAYERS[kind](feats, implementation=impl, **kw)
+        p = layer.init(jax.random.key(0), x)
+        f = jax.value_and_grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1))
+        want = f(p, x)
+        for mesh, m in [(dp, None), (both, "model")]:
+            with sharding.partition(mesh, "data", m):
+                got = jax.jit(f)(p, x)
+            for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                scale = 2e-6 * float(np.abs(np.asarray(v)).max())
+                np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=scale,
+                                           err_msg=f"{kind} {feats} {kw} {dict(mesh.shape)}")
+        print("ok blocks across batch shards", kind, feats, kw, impl)
     # The Pallas path (interpreted here) under partition, and int8 inference weights
     # split with the output features: one layer's forward and gradients.
     from fp8mm.nn import int8_inference_params
@@ -205,15 +213,16 @@ WORKER = textwrap.dedent(
         spec = P("data", "model")
         return jax.jit(sharding.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec,
                                           check_vma=False))(g)
-    for rows, cols, bs in [(16, 96, 128), (8, 192, 64), (16, 384, 512), (6, 40, 64), (4, 64, 64)]:
+    # (6, 40, 64) and (4, 64, 256) on the 2x2 mesh: blocks across the batch shards too.
+    axes = (("data", "model"), ("model",), ("data",))
+    for rows, cols, bs in [(16, 96, 128), (8, 192, 64), (16, 384, 512), (6, 40, 64),
+                           (4, 64, 256)]:
         g = rng.standard_normal((rows, cols)) * np.exp(2 * rng.standard_normal((rows, 1)))
         g = jnp.asarray(g, jnp.float32)
         want = np.asarray(reference.fake_quant_blockwise(g, jnp.asarray(code), bs))
         for impl in ("xla", "pallas"):
             for mesh in (tp, both):
-                if (rows // mesh.shape["data"]) * cols % bs:
-                    continue  # blocks across batch shards: refused by partition
-                fn = lambda g: _fp8.blockwise(g, code, bs, impl, ("model",), ("model",))
+                fn = lambda g: _fp8.blockwise(g, code, bs, impl, *axes)
                 np.testing.assert_array_equal(np.asarray(on_columns(fn, mesh, g)), want)
         alone = lambda g: _fp8.blockwise(g, code, bs, "xla")  # no collective
         assert not np.array_equal(np.asarray(on_columns(alone, tp, g)), want), (rows, cols, bs)
@@ -223,9 +232,9 @@ WORKER = textwrap.dedent(
                                     ("model",), ("model",))
     g = jnp.asarray(rng.standard_normal((16, 128)), jnp.float32)
     whole = _fp8_native.NativeConfig(True, "e4m3", "e5m2", 64, 128, "xla", jnp.float32)
-    w8, w_rows, _ = whole.quantize_grad(g, codebooks.e5m2_code())
+    w8, w_rows = whole.quantize_blocks(g, codebooks.e5m2_code(), 128)
     def native_grad(g):
-        d, r, _ = ncfg.quantize_grad(g, codebooks.e5m2_code())
+        d, r = ncfg.quantize_blocks(g, codebooks.e5m2_code(), 128, ("model",))
         return d.astype(jnp.float32) * r
     np.testing.assert_array_equal(np.asarray(on_columns(native_grad, tp, g)),
                                   np.asarray(w8.astype(jnp.float32) * w_rows))

@@ -152,13 +152,14 @@ def _paper_kind(*, vectorwise: bool, mem_efficient: bool) -> LayerKind:
 
 
 def _split_fp8_mixed(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
-    # On the model axis the output gradient's blocks that span the split output features
-    # take their absmax across the shards in the op (split_block_absmax: a pmax), and B's
-    # global absmax is a pmax; A is not split there. On the batch axis: blocks of the
-    # flattened rows must not straddle shards.
-    if part.size(part.model_axis) > 1 and getattr(part, "gather_8bit", False):
-        # The 8-bit FSDP gather runs its own product (fp8mm.nn._fsdp), which does not
-        # combine the gradient's blocks over the model axis.
+    # Blocks of A or of the output gradient that span shards (the gradient's over the
+    # model-split output features, either's across batch shards) take their absmax across
+    # the shards in the op (split_block_absmax: a pmax); B's global absmax is a pmax.
+    if not getattr(part, "gather_8bit", False):
+        return None
+    # The 8-bit FSDP gather runs its own product (fp8mm.nn._fsdp), which combines no
+    # blockwise statistics: there the shards must hold whole blocks.
+    if part.size(part.model_axis) > 1:
         return "the 8-bit FSDP gather does not combine the gradient's blocks over the model axis"
     bsz, bsz2 = ops.get_block_sizes(x, kernel)
     bsz = bsz if spec.bsz == -1 else spec.bsz

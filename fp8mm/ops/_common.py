@@ -116,50 +116,63 @@ def _shard_index(axis_names: tuple[str, ...]) -> tuple[jax.Array, int]:
 
 
 def split_block_absmax(
-    x2: jax.Array, blocksize: int, column_axes: tuple[str, ...]
+    x2: jax.Array,
+    blocksize: int,
+    column_axes: tuple[str, ...],
+    row_axes: tuple[str, ...] = (),
 ) -> tuple[int, jax.Array | None]:
-    """Blockwise statistics of a tensor whose columns are split over devices.
+    """Blockwise statistics of a tensor split over devices.
 
-    x2 [T, w] is one column shard of the [T, w * shards] tensor X (inside
-    `jax.shard_map`, split over `column_axes`), and X is quantized blockwise in
-    blocks of `blocksize` elements of its row-major flattening. When the shard's
-    rows hold whole blocks (blocksize divides w) x2's own blocks are X's: (blocksize,
-    None). Otherwise X's blocks span shards (and maybe rows): x2 is cut into pieces
-    of p = gcd(w, blocksize) elements, each inside one block of X; every shard
-    scatters its pieces' absmax into X's block count, a `pmax_absmax` over
-    `column_axes` gives each block's absmax, and each piece takes its block's.
-    Quantizing x2 blockwise with blocksize p and that absmax gives X's codes exactly
-    (the per-element arithmetic is the same; only the absmax comes from outside).
+    x2 [T, w] is one shard of X [T * row shards, w * column shards] (inside
+    `jax.shard_map`: rows split over `row_axes`, columns over `column_axes`, the first
+    axis major), and X is quantized blockwise in blocks of `blocksize` elements of its
+    row-major flattening. Where every shard holds whole blocks of X (blocksize
+    divides w; or X's columns unsplit and the blocks of each row shard its own) the
+    shard's own blocks are X's: (blocksize, None), no collective. Otherwise blocks span
+    shards (and maybe rows): x2 is cut into pieces of p = gcd(w, blocksize) elements,
+    each inside one block of X; every shard scatters its pieces' absmax into X's
+    block count (of its row shard's blocks when those stay within it, of all of X's
+    when they straddle row shards), a pmax over the axes involved gives each block's
+    absmax, and each piece takes its block's. Quantizing x2 blockwise with blocksize p
+    and that absmax gives X's codes exactly (the per-element arithmetic is the same;
+    only the absmax comes from outside).
 
     Args:
-      x2: float [T, w], this shard's columns.
+      x2: float [T, w], this shard.
       blocksize: X's block size.
-      column_axes: the mesh axes X's columns are split over (first axis major).
+      column_axes: the mesh axes X's columns are split over.
+      row_axes: the mesh axes X's rows are split over.
 
     Returns:
       (p, absmax float32 [T * w / p] or None).
     """
     rows, w = x2.shape
-    if not column_axes or x2.size == 0 or w % blocksize == 0:
+    if x2.size == 0 or w % blocksize == 0:
         return blocksize, None
-    j, shards = _shard_index(column_axes)
-    if shards == 1:
+    j, col_shards = _shard_index(column_axes)
+    b, row_shards = _shard_index(row_axes)
+    n = w * col_shards
+    across_rows = row_shards > 1 and (rows * n) % blocksize != 0
+    if col_shards == 1 and not across_rows:
         return blocksize, None
     p = math.gcd(w, blocksize)
     pieces = absmax_nan(x2.astype(jnp.float32).reshape(-1, p), axis=1)
-    # Each piece's position in X in units of p (int32: X's size per batch shard is
-    # below 2**31), and the block holding it.
+    # Each piece's position in X (in X's row shard when blocks stay within it) in units
+    # of p (int32: X is below 2**31 elements), and the block holding it.
+    first, total, axes = (b * rows, rows * row_shards, (*row_axes, *column_axes))
+    if not across_rows:
+        first, total, axes = (0, rows, column_axes)
     unit = (
-        jnp.arange(rows, dtype=jnp.int32)[:, None] * (w * shards // p)
+        (first + jnp.arange(rows, dtype=jnp.int32))[:, None] * (n // p)
         + j * (w // p)
         + jnp.arange(w // p, dtype=jnp.int32)[None, :]
     )
     block = (unit // (blocksize // p)).reshape(-1)
-    nblocks = -(-rows * w * shards // blocksize)
+    nblocks = -(-total * n // blocksize)
     # Absmaxes are >= 0 or NaN: as int32 bits they order as floats and keep NaN on top.
     bits = jax.lax.bitcast_convert_type(pieces, jnp.int32)
     partial = jnp.zeros((nblocks,), jnp.int32).at[block].max(bits)
-    whole = jax.lax.bitcast_convert_type(jax.lax.pmax(partial, column_axes), jnp.float32)
+    whole = jax.lax.bitcast_convert_type(jax.lax.pmax(partial, axes), jnp.float32)
     return p, whole[block]
 
 

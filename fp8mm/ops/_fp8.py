@@ -93,24 +93,25 @@ def get_block_sizes(input_matrix, weight_matrix) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- recipes
 
-# (x, code, blocksize, implementation, axis_names, column_axes) -> x quantized and
-# dequantized, in x's dtype and shape. Inside shard_map (() off a mesh): axis_names, the
-# mesh axes x is split over; column_axes, those of them that split x's last dimension.
-Quantizer = Callable[[jax.Array, jax.Array | np.ndarray, int, Impl, tuple, tuple], jax.Array]
+# (x, code, blocksize, implementation, axis_names, column_axes, row_axes) -> x quantized
+# and dequantized, in x's dtype and shape. Inside shard_map (() off a mesh): axis_names,
+# the mesh axes x is split over; column_axes and row_axes, those that split x's last
+# dimension and its (flattened) leading ones.
+Quantizer = Callable[..., jax.Array]
 
 
 def blockwise(
-    x, code, blocksize: int, implementation: Impl, axis_names=(), column_axes=()
+    x, code, blocksize: int, implementation: Impl, axis_names=(), column_axes=(), row_axes=()
 ) -> jax.Array:
     """QB: one absmax per `blocksize` elements of the row-major flattened x.
 
-    Row splits hold whole blocks (`partition` checks it). With x's columns split over
-    `column_axes`, blocks wider than a shard's columns take their absmax across the
-    shards (`split_block_absmax`: a pmax of per-block absmaxes), so each shard
-    quantizes its pieces of them exactly as the whole tensor would."""
+    Blocks that span the shards of x (columns split over `column_axes`, rows over
+    `row_axes`) take their absmax across them (`split_block_absmax`: a pmax of
+    per-block absmaxes), so each shard quantizes its pieces of them exactly as the
+    whole tensor would; shards holding whole blocks need no collective."""
     del axis_names
     x2 = as_2d(x)
-    piece, absmax = split_block_absmax(x2, blocksize, column_axes)
+    piece, absmax = split_block_absmax(x2, blocksize, column_axes, row_axes)
     if absmax is None:
         return F.fake_quant_blockwise(x, code, blocksize, implementation=implementation)
     # Pieces narrower than the kernels' smallest block (32) only arise from shards whose
@@ -122,13 +123,13 @@ def blockwise(
 
 
 def global_(
-    x, code, blocksize: int, implementation: Impl, axis_names=(), column_axes=()
+    x, code, blocksize: int, implementation: Impl, axis_names=(), column_axes=(), row_axes=()
 ) -> jax.Array:
     """Q: one absmax for the whole tensor, so it commutes with transposition.
 
     On a mesh the absmax is the `lax.pmax` of the shards' over `axis_names`, so each
     shard quantizes exactly as the whole tensor would."""
-    del blocksize, column_axes
+    del blocksize, column_axes, row_axes
     absmax = mesh_absmax(x, axis_names)
     return F.fake_quant_global(x, code, absmax=absmax, implementation=implementation)
 
@@ -200,6 +201,11 @@ class _Config:
     # The mesh axes among axis_names that split B's columns (the output features).
     feature_axes: tuple[str, ...] = ()
 
+    @property
+    def batch_axes(self) -> tuple[str, ...]:
+        """The mesh axes that split A's rows (and the output gradient's): the others."""
+        return tuple(a for a in self.axis_names if a not in self.feature_axes)
+
     def codes(self, fw_code: jax.Array, bw_code: jax.Array) -> tuple:
         """The codes to quantize with: the host copies when the codes were concrete."""
         return (
@@ -225,7 +231,7 @@ def _fp8_fwd(A, B, fw_code, bw_code, recipe: Recipe, cfg: _Config):
     """a(A) @ b(B) [..., n] in A's dtype, and the residuals of the backward pass."""
     impl = cfg.implementation
     fw, _ = cfg.codes(fw_code, bw_code)
-    fp8A = recipe.a(A, fw, cfg.bsz, impl, cfg.axis_names)
+    fp8A = recipe.a(A, fw, cfg.bsz, impl, cfg.axis_names, (), cfg.batch_axes)
     fp8B = recipe.b(B, fw, cfg.bsz, impl, cfg.axis_names)
     out = matmul(as_2d(fp8A), fp8B.astype(A.dtype), (1, 0), A.dtype)
     out = out.reshape(*A.shape[:-1], B.shape[1])
@@ -250,7 +256,8 @@ def _fp8_bwd(recipe: Recipe, cfg: _Config, res, g):
     A_res, fp8B, fw_code, bw_code = res
     _, bw = cfg.codes(fw_code, bw_code)
     # g's columns are the output features: split with B's over feature_axes.
-    g8 = recipe.grad(g, bw, cfg.bsz2, cfg.implementation, cfg.axis_names, cfg.feature_axes)
+    axes = (cfg.axis_names, cfg.feature_axes, cfg.batch_axes)
+    g8 = recipe.grad(g, bw, cfg.bsz2, cfg.implementation, *axes)
     gradA = matmul(as_2d(g8), fp8B.astype(g.dtype), (1, 1), g.dtype)
     # Summing over the flattened leading axes is PyTorch's implicit batch reduction.
     g_b = g8 if recipe.quantized_grad_b else g
@@ -328,11 +335,11 @@ _ARGS_DOC = """
         so each device quantizes its shard exactly as the whole tensor would be
         (`fp8mm.nn.sharding.partition` passes them). None off a mesh.
       feature_axis_names: inside `jax.shard_map`, those of `axis_names` that
-        split B's columns (the output features; tensor parallelism): the
-        output gradient's blocks (mixed recipe) that span them take their
-        absmax across the shards (a pmax of one float32 per block), so every
-        shard quantizes its part of them exactly as the whole gradient would
-        be. Row splits of A must hold whole blocks. None: no column split.
+        split B's columns (the output features; tensor parallelism); the others
+        split A's rows (and the output gradient's). Blocks of A or of the output
+        gradient (mixed recipe) that span shards take their absmax across them
+        (a pmax of one float32 per block), so every shard quantizes its part of
+        them exactly as the whole tensor would be. None: no column split.
 
     Returns:
       [..., n] in A's dtype.

@@ -64,8 +64,8 @@ class NativeConfig:
         `lax.pmax` of the shards', so each shard quantizes as the whole tensor
         would. () off a mesh.
       feature_axes: those of axis_names that split B's columns (the output
-        features): blocks of the output gradient spanning them take their absmax
-        across the shards (`split_block_absmax`).
+        features); the others split A's rows. Blocks of A or of the output gradient
+        spanning shards take their absmax across them (`split_block_absmax`).
     """
 
     blockwise: bool
@@ -86,23 +86,27 @@ class NativeConfig:
             )
         return self.quantize_global(x, code)
 
-    def quantize_grad(self, g2: jax.Array, code) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """The output gradient g2 [rows, n] as e4m3 bytes: (data, row scales [rows, C] for
-        `fp8_scaled_matmul`, the scale). With its columns split over feature_axes, blocks
-        spanning shards are quantized in pieces with their blocks' absmax."""
-        piece, absmax = (None, None)
-        if self.blockwise:
-            piece, absmax = split_block_absmax(g2, self.bsz2, self.feature_axes)
+    @property
+    def batch_axes(self) -> tuple[str, ...]:
+        """The mesh axes that split A's rows (and the output gradient's): the others."""
+        return tuple(a for a in self.axis_names if a not in self.feature_axes)
+
+    def quantize_blocks(self, x2: jax.Array, code, blocksize: int, column_axes=()) -> tuple:
+        """Blockwise x2 [rows, n] (A, or the output gradient with column_axes the
+        feature axes) as e4m3 bytes: (data, row scales [rows, C] for
+        `fp8_scaled_matmul`). Blocks spanning shards are quantized in pieces with their
+        blocks' absmax (`split_block_absmax`)."""
+        piece, absmax = split_block_absmax(x2, blocksize, column_axes, self.batch_axes)
         if absmax is None:
-            qg = self.quantize(g2, code, self.bsz2)
-            return qg.data, F8.fp8_row_scales(qg), qg.scale
+            q = self.quantize(x2, code, blocksize)
+            return q.data, F8.fp8_row_scales(q)
         # quantize_fp8's codes (blockwise codes, then their float8 bits) with the given
         # absmax; the pieces divide the row, so each row holds n / piece scale chunks.
         fmt = F8.format_of(code, "code", E4M3)
-        q = blockwise_codes(g2, code, piece, absmax, self.implementation)
+        q = blockwise_codes(x2, code, piece, absmax, self.implementation)
         scale = absmax / np.float32(fmt.scale)
-        rows, n = g2.shape
-        return reference_fp8.to_fp8(q, fmt.table, E4M3), scale.reshape(rows, n // piece), scale
+        rows, n = x2.shape
+        return reference_fp8.to_fp8(q, fmt.table, E4M3), scale.reshape(rows, n // piece)
 
     def quantize_global(self, x: jax.Array, code) -> Fp8Tensor:
         return F8.quantize_fp8(
@@ -153,9 +157,13 @@ def native_fp8(A: jax.Array, B: jax.Array, cfg: NativeConfig) -> jax.Array:
 def _fwd(A, B, cfg: NativeConfig):
     A2 = as_2d(A)
     fw = _CODES[cfg.fw]()
-    qa = cfg.quantize(A2, fw, cfg.bsz)
     qb = cfg.quantize_global(B, fw)
-    out = _gemm(qa.data, qb.data.T, F8.fp8_row_scales(qa), qb.scale, A.dtype, cfg)
+    if cfg.blockwise:
+        a8, a_rows = cfg.quantize_blocks(A2, fw, cfg.bsz)
+    else:
+        qa = cfg.quantize(A2, fw, cfg.bsz)
+        a8, a_rows = qa.data, F8.fp8_row_scales(qa)
+    out = _gemm(a8, qb.data.T, a_rows, qb.scale, A.dtype, cfg)
     out = out.reshape(*A.shape[:-1], B.shape[1])
     # The mixed recipe's gradB reads A in 16 bits; the global one reads Q(A) = Q(Aᵀ)ᵀ.
     return out, (A if cfg.blockwise else qa, qb)
@@ -167,14 +175,18 @@ def _bwd(cfg: NativeConfig, res, g):
     accumulates most) or Q(A)ᵀ · Q_bw(g) on FP8 (global: everything quantized)."""
     a_res, qb = res
     g2 = as_2d(g)
-    g8, g_rows, g_scale = cfg.quantize_grad(g2, _CODES[cfg.bw]())
-    gradA = _gemm(g8, qb.data, g_rows, qb.scale, g.dtype, cfg)
+    bw = _CODES[cfg.bw]()
     if cfg.blockwise:
+        # g's columns are the output features: split with B's over feature_axes.
+        g8, g_rows = cfg.quantize_blocks(g2, bw, cfg.bsz2, cfg.feature_axes)
+        gradA = _gemm(g8, qb.data, g_rows, qb.scale, g.dtype, cfg)
         gradB = matmul(as_2d(a_res).astype(g.dtype), g2, (0, 0), g.dtype)
     else:
+        qg = cfg.quantize(g2, bw, cfg.bsz2)
+        gradA = _gemm(qg.data, qb.data, F8.fp8_row_scales(qg), qb.scale, g.dtype, cfg)
         k = a_res.data.shape[1]
         a_scale = jnp.broadcast_to(a_res.scale, (k, 1))
-        gradB = _gemm(a_res.data.T, g8.T, a_scale, g_scale, g.dtype, cfg)
+        gradB = _gemm(a_res.data.T, qg.data.T, a_scale, qg.scale, g.dtype, cfg)
     # out (hence g) has A's dtype; gradB is rounded to g's dtype first, then to B's, as
     # the emulated path (torch's .to()).
     a_shape = (*g.shape[:-1], qb.data.shape[0])
