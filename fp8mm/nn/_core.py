@@ -155,18 +155,18 @@ def _split_fp8_mixed(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
     # Blocks of A or of the output gradient that span shards (the gradient's over the
     # model-split output features, either's across batch shards) take their absmax across
     # the shards in the op (split_block_absmax: a pmax); B's global absmax is a pmax.
-    if not getattr(part, "gather_8bit", False):
+    if getattr(part, "fsdp", None) is None:
         return None
-    # The 8-bit FSDP gather runs its own product (fp8mm.nn._fsdp), which combines no
-    # blockwise statistics: there the shards must hold whole blocks.
-    if part.size(part.model_axis) > 1:
-        return "the 8-bit FSDP gather does not combine the gradient's blocks over the model axis"
-    bsz, bsz2 = ops.get_block_sizes(x, kernel)
-    bsz = bsz if spec.bsz == -1 else spec.bsz
-    bsz2 = bsz2 if spec.bsz2 == -1 else spec.bsz2
+    # Under FSDP the 8-bit gather's forward (fp8mm.nn._fsdp) quantizes A's blocks per
+    # shard, and this check cannot tell it from the 16-bit gather: A's blocks must stay
+    # within the batch shards there.
+    bsz = ops.get_block_sizes(x, kernel)[0] if spec.bsz == -1 else spec.bsz
     rows = int(np.prod(x.shape[:-1])) // part.size(part.batch_axis)
-    if (rows * x.shape[-1]) % bsz or (rows * kernel.shape[1]) % bsz2:
-        return f"blocks of {bsz}/{bsz2} elements straddle the batch shards ({rows} rows each)"
+    if (rows * x.shape[-1]) % bsz:
+        return (
+            f"under FSDP, A's blocks of {bsz} elements must not straddle the batch shards "
+            f"({rows} rows of {x.shape[-1]} each)"
+        )
     return None
 
 
