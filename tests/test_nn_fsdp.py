@@ -47,6 +47,11 @@ WORKER = textwrap.dedent(
     CASES = [
         ("fp8_mixed", fl.Fp8MixedDense, {}),
         ("fp8_mixed native", functools.partial(fl.Fp8MixedDense, gemm="native"), NATIVE),
+        # A's blocks of 256 straddle the batch shards (2 rows x 64 features a shard at
+        # fsdp 4, 4 rows at 2 x 2): their absmax is combined across the shards.
+        ("fp8_mixed straddle", functools.partial(fl.Fp8MixedDense, bsz=256), {"bsz": 256}),
+        ("fp8_mixed native_straddle",
+         functools.partial(fl.Fp8MixedDense, bsz=256, gemm="native"), {"bsz": 256, **NATIVE}),
         ("fp8_global", fl.Fp8GlobalDense, {}),
         ("fp8_global native", functools.partial(fl.Fp8GlobalDense, gemm="native"), NATIVE),
         ("switchback", fl.SwitchBackDense, {}),

@@ -151,22 +151,11 @@ def _paper_kind(*, vectorwise: bool, mem_efficient: bool) -> LayerKind:
     return LayerKind(("implementation",), ops.switchback_linear, product, _split_paper, prepare)
 
 
-def _split_fp8_mixed(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
+def _split_fp8_mixed(spec: QuantSpec, part: Partition, x, kernel) -> None:
     # Blocks of A or of the output gradient that span shards (the gradient's over the
     # model-split output features, either's across batch shards) take their absmax across
-    # the shards in the op (split_block_absmax: a pmax); B's global absmax is a pmax.
-    if getattr(part, "fsdp", None) is None:
-        return None
-    # Under FSDP the 8-bit gather's forward (fp8mm.nn._fsdp) quantizes A's blocks per
-    # shard, and this check cannot tell it from the 16-bit gather: A's blocks must stay
-    # within the batch shards there.
-    bsz = ops.get_block_sizes(x, kernel)[0] if spec.bsz == -1 else spec.bsz
-    rows = int(np.prod(x.shape[:-1])) // part.size(part.batch_axis)
-    if (rows * x.shape[-1]) % bsz:
-        return (
-            f"under FSDP, A's blocks of {bsz} elements must not straddle the batch shards "
-            f"({rows} rows of {x.shape[-1]} each)"
-        )
+    # the shards in the op and in the FSDP gather's products (split_block_absmax: a
+    # pmax); B's global absmax is a pmax.
     return None
 
 

@@ -144,7 +144,8 @@ def _fp8_gathered_fwd(A, B, fw_code, bw_code, recipe, cfg, gather):
     """`_fp8._fp8_fwd` with b(B) built from the gathered codes of B's shards."""
     impl = cfg.implementation
     fw, _ = cfg.codes(fw_code, bw_code)
-    fp8A = recipe.a(A, fw, cfg.bsz, impl, cfg.axis_names)
+    # A's blocks that straddle the batch shards take their absmax across them, as in the op.
+    fp8A = recipe.a(A, fw, cfg.bsz, impl, cfg.axis_names, (), cfg.batch_axes)
     absmax = mesh_absmax(B, gather.stat_axes)
     q = _gather(_global_codes(B, fw, absmax, impl), gather, 0)
     fp8B = _dequant(q, absmax, fw, B.dtype, impl)
@@ -182,13 +183,18 @@ def _native_gathered_fwd(A, B, cfg, gather):
     scale absmax/240 with the mesh-wide absmax: the same bytes on every device)."""
     A2 = as_2d(A)
     fw = _fp8_native._CODES[cfg.fw]()
-    qa = cfg.quantize(A2, fw, cfg.bsz)
+    if cfg.blockwise:  # blocks straddling the batch shards: their absmax across them
+        a8, a_rows = cfg.quantize_blocks(A2, fw, cfg.bsz)
+        qa = None
+    else:
+        qa = cfg.quantize(A2, fw, cfg.bsz)
+        a8, a_rows = qa.data, F8.fp8_row_scales(qa)
     shard = cfg.quantize_global(B, fw)  # its absmax is the pmax over cfg.axis_names
     # Gathered as their uint8 bits: backends without float8 collectives (XLA's CPU) would
     # widen float8 to float16 for the transfer.
     bits = _gather(jax.lax.bitcast_convert_type(shard.data, jnp.uint8), gather, 0)
     qb = Fp8Tensor(jax.lax.bitcast_convert_type(bits, shard.data.dtype), shard.scale, None)
-    out = _fp8_native._gemm(qa.data, qb.data.T, F8.fp8_row_scales(qa), qb.scale, A.dtype, cfg)
+    out = _fp8_native._gemm(a8, qb.data.T, a_rows, qb.scale, A.dtype, cfg)
     out = out.reshape(*A.shape[:-1], B.shape[1])
     return out, (A if cfg.blockwise else qa, qb)
 

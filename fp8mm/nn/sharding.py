@@ -21,17 +21,15 @@ Two ways to run fp8mm layers on a `jax.sharding.Mesh`:
    | switchback   | yes (outlier columns combined     | yes (weight rows per feature)      |
    |              | over the axis: a pmax)            |                                    |
    | fp8_mixed    | yes (blocks spanning batch shards:| yes (B's absmax: a pmax; gradient  |
-   |              | a pmax of their absmax; under     | blocks spanning the split features:|
-   |              | FSDP A's blocks must not)         | a pmax of one int32 per block)     |
+   |              | a pmax of their absmax)           | blocks spanning the split features:|
+   |              |                                   | a pmax of one int32 per block)     |
    | fp8_global   | yes (absmax of A, B, grad: a      | yes (the same pmax)                |
    |              | pmax over the mesh axes)          |                                    |
    | switchback_* | yes (rows of X and of the         | yes (W's absmax, the gradient's    |
    | (the paper's)| gradient are quantized per row)   | row absmax, vectorwise W's per-    |
    |              |                                   | input-feature absmax: pmaxes)      |
 
-   The one refusal (`NotImplementedError`, never a silently different result):
-   fp8_mixed under FSDP when A's blocks straddle the batch shards (the 8-bit
-   gather's forward quantizes A per shard). The ops take the mesh axes their
+   The ops take the mesh axes their
    statistics reduce over (`axis_names=`, and `feature_axis_names=` for the fp8
    ops' blocks across split output features); every absmax is a `lax.pmax` of
    its int32 bits (exact, NaN kept). Added per step for a 4096->4096 bf16 layer
