@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 WORKER = textwrap.dedent(
     """
     import flax.linen as nn
@@ -280,3 +282,57 @@ def test_sharded_steps_equal_single_device():
         [sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and "ALL OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
+
+
+ONE_DEVICE_KINDS = [
+    ("fp8_mixed", {}),
+    ("fp8_mixed", {"gemm": "native"}),
+    ("fp8_global", {}),
+    ("fp8_global", {"gemm": "native"}),
+    ("switchback", {}),
+    ("switchback", {"threshold": 2.5}),
+    ("switchback_global", {}),
+    ("switchback_vectorwise", {}),
+    ("switchback_global_mem_efficient", {}),
+]
+
+
+@pytest.mark.parametrize("rows", [16, 0], ids=["rows16", "empty"])
+@pytest.mark.parametrize("kind, opts", ONE_DEVICE_KINDS)
+def test_partition_on_one_device_is_the_layer(kind, opts, rows):
+    # `partition` over a one-device mesh (every axis of size 1) with the default
+    # implementation: the XLA path on a CPU, the compiled Pallas kernels on a GPU (the
+    # shard_map path there); zero rows give each shard an empty batch. Forward and every
+    # gradient bit for bit with the layer outside `partition`.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from fp8mm.nn import linen as fl
+    from fp8mm.nn import sharding
+
+    layer = fl.LAYERS[kind](32, **opts)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((rows, 64)), jnp.bfloat16)
+    if rows:
+        x = x.at[3, 5].set(8.0)  # an outlier column for the threshold case
+    params = layer.init(jax.random.key(0), jnp.ones((2, 64), jnp.bfloat16))
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+
+    def loss(p, x, part):
+        if part:
+            with sharding.partition(mesh, "data", "model"):
+                y = layer.apply(p, x)
+        else:
+            y = layer.apply(p, x)
+        return jnp.sum(y.astype(jnp.float32) ** 2), y
+
+    def run(part):
+        f = jax.value_and_grad(lambda p, x: loss(p, x, part), argnums=(0, 1), has_aux=True)
+        return jax.jit(f)(params, x)
+
+    want, got = run(False), run(True)
+    assert got[0][1].shape == (rows, 32)
+    for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(u, np.float32), np.asarray(v, np.float32))
