@@ -267,6 +267,19 @@ WORKER = textwrap.dedent(
             np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=2e-5,
                                        err_msg=f"nnx {kind} FSDP x tensor")
         print("ok nnx FSDP x tensor", kind)
+    # Zero-size shards: an empty batch split over the 2 x 2 mesh, every kind.
+    x0 = jnp.zeros((0, 64), jnp.float32)
+    for kind in LAYERS:
+        if kind == "plain":
+            continue
+        layer = LAYERS[kind](32, implementation="pallas")
+        p = layer.init(jax.random.key(0), x)
+        f = jax.value_and_grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1))
+        with sharding.partition(both, "data", "model"):
+            (l, (gp, gx)) = jax.jit(f)(p, x0)
+        assert float(l) == 0.0 and gx.shape == (0, 64), kind
+        assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(gp)), kind
+        print("ok zero-size shards", kind)
     print("ALL OK")
     """
 )
