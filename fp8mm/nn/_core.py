@@ -148,33 +148,20 @@ def _paper_kind(*, vectorwise: bool, mem_efficient: bool) -> LayerKind:
         )
         return state.CB, state.SCB
 
-    return LayerKind(("implementation",), ops.switchback_linear, product, _split_paper, prepare)
+    return LayerKind(("implementation",), ops.switchback_linear, product, _splits_exactly, prepare)
 
 
-def _split_fp8_mixed(spec: QuantSpec, part: Partition, x, kernel) -> None:
-    # Blocks of A or of the output gradient that span shards (the gradient's over the
-    # model-split output features, either's across batch shards) take their absmax across
-    # the shards in the op and in the FSDP gather's products (split_block_absmax: a
-    # pmax); B's global absmax is a pmax.
-    return None
+def _splits_exactly(spec: QuantSpec, part: Partition, x, kernel) -> None:
+    """The `split_problem` of every kind today: none, each splits exactly.
 
-
-def _split_fp8_global(spec: QuantSpec, part: Partition, x, kernel) -> None:
-    # Every absmax is global and combined over the split axes inside the op (a pmax).
-    return None
-
-
-def _split_paper(spec: QuantSpec, part: Partition, x, kernel) -> None:
-    # Rows of X are quantized per row (batch splits are exact); what spans the model-split
-    # output features (W's global absmax, the vectorwise input gradient's per-input-feature
-    # weight absmax, the gradient's row absmax) is a pmax over the model axis in the op.
-    # int8 inference weights carry fixed per-row scales.
-    return None
-
-
-def _split_switchback(spec: QuantSpec, part: Partition, x, kernel) -> str | None:
-    # Weight rows are quantized per output feature (any model split is exact), rows of
-    # A per row; outlier columns are combined over the batch axis inside the op.
+    What a statistic spans across shards is combined inside the ops. fp8_mixed: blocks
+    of A or of the output gradient spanning shards take their absmax across them
+    (split_block_absmax), B's absmax is a pmax. fp8_global: every absmax a pmax over the
+    split axes. switchback: weight rows per output feature, A per row, outlier columns
+    combined over the batch axis. The paper's kinds: X per row; W's absmax, the
+    vectorwise input gradient's per-input-feature weight absmax and the gradient's row
+    absmax pmaxed over the model axis (int8 inference weights carry fixed scales).
+    """
     return None
 
 
@@ -190,15 +177,13 @@ Kind = Literal[
 ]
 KIND_TABLE: Mapping[str, LayerKind] = MappingProxyType(
     {
-        "fp8_mixed": LayerKind(_FP8_OPTIONS, ops.matmul_fp8_mixed, _fp8_product, _split_fp8_mixed),
-        "fp8_global": LayerKind(
-            _FP8_OPTIONS, ops.matmul_fp8_global, _fp8_product, _split_fp8_global
-        ),
+        "fp8_mixed": LayerKind(_FP8_OPTIONS, ops.matmul_fp8_mixed, _fp8_product, _splits_exactly),
+        "fp8_global": LayerKind(_FP8_OPTIONS, ops.matmul_fp8_global, _fp8_product, _splits_exactly),
         "switchback": LayerKind(
             ("threshold", "outlier_capacity", "implementation"),
             ops.switchback_bnb,
             _switchback_product,
-            _split_switchback,
+            _splits_exactly,
             _prepare_switchback,
         ),
         "switchback_global": _paper_kind(vectorwise=False, mem_efficient=False),

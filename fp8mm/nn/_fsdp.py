@@ -75,14 +75,11 @@ def gathered_split_problem(spec: QuantSpec, part, x, kernel) -> str | None:
     """The kind's `split_problem` for the gathered product: the SwitchBack paper's global
     kinds combine every statistic spanning a split themselves here (W's absmax over the
     mesh, the output gradient's rows over the model axis); the others run the op's own
-    quantizers of A and of the gradient, and have the op's limits (the 16-bit path's)."""
+    quantizers of A and of the gradient (blocks spanning shards combined as in the op),
+    and have the op's limits."""
     if spec.kind in _PAPER_GLOBAL:
         return None
-    # The gradient and A go through the op's own quantizers (the mixed recipe's blocks
-    # of the gradient combined over the model axis, `feature_axes`): the op's limits.
-    return KIND_TABLE[spec.kind].split_problem(
-        spec, dataclasses.replace(part, gather_8bit=False), x, kernel
-    )
+    return KIND_TABLE[spec.kind].split_problem(spec, part, x, kernel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,12 +180,7 @@ def _native_gathered_fwd(A, B, cfg, gather):
     scale absmax/240 with the mesh-wide absmax: the same bytes on every device)."""
     A2 = as_2d(A)
     fw = _fp8_native._CODES[cfg.fw]()
-    if cfg.blockwise:  # blocks straddling the batch shards: their absmax across them
-        a8, a_rows = cfg.quantize_blocks(A2, fw, cfg.bsz)
-        qa = None
-    else:
-        qa = cfg.quantize(A2, fw, cfg.bsz)
-        a8, a_rows = qa.data, F8.fp8_row_scales(qa)
+    a8, a_rows, qa = cfg.quantize_a(A2, fw)
     shard = cfg.quantize_global(B, fw)  # its absmax is the pmax over cfg.axis_names
     # Gathered as their uint8 bits: backends without float8 collectives (XLA's CPU) would
     # widen float8 to float16 for the transfer.

@@ -115,6 +115,12 @@ def _shard_index(axis_names: tuple[str, ...]) -> tuple[jax.Array, int]:
     return index, count
 
 
+def row_axes(axis_names: tuple[str, ...], feature_axes: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of an op's split axes that split A's rows: the ones not splitting the output
+    features (`feature_axes`)."""
+    return tuple(a for a in axis_names if a not in feature_axes)
+
+
 def split_block_absmax(
     x2: jax.Array,
     blocksize: int,

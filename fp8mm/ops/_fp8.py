@@ -29,6 +29,7 @@ from fp8mm.ops._common import (
     check_inner,
     matmul,
     mesh_absmax,
+    row_axes,
     split_block_absmax,
     static_implementation,
 )
@@ -203,8 +204,8 @@ class _Config:
 
     @property
     def batch_axes(self) -> tuple[str, ...]:
-        """The mesh axes that split A's rows (and the output gradient's): the others."""
-        return tuple(a for a in self.axis_names if a not in self.feature_axes)
+        """The mesh axes that split A's rows (and the output gradient's)."""
+        return row_axes(self.axis_names, self.feature_axes)
 
     def codes(self, fw_code: jax.Array, bw_code: jax.Array) -> tuple:
         """The codes to quantize with: the host copies when the codes were concrete."""

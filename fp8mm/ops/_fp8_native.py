@@ -39,7 +39,14 @@ from fp8mm import functional_fp8 as F8
 from fp8mm import reference_fp8
 from fp8mm.codebooks import e4m3_code, e5m2_code
 from fp8mm.dispatch import Impl
-from fp8mm.ops._common import as_2d, blockwise_codes, matmul, mesh_absmax, split_block_absmax
+from fp8mm.ops._common import (
+    as_2d,
+    blockwise_codes,
+    matmul,
+    mesh_absmax,
+    row_axes,
+    split_block_absmax,
+)
 from fp8mm.state import Fp8Tensor
 
 _CODES = {"e4m3": e4m3_code, "e5m2": e5m2_code}
@@ -88,8 +95,8 @@ class NativeConfig:
 
     @property
     def batch_axes(self) -> tuple[str, ...]:
-        """The mesh axes that split A's rows (and the output gradient's): the others."""
-        return tuple(a for a in self.axis_names if a not in self.feature_axes)
+        """The mesh axes that split A's rows (and the output gradient's)."""
+        return row_axes(self.axis_names, self.feature_axes)
 
     def quantize_blocks(self, x2: jax.Array, code, blocksize: int, column_axes=()) -> tuple:
         """Blockwise x2 [rows, n] (A, or the output gradient with column_axes the
@@ -107,6 +114,15 @@ class NativeConfig:
         scale = absmax / np.float32(fmt.scale)
         rows, n = x2.shape
         return reference_fp8.to_fp8(q, fmt.table, E4M3), scale.reshape(rows, n // piece)
+
+    def quantize_a(self, A2: jax.Array, code) -> tuple[jax.Array, jax.Array, Fp8Tensor | None]:
+        """A2 [rows, k] as e4m3 bytes: (data, row scales, the global recipe's Fp8Tensor
+        for its backward or None). The mixed recipe's blocks spanning the batch shards
+        take their absmax across them (`quantize_blocks`)."""
+        if self.blockwise:
+            return (*self.quantize_blocks(A2, code, self.bsz), None)
+        qa = self.quantize(A2, code, self.bsz)
+        return qa.data, F8.fp8_row_scales(qa), qa
 
     def quantize_global(self, x: jax.Array, code) -> Fp8Tensor:
         return F8.quantize_fp8(
@@ -158,11 +174,7 @@ def _fwd(A, B, cfg: NativeConfig):
     A2 = as_2d(A)
     fw = _CODES[cfg.fw]()
     qb = cfg.quantize_global(B, fw)
-    if cfg.blockwise:
-        a8, a_rows = cfg.quantize_blocks(A2, fw, cfg.bsz)
-    else:
-        qa = cfg.quantize(A2, fw, cfg.bsz)
-        a8, a_rows = qa.data, F8.fp8_row_scales(qa)
+    a8, a_rows, qa = cfg.quantize_a(A2, fw)
     out = _gemm(a8, qb.data.T, a_rows, qb.scale, A.dtype, cfg)
     out = out.reshape(*A.shape[:-1], B.shape[1])
     # The mixed recipe's gradB reads A in 16 bits; the global one reads Q(A) = Q(Aᵀ)ᵀ.
